@@ -1,0 +1,39 @@
+"""`python -m sds_sidecar serve [--flag value ...]`: every setting is a flag (kebab-case) or an
+SDS_* environment variable; flags win."""
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from pydantic import ValidationError
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] != "serve":
+        print("usage: python -m sds_sidecar serve [--socket-path PATH] [--source local-ca|files|vault]\n"
+              "       [--certificates a,b] [--trust-bundles c] ... (see --help after 'serve')",
+              file=sys.stderr if argv[:1] != ["--help"] else sys.stdout)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    from . import logs
+    from .agent import Agent
+    from .settings import AgentSettings
+
+    try:
+        settings = AgentSettings(_cli_parse_args=argv[1:], _cli_prog_name="python -m sds_sidecar serve")
+    except ValidationError as e:
+        print(f"sds_sidecar: invalid configuration:\n{e}", file=sys.stderr)
+        return 2
+    logs.setup(settings.log_level)
+    try:
+        import uvloop  # optional fast path
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(Agent(settings).run_until_signalled())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Wires settings → sources → cache → renewal → SDS server, and runs until SIGTERM."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from . import material
+from .cache import SecretCache
+from .health import health_app
+from .renewal import Renewer
+from .server import start_grpc
+from .settings import AgentSettings
+from .sources.base import SecretSpec, Source
+
+log = logging.getLogger("sds.agent")
+
+
+def make_source(kind: str, settings: AgentSettings) -> Source:
+    if kind == "local-ca":
+        from .sources.local_ca import LocalCASource
+
+        return LocalCASource(settings)
+    if kind == "files":
+        from .sources.files import FilesSource
+
+        return FilesSource(settings)
+    if kind == "vault":
+        from .sources.vault import VaultSource
+
+        return VaultSource(settings)
+    raise ValueError(f"unknown source {kind!r}")
+
+
+def specs_of(settings: AgentSettings) -> list[SecretSpec]:
+    return [SecretSpec(n, material.TLS_CERTIFICATE) for n in settings.certificates] + [
+        SecretSpec(n, material.VALIDATION_CONTEXT) for n in settings.trust_bundles
+    ]
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, sources: dict[str, Source] | None = None):
+        self.settings = settings
+        self.cache = SecretCache()
+        specs = specs_of(settings)
+        if sources is None:
+            by_kind = {k: make_source(k, settings) for k in {settings.source_for(s.name) for s in specs}}
+            sources = {s.name: by_kind[settings.source_for(s.name)] for s in specs}
+        self.renewer = Renewer(settings, self.cache, specs, sources)
+        self.grpc = None
+        self.http = None
+        self._http_task = None
+
+    async def start(self) -> None:
+        s = self.settings
+        # Serve before the first fetch: Envoy may already be asking, and its requests are
+        # held as pending until the secrets arrive (istio #22443).
+        self.grpc = await start_grpc(self.cache, self.renewer.knows, s.socket_path, s.socket_mode_int)
+        await self.renewer.start()
+        if s.http_port:
+            import uvicorn
+
+            config = uvicorn.Config(health_app(self.renewer.status), host=s.http_host, port=s.http_port,
+                                    log_level="warning", access_log=False, lifespan="off")
+            self.http = uvicorn.Server(config)
+            self.http.install_signal_handlers = lambda: None
+            self._http_task = asyncio.create_task(self.http.serve())
+        log.info("SDS agent serving", extra={"fields": {
+            "socket": str(s.socket_path), "names": list(self.renewer.specs), "http_port": s.http_port}})
+
+    async def stop(self, grace: float = 1.0) -> None:
+        if self.http:
+            self.http.should_exit = True
+            await self._http_task
+        await self.renewer.stop()
+        if self.grpc:
+            await self.grpc.stop(grace)
+        self.settings.socket_path.unlink(missing_ok=True)
+        log.info("SDS agent stopped")
+
+    async def run_until_signalled(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        await self.stop()

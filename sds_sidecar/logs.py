@@ -1,0 +1,39 @@
+"""Structured JSON logging and the audit trail."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+AUDIT = logging.getLogger("sds.audit")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        out.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def audit(event: str, name: str, **fields) -> None:
+    """event: loaded | rotated | rejected | served. Callers pass material.audit(), never keys."""
+    AUDIT.info(event, extra={"fields": {"event": event, "name": name, **fields}})
+
+
+def kv(**fields) -> dict:
+    return {"fields": fields}

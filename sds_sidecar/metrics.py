@@ -1,0 +1,15 @@
+"""Prometheus metrics of the agent (one registry per process, the default one)."""
+from prometheus_client import Counter, Gauge
+
+PUSHES = Counter("sds_pushes_total", "Secrets sent to Envoy", ["api"])
+ACKS = Counter("sds_acks_total", "Responses acknowledged by Envoy", ["api"])
+NACKS = Counter("sds_nacks_total", "Responses rejected by Envoy", ["api"])
+STALE = Counter("sds_stale_nonce_requests_total", "Requests ignored for a stale nonce")
+PENDING = Gauge("sds_pending_names", "Names subscribed by Envoy that the agent does not have yet")
+UNKNOWN = Counter("sds_unknown_name_requests_total", "Subscriptions to names the agent is not configured for")
+STREAMS = Gauge("sds_streams_active", "Open SDS streams", ["api"])
+SOURCE_ERRORS = Counter("sds_source_errors_total", "Failed fetches from a source", ["source", "reason"])
+REJECTED = Counter("sds_secrets_rejected_total", "Secrets that failed validation", ["reason"])
+ROTATIONS = Counter("sds_secret_updates_total", "New secret versions stored", ["kind"])
+EXPIRY = Gauge("sds_secret_expiry_seconds", "Seconds until the served secret expires", ["name"])
+DEGRADED = Gauge("sds_degraded", "1 while a source is failing and cached secrets are served")

@@ -1,0 +1,168 @@
+"""Keeps the cache filled: fetches each configured secret, renews it by the rotation rule,
+re-reads it when its source reports a change, and backs off through source outages while
+the cached version keeps being served."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+from collections.abc import Mapping
+
+from . import logs, metrics
+from .cache import SecretCache
+from .material import SecretMaterial
+from .settings import AgentSettings
+from .sources.base import SecretSpec, Source, SourceError
+from .validation import InvalidSecret, now
+
+log = logging.getLogger("sds.renewal")
+
+
+def renew_delay(m: SecretMaterial, s: AgentSettings, at: dt.datetime, rng: random.Random) -> float:
+    """Seconds until `m` should be renewed: when its remaining lifetime falls below
+    fraction*lifetime or below the floor, whichever comes first, with jitter so that
+    thousands of pods issued together do not renew in the same second."""
+    lifetime = m.lifetime.total_seconds()
+    threshold = lifetime * s.rotation_fraction
+    # A floor at or above the lifetime would mean "renew at once, forever": ignore it then.
+    if s.rotation_floor_seconds < lifetime:
+        threshold = max(threshold, s.rotation_floor_seconds)
+    threshold *= 1 + rng.uniform(-s.rotation_jitter, s.rotation_jitter)
+    threshold = min(threshold, lifetime * 0.95)
+    renew_at = m.not_after - dt.timedelta(seconds=threshold)
+    return max(s.min_refresh_seconds, (renew_at - at).total_seconds())
+
+
+def backoff(failures: int, s: AgentSettings, rng: random.Random) -> float:
+    cap = min(s.retry_max_seconds, s.retry_initial_seconds * 2 ** (failures - 1))
+    return rng.uniform(cap / 2, cap)
+
+
+class Renewer:
+    def __init__(self, settings: AgentSettings, cache: SecretCache, specs: list[SecretSpec],
+                 sources: Mapping[str, Source], rng: random.Random | None = None):
+        self.settings = settings
+        self.cache = cache
+        self.specs = {s.name: s for s in specs}
+        self.sources = sources  # by name
+        self.rng = rng or random.Random()
+        self.failing: dict[str, str] = {}
+        self._wake = {name: asyncio.Event() for name in self.specs}
+        self._tasks: list[asyncio.Task] = []
+
+    def knows(self, name: str) -> bool:
+        return name in self.specs
+
+    def status(self) -> dict:
+        """What /readyz reports: ready once every configured name has an unexpired secret."""
+        at = now()
+        missing, expired = [], []
+        for name in self.specs:
+            entry = self.cache.get(name)
+            if entry is None:
+                missing.append(name)
+            elif entry.material.not_after and entry.material.not_after <= at:
+                expired.append(name)
+        return {
+            "ready": not missing and not expired,
+            "degraded": bool(self.failing),
+            "missing": missing,
+            "expired": expired,
+            "failing": dict(self.failing),
+        }
+
+    def trigger(self, name: str) -> None:
+        """Re-fetch `name` now (a source change, a revocation)."""
+        if name in self._wake:
+            self._wake[name].set()
+
+    async def start(self) -> None:
+        for spec in self.specs.values():
+            self._tasks.append(asyncio.create_task(self._keep(spec), name=f"renew:{spec.name}"))
+        by_source: dict[int, tuple[Source, list[SecretSpec]]] = {}
+        for spec in self.specs.values():
+            src = self.sources[spec.name]
+            by_source.setdefault(id(src), (src, []))[1].append(spec)
+        for src, specs in by_source.values():
+            self._tasks.append(asyncio.create_task(self._follow(src, specs), name=f"watch:{src.label}"))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for src in {id(s): s for s in self.sources.values()}.values():
+            await src.aclose()
+
+    async def _follow(self, src: Source, specs: list[SecretSpec]) -> None:
+        try:
+            async for name in src.changes(specs):
+                self.trigger(name)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("change watch failed; periodic refresh continues", extra=logs.kv(source=src.label))
+
+    async def _keep(self, spec: SecretSpec) -> None:
+        failures = 0
+        wake = self._wake[spec.name]
+        while True:
+            wake.clear()
+            ok = await self.refresh(spec)
+            failures = 0 if ok else failures + 1
+            await self._sleep(wake, self._next_delay(spec, failures))
+
+    @staticmethod
+    async def _sleep(wake: asyncio.Event, delay: float) -> None:
+        try:
+            await asyncio.wait_for(wake.wait(), delay)
+        except asyncio.TimeoutError:
+            pass
+
+    def _next_delay(self, spec: SecretSpec, failures: int) -> float:
+        s = self.settings
+        if failures:
+            return backoff(failures, s, self.rng)
+        entry = self.cache.get(spec.name)
+        if entry and self.sources[spec.name].issues(spec):
+            return renew_delay(entry.material, s, now(), self.rng)
+        return s.static_refresh_seconds
+
+    async def refresh(self, spec: SecretSpec) -> bool:
+        src = self.sources[spec.name]
+        fields = {"name": spec.name, "source": src.label}
+        try:
+            m = await src.fetch(spec)
+        except InvalidSecret as e:
+            metrics.REJECTED.labels(e.reason).inc()
+            logs.audit("rejected", spec.name, reason=e.reason, error=str(e))
+            log.warning("secret rejected, previous version kept: %s", e, extra=logs.kv(reason=e.reason, **fields))
+            return self._failed(spec, e.reason)
+        except SourceError as e:
+            metrics.SOURCE_ERRORS.labels(src.label, e.reason).inc()
+            log.warning("source failed, cached version kept: %s", e, extra=logs.kv(reason=e.reason, **fields))
+            return self._failed(spec, e.reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a source bug must not kill the agent; type only, no message
+            metrics.SOURCE_ERRORS.labels(src.label, "internal").inc()
+            log.error("source raised %s, cached version kept", type(e).__name__, extra=logs.kv(**fields))
+            return self._failed(spec, "internal")
+        previous = self.cache.get(spec.name)
+        entry = self.cache.put(spec.name, m)
+        if entry is not None:
+            metrics.ROTATIONS.labels(m.kind).inc()
+            logs.audit("rotated" if previous else "loaded", spec.name, version=entry.version, **m.audit())
+        if m.not_after:
+            metrics.EXPIRY.labels(spec.name).set((m.not_after - now()).total_seconds())
+        self.failing.pop(spec.name, None)
+        metrics.DEGRADED.set(1 if self.failing else 0)
+        return True
+
+    def _failed(self, spec: SecretSpec, reason: str) -> bool:
+        self.failing[spec.name] = reason
+        metrics.DEGRADED.set(1)
+        entry = self.cache.get(spec.name)
+        if entry and entry.material.not_after:
+            metrics.EXPIRY.labels(spec.name).set((entry.material.not_after - now()).total_seconds())
+        return False

@@ -1,0 +1,246 @@
+"""Envoy Secret Discovery Service v3: StreamSecrets (state of the world), DeltaSecrets
+(incremental) and FetchSecrets (unary), served from the cache.
+
+xDS rules this follows: a response only when a subscribed secret changed or a name was newly
+requested; ACKs get no reply; NACKs are logged and counted but never answered with a resend;
+a request with a stale nonce is ignored; a name the agent does not have stays pending (never
+an error: a draining listener can keep an old name) and is pushed once it exists."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterable
+
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2
+from envoy.service.secret.v3 import sds_pb2_grpc
+
+from . import logs, metrics
+from .cache import Entry, SecretCache
+
+TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+MAX_PER_RESPONSE = 1000  # keeps each message far below gRPC's 4 MiB default
+log = logging.getLogger("sds.server")
+
+_END = object()
+
+
+def _nacked(req) -> bool:
+    return bool(req.error_detail.code or req.error_detail.message)
+
+
+class _Stream:
+    """State shared by both stream flavours: subscriptions, what was sent, what is pending."""
+
+    def __init__(self, api: str, cache: SecretCache, knows: Callable[[str], bool]):
+        self.api = api
+        self.cache = cache
+        self.knows = knows
+        self.node = ""
+        self.subscribed: set[str] = set()
+        self.sent: dict[str, str] = {}  # name -> version the client has from us
+        self.pending: set[str] = set()
+        self.inbox: asyncio.Queue = asyncio.Queue()
+
+    def _set_pending(self, name: str, missing: bool) -> None:
+        if missing and name not in self.pending:
+            self.pending.add(name)
+            metrics.PENDING.inc()
+            if self.knows(name):
+                log.info("name pending until its source delivers", extra=logs.kv(name=name, node=self.node))
+            else:
+                metrics.UNKNOWN.inc()
+                log.warning("name not configured in this agent; it stays pending",
+                            extra=logs.kv(name=name, node=self.node, reason="not_configured"))
+        elif not missing and name in self.pending:
+            self.pending.discard(name)
+            metrics.PENDING.dec()
+
+    def _drop(self, name: str) -> None:
+        self.subscribed.discard(name)
+        self.sent.pop(name, None)
+        self._set_pending(name, False)
+
+    def ready_entries(self, names: Iterable[str], force: bool = False) -> list[tuple[str, Entry]]:
+        """Subscribed names whose current version the client does not have yet."""
+        out = []
+        for name in sorted(names):
+            entry = self.cache.get(name)
+            self._set_pending(name, entry is None)
+            if entry is not None and (force or self.sent.get(name) != entry.version):
+                out.append((name, entry))
+        return out
+
+    async def run(self, requests: AsyncIterator, handle_request, handle_change) -> AsyncIterator:
+        async def pump():
+            try:
+                async for req in requests:
+                    self.inbox.put_nowait(req)
+            finally:
+                self.inbox.put_nowait(_END)
+
+        reader = asyncio.create_task(pump())
+        self.cache.watch(self.inbox)
+        metrics.STREAMS.labels(self.api).inc()
+        try:
+            while (item := await self.inbox.get()) is not _END:
+                handler = handle_change if isinstance(item, str) else handle_request
+                for response in handler(item):
+                    yield response
+        finally:
+            self.cache.unwatch(self.inbox)
+            reader.cancel()
+            metrics.STREAMS.labels(self.api).dec()
+            for name in list(self.pending):
+                self._set_pending(name, False)
+            log.info("stream closed", extra=logs.kv(api=self.api, node=self.node))
+
+
+class _SotwStream(_Stream):
+    def __init__(self, cache, knows):
+        super().__init__("sotw", cache, knows)
+        self.nonce = ""
+
+    def on_request(self, req: discovery_pb2.DiscoveryRequest):
+        if req.node.id:
+            self.node = req.node.id
+        if req.response_nonce and req.response_nonce != self.nonce:
+            metrics.STALE.inc()
+            return
+        if _nacked(req):
+            metrics.NACKS.labels(self.api).inc()
+            log.warning("Envoy rejected secrets; not resending", extra=logs.kv(
+                node=self.node, names=list(req.resource_names), error=req.error_detail.message))
+        elif req.response_nonce:
+            metrics.ACKS.labels(self.api).inc()
+        names = set(req.resource_names)
+        if not req.response_nonce:
+            # A request without a nonce opens a (new) subscription, e.g. after a ConfigSource
+            # change (envoy #47309): every requested name must be answered again.
+            self.sent.clear()
+        for gone in self.subscribed - names:
+            self._drop(gone)
+        new = names - self.subscribed if req.response_nonce else names
+        self.subscribed = names
+        yield from self._respond(self.ready_entries(new))
+
+    def on_change(self, name: str):
+        if name in self.subscribed:
+            yield from self._respond(self.ready_entries([name]))
+
+    def _respond(self, entries: list[tuple[str, Entry]]):
+        for i in range(0, len(entries), MAX_PER_RESPONSE):
+            batch = entries[i : i + MAX_PER_RESPONSE]
+            version = hashlib.sha256("".join(e.version for _, e in batch).encode()).hexdigest()[:16]
+            self.nonce = secrets.token_hex(8)
+            for name, entry in batch:
+                self.sent[name] = entry.version
+                logs.audit("served", name, api=self.api, node=self.node, **entry.material.audit())
+            metrics.PUSHES.labels(self.api).inc(len(batch))
+            yield discovery_pb2.DiscoveryResponse(
+                version_info=version, type_url=TYPE_URL, nonce=self.nonce,
+                resources=[e.resource for _, e in batch],
+            )
+
+
+class _DeltaStream(_Stream):
+    def __init__(self, cache, knows):
+        super().__init__("delta", cache, knows)
+        self.first = True
+
+    def on_request(self, req: discovery_pb2.DeltaDiscoveryRequest):
+        if req.node.id:
+            self.node = req.node.id
+        if _nacked(req):
+            metrics.NACKS.labels(self.api).inc()
+            log.warning("Envoy rejected secrets; not resending", extra=logs.kv(
+                node=self.node, error=req.error_detail.message))
+        elif req.response_nonce:
+            metrics.ACKS.labels(self.api).inc()
+        if self.first:
+            # What Envoy already holds (e.g. from before an agent restart) need not be resent.
+            self.sent.update(req.initial_resource_versions)
+            self.first = False
+        for name in req.resource_names_unsubscribe:
+            self._drop(name)
+        wanted = list(req.resource_names_subscribe)
+        # Re-subscribing a name already held is a request to send it again (envoy #47309).
+        force = {n for n in wanted if n in self.subscribed}
+        self.subscribed.update(wanted)
+        for name in force:
+            self.sent.pop(name, None)
+        yield from self._respond(self.ready_entries(wanted), [])
+
+    def on_change(self, name: str):
+        if name not in self.subscribed:
+            return
+        if self.cache.get(name) is None and name in self.sent:
+            del self.sent[name]
+            yield from self._respond([], [name])
+        else:
+            yield from self._respond(self.ready_entries([name]), [])
+
+    def _respond(self, entries: list[tuple[str, Entry]], removed: list[str]):
+        for i in range(0, max(len(entries), len(removed)), MAX_PER_RESPONSE):
+            batch = entries[i : i + MAX_PER_RESPONSE]
+            for name, entry in batch:
+                self.sent[name] = entry.version
+                logs.audit("served", name, api=self.api, node=self.node, **entry.material.audit())
+            metrics.PUSHES.labels(self.api).inc(len(batch))
+            yield discovery_pb2.DeltaDiscoveryResponse(
+                type_url=TYPE_URL,
+                nonce=secrets.token_hex(8),
+                resources=[discovery_pb2.Resource(name=n, version=e.version, resource=e.resource)
+                           for n, e in batch],
+                removed_resources=removed[i : i + MAX_PER_RESPONSE],
+            )
+
+
+class SecretDiscovery(sds_pb2_grpc.SecretDiscoveryServiceServicer):
+    def __init__(self, cache: SecretCache, knows: Callable[[str], bool]):
+        self.cache = cache
+        self.knows = knows
+
+    async def StreamSecrets(self, request_iterator, context):
+        s = _SotwStream(self.cache, self.knows)
+        async for response in s.run(request_iterator, s.on_request, s.on_change):
+            yield response
+
+    async def DeltaSecrets(self, request_iterator, context):
+        s = _DeltaStream(self.cache, self.knows)
+        async for response in s.run(request_iterator, s.on_request, s.on_change):
+            yield response
+
+    async def FetchSecrets(self, request, context):
+        found = [(n, e) for n in request.resource_names if (e := self.cache.get(n)) is not None]
+        if not found:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"none of the requested secrets is available: {list(request.resource_names)}")
+        version = hashlib.sha256("".join(e.version for _, e in found).encode()).hexdigest()[:16]
+        metrics.PUSHES.labels("fetch").inc(len(found))
+        return discovery_pb2.DiscoveryResponse(
+            version_info=version, type_url=TYPE_URL, nonce=secrets.token_hex(8),
+            resources=[e.resource for _, e in found],
+        )
+
+
+async def start_grpc(cache: SecretCache, knows, socket_path, mode: int) -> grpc.aio.Server:
+    """Serve SDS on a Unix socket: a stale socket file is removed, and the socket is created
+    with `mode` from the start (umask), so no other user can connect even briefly."""
+    import os
+
+    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    if socket_path.is_socket() or socket_path.exists():
+        socket_path.unlink()
+    server = grpc.aio.server(options=[("grpc.max_send_message_length", -1)])
+    sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(SecretDiscovery(cache, knows), server)
+    server.add_insecure_port(f"unix:{socket_path}")
+    old = os.umask(0o777 & ~mode)
+    try:
+        await server.start()
+    finally:
+        os.umask(old)
+    os.chmod(socket_path, mode)
+    return server

@@ -1,0 +1,90 @@
+"""Typed configuration of the SDS agent, read once at start-up from flags and SDS_* variables."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+SourceKind = Literal["local-ca", "files", "vault"]
+NameList = Annotated[list[str], NoDecode]
+
+
+def _split(value: object) -> object:
+    # Env vars and flags carry lists as "a,b,c" (what a pod spec writes); JSON lists also work.
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class AgentSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SDS_", extra="forbid", cli_kebab_case=True)
+
+    socket_path: Path = Path("/var/run/sds/sds.sock")
+    socket_mode: str = Field("0660", pattern=r"^0?[0-7]{3}$", description="octal file mode of the socket")
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(15090, ge=0, le=65535, description="health/metrics port; 0 disables it")
+
+    source: SourceKind = "local-ca"
+    certificates: NameList = Field(default_factory=list, description="tls_certificate names to serve")
+    trust_bundles: NameList = Field(default_factory=list, description="validation_context names to serve")
+    source_overrides: dict[str, SourceKind] = Field(default_factory=dict, description="name -> source")
+
+    # Pod identity (downward API in a pod).
+    namespace: str = "default"
+    service_account: str = "default"
+    pod_name: str = ""
+    service: str = ""
+    trust_domain: str = "cluster.local"
+    dns_names: NameList = Field(default_factory=list)
+
+    # Rotation: renew when remaining lifetime < fraction*lifetime (jittered) or < floor.
+    rotation_fraction: float = Field(0.5, gt=0, lt=1)
+    rotation_jitter: float = Field(0.1, ge=0, lt=0.5)
+    rotation_floor_seconds: float = Field(86400, ge=0)
+    min_refresh_seconds: float = Field(1.0, gt=0)
+    static_refresh_seconds: float = Field(300, gt=0, description="re-read of sources that do not issue")
+    retry_initial_seconds: float = Field(0.5, gt=0)
+    retry_max_seconds: float = Field(60, gt=0)
+
+    # local-ca source
+    local_ca_cert_file: Path | None = None
+    local_ca_key_file: Path | None = None
+    local_ca_cert_ttl_seconds: float = Field(3600, gt=1)
+    local_ca_bundle_name_suffix: str = ""
+
+    # files source
+    files_root: Path = Path("/etc/sds/certs")
+    files_poll_seconds: float = Field(0.05, gt=0)
+
+    log_level: str = "INFO"
+
+    _split_lists = field_validator("certificates", "trust_bundles", "dns_names", mode="before")(
+        lambda cls, v: _split(v)
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "AgentSettings":
+        both = set(self.certificates) & set(self.trust_bundles)
+        if both:
+            raise ValueError(f"names listed as both certificate and trust bundle: {sorted(both)}")
+        if (self.local_ca_cert_file is None) != (self.local_ca_key_file is None):
+            raise ValueError("local_ca_cert_file and local_ca_key_file go together")
+        return self
+
+    @property
+    def socket_mode_int(self) -> int:
+        return int(self.socket_mode, 8)
+
+    def source_for(self, name: str) -> SourceKind:
+        return self.source_overrides.get(name, self.source)
+
+    @property
+    def spiffe_id(self) -> str:
+        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"

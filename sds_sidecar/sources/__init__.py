@@ -1,0 +1,3 @@
+from .base import SecretSpec, Source, SourceError
+
+__all__ = ["SecretSpec", "Source", "SourceError"]

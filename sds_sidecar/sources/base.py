@@ -1,0 +1,43 @@
+"""The interface every certificate source implements. The server never sees a source."""
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+from ..material import SecretMaterial
+
+
+@dataclass(frozen=True)
+class SecretSpec:
+    name: str
+    kind: str  # material.TLS_CERTIFICATE | material.VALIDATION_CONTEXT
+
+
+class SourceError(Exception):
+    """The source could not deliver; `reason` is a short metric label. Never carries key material."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class Source(abc.ABC):
+    label: str = "source"
+
+    @abc.abstractmethod
+    async def fetch(self, spec: SecretSpec) -> SecretMaterial:
+        """Return validated material for `spec` (raise SourceError or validation.InvalidSecret)."""
+
+    def issues(self, spec: SecretSpec) -> bool:
+        """True when a new fetch mints a fresh certificate, so the rotation rule applies;
+        False when the source only reflects stored content, which is re-read on change."""
+        return False
+
+    async def changes(self, specs: Iterable[SecretSpec]) -> AsyncIterator[str]:
+        """Yield names whose content may have changed. Default: the source never says."""
+        return
+        yield  # pragma: no cover
+
+    async def aclose(self) -> None:
+        pass

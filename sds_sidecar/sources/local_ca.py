@@ -1,0 +1,42 @@
+"""The embedded default source: a CA in the agent's memory (or loaded from files the user gave)."""
+from __future__ import annotations
+
+import datetime as dt
+
+from .. import material
+from ..ca import LocalCA
+from ..settings import AgentSettings
+from .base import SecretSpec, Source
+
+
+class LocalCASource(Source):
+    label = "local-ca"
+
+    def __init__(self, settings: AgentSettings, ca: LocalCA | None = None):
+        self.settings = settings
+        if ca is None and settings.local_ca_cert_file is not None:
+            ca = LocalCA.load(settings.local_ca_cert_file, settings.local_ca_key_file)
+        self.ca = ca or LocalCA.generate()
+
+    def issues(self, spec: SecretSpec) -> bool:
+        return spec.kind == material.TLS_CERTIFICATE
+
+    def dns_names(self) -> list[str]:
+        s = self.settings
+        names = list(s.dns_names)
+        if s.service:
+            names += [s.service, f"{s.service}.{s.namespace}", f"{s.service}.{s.namespace}.svc",
+                      f"{s.service}.{s.namespace}.svc.{s.trust_domain}"]
+        return names
+
+    async def fetch(self, spec: SecretSpec) -> material.SecretMaterial:
+        if spec.kind == material.VALIDATION_CONTEXT:
+            return material.validation_context(self.ca.cert_pem)
+        s = self.settings
+        issued = self.ca.issue(
+            s.service or spec.name,
+            dns_names=self.dns_names(),
+            uris=[s.spiffe_id],
+            ttl=dt.timedelta(seconds=s.local_ca_cert_ttl_seconds),
+        )
+        return material.tls_certificate(issued.chain_pem, issued.key_pem)
