@@ -1,0 +1,185 @@
+"""Validation, the rotation rule, sources and settings of the SDS agent, without Envoy."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from sds_sidecar import material
+from sds_sidecar.ca import LocalCA
+from sds_sidecar.cache import SecretCache
+from sds_sidecar.renewal import Renewer, backoff, renew_delay
+from sds_sidecar.settings import AgentSettings
+from sds_sidecar.sources.base import SecretSpec
+from sds_sidecar.sources.files import FilesSource
+from sds_sidecar.sources.local_ca import LocalCASource
+from sds_sidecar.validation import InvalidSecret
+from tests.conftest import remember_key
+from tests.harness import issue, write_cert_dir
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def mat(lifetime_h: float, start=NOW) -> material.SecretMaterial:
+    return material.SecretMaterial(kind=material.TLS_CERTIFICATE, not_before=start,
+                                   not_after=start + dt.timedelta(hours=lifetime_h), digest="x")
+
+
+def test_validation_accepts_good_and_names_each_bad_case(ca):
+    good = issue(ca)
+    m = material.tls_certificate(good.chain_pem, good.key_pem)
+    assert m.serial == format(good.certificate.serial_number, "x")
+    assert b"BEGIN PRIVATE KEY" in m.private_key  # PKCS#8
+    assert "PRIVATE" not in repr(m) and "key" not in repr(m).lower()
+    other = issue(ca)
+    expired = issue(ca, not_before=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2))
+    cases = {
+        "bad_pem": (b"garbage", good.key_pem),
+        "bad_key": (good.chain_pem, b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"),
+        "key_mismatch": (good.chain_pem, other.key_pem),
+        "expired": (expired.chain_pem, expired.key_pem),
+        "chain_order": (good.chain_pem + other.chain_pem, good.key_pem),
+    }
+    for reason, (crt, key) in cases.items():
+        with pytest.raises(InvalidSecret) as e:
+            material.tls_certificate(crt, key)
+        assert e.value.reason == reason
+        assert "PRIVATE" not in str(e.value) and good.key_pem.decode().splitlines()[1] not in str(e.value)
+
+
+def test_chain_with_intermediate_in_order_is_accepted():
+    root = LocalCA.generate("root")
+    inter_issued = root.issue("intermediate", ttl=dt.timedelta(days=30))
+    # Turn the issued cert into a CA by re-signing with CA constraints.
+    inter_key = serialization.load_pem_private_key(inter_issued.key_pem, None)
+
+    inter_cert = (x509.CertificateBuilder().subject_name(inter_issued.certificate.subject)
+                  .issuer_name(root.cert.subject).public_key(inter_key.public_key())
+                  .serial_number(x509.random_serial_number())
+                  .not_valid_before(inter_issued.certificate.not_valid_before_utc)
+                  .not_valid_after(inter_issued.certificate.not_valid_after_utc)
+                  .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                  .sign(root.key, hashes.SHA256()))
+    inter = LocalCA(inter_cert, inter_key)
+    leaf = issue(inter)
+    m = material.tls_certificate(leaf.chain_pem + inter.cert_pem, leaf.key_pem)
+    assert m.certificate_chain.count(b"BEGIN CERTIFICATE") == 2
+    with pytest.raises(InvalidSecret, match="not issued by"):
+        material.tls_certificate(leaf.chain_pem + root.cert_pem, leaf.key_pem)  # intermediate missing
+
+
+def test_trust_bundle_drops_expired_cas_and_checks_crl(ca):
+    old = LocalCA.generate("old", days=1, not_before=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3))
+    m = material.validation_context(old.cert_pem + ca.cert_pem)
+    assert m.trusted_ca == ca.cert_pem
+    with pytest.raises(InvalidSecret) as e:
+        material.validation_context(old.cert_pem)
+    assert e.value.reason == "expired"
+    with pytest.raises(InvalidSecret) as e:
+        material.validation_context(ca.cert_pem, b"not a crl")
+    assert e.value.reason == "bad_crl"
+
+
+@pytest.mark.parametrize("lifetime_h,floor_h,expect_h", [
+    (48, 24, 24),      # half the lifetime and the floor agree
+    (30, 24, 6),       # the floor comes first: renew 24 h before expiry
+    (1, 24, 0.5),      # floor longer than the lifetime is ignored, not a renewal loop
+    (240, 24, 120),    # half the lifetime comes first
+])
+def test_rotation_rule(lifetime_h, floor_h, expect_h):
+    s = AgentSettings(rotation_floor_seconds=floor_h * 3600, rotation_jitter=0)
+    assert renew_delay(mat(lifetime_h), s, NOW, random.Random(1)) == pytest.approx(expect_h * 3600)
+
+
+def test_rotation_jitter_spreads_renewals_within_bounds():
+    s = AgentSettings(rotation_floor_seconds=0, rotation_jitter=0.1)
+    rng = random.Random(7)
+    delays = [renew_delay(mat(10), s, NOW, rng) for _ in range(1000)]
+    assert min(delays) >= 0.4 * 36000 and max(delays) <= 0.6 * 36000
+    # The jitter band is ±10 % of half of 10 h: 3,600 s wide. Renewals must fill it, not bunch.
+    assert max(delays) - min(delays) > 0.8 * 3600
+    from collections import Counter
+
+    assert max(Counter(round(d) for d in delays).values()) <= 5
+
+
+def test_backoff_is_capped_and_grows():
+    s = AgentSettings(retry_initial_seconds=0.5, retry_max_seconds=10)
+    rng = random.Random(3)
+    assert [backoff(n, s, rng) <= min(10, 0.5 * 2 ** (n - 1)) for n in range(1, 12)] == [True] * 11
+    assert backoff(10, s, rng) >= 5
+
+
+def test_local_ca_issues_spiffe_and_dns_sans():
+    s = AgentSettings(namespace="shop", service_account="cart", service="cart", certificates=["c"],
+                      trust_bundles=["t"])
+    src = LocalCASource(s)
+    m = asyncio.run(src.fetch(SecretSpec("c", material.TLS_CERTIFICATE)))
+    cert = x509.load_pem_x509_certificate(m.certificate_chain)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://cluster.local/ns/shop/sa/cart"]
+    assert "cart.shop.svc" in san.get_values_for_type(x509.DNSName)
+    assert src.issues(SecretSpec("c", material.TLS_CERTIFICATE))
+    bundle = asyncio.run(src.fetch(SecretSpec("t", material.VALIDATION_CONTEXT)))
+    assert bundle.trusted_ca == src.ca.cert_pem
+
+
+def test_renewer_keeps_previous_secret_on_bad_files_and_logs_reason(tmp_path, ca, caplog):
+    caplog.set_level(logging.INFO)
+    good = issue(ca)
+    remember_key(good.key_pem)
+    write_cert_dir(tmp_path, "web", good)
+    s = AgentSettings(source="files", files_root=tmp_path, certificates=["web"])
+    cache = SecretCache()
+    spec = SecretSpec("web", material.TLS_CERTIFICATE)
+    r = Renewer(s, cache, [spec], {"web": FilesSource(s)})
+
+    async def body():
+        assert await r.refresh(spec)
+        (tmp_path / "web" / "tls.crt").unlink()
+        (tmp_path / "web" / "tls.crt").write_bytes(b"-----BEGIN CERTIFICATE-----\nZm9v\n-----END CERTIFICATE-----\n")
+        assert not await r.refresh(spec)
+
+    asyncio.run(body())
+    assert cache.get("web").material.serial == format(good.certificate.serial_number, "x")
+    assert r.status()["failing"] == {"web": "bad_pem"} and r.status()["ready"]
+    rejected = [rec for rec in caplog.records if rec.getMessage().startswith("secret rejected")]
+    assert rejected and rejected[0].fields["name"] == "web" and rejected[0].fields["reason"] == "bad_pem"
+
+
+def test_settings_from_env_and_flags(monkeypatch, tmp_path):
+    monkeypatch.setenv("SDS_CERTIFICATES", "a, b")
+    monkeypatch.setenv("SDS_TRUST_BUNDLES", '["t"]')
+    s = AgentSettings(_cli_parse_args=["--socket-mode", "0600", "--source", "files"])
+    assert s.certificates == ["a", "b"] and s.trust_bundles == ["t"]
+    assert s.socket_mode_int == 0o600 and s.source == "files"
+    with pytest.raises(Exception, match="both certificate and trust bundle"):
+        AgentSettings(certificates=["x"], trust_bundles=["x"])
+    with pytest.raises(Exception):
+        AgentSettings(source="nope")
+
+
+def test_files_source_sees_kubernetes_symlink_swap(tmp_path, ca):
+    first, second = issue(ca), issue(ca)
+    write_cert_dir(tmp_path, "web", first)
+    s = AgentSettings(source="files", files_root=tmp_path, files_poll_seconds=0.01)
+    src = FilesSource(s)
+    spec = SecretSpec("web", material.TLS_CERTIFICATE)
+
+    async def body():
+        changes = src.changes([spec])
+        nxt = asyncio.ensure_future(changes.__anext__())
+        await asyncio.sleep(0.05)
+        assert not nxt.done()
+        write_cert_dir(tmp_path, "web", second)
+        assert await asyncio.wait_for(nxt, 1) == "web"
+        m = await src.fetch(spec)
+        assert m.serial == format(second.certificate.serial_number, "x")
+        await changes.aclose()
+
+    asyncio.run(body())
