@@ -75,7 +75,6 @@ class Agent:
         await self.renewer.stop()
         if self.grpc:
             await self.grpc.stop(grace)
-        self.settings.socket_path.unlink(missing_ok=True)
         log.info("SDS agent stopped")
 
     async def run_until_signalled(self) -> None:
@@ -83,6 +82,8 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # SIGHUP: renew every secret now (an operator's forced rotation).
+        loop.add_signal_handler(signal.SIGHUP, self.renewer.trigger_all)
         await self.start()
         await stop.wait()
         await self.stop()

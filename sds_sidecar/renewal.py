@@ -77,6 +77,11 @@ class Renewer:
         if name in self._wake:
             self._wake[name].set()
 
+    def trigger_all(self) -> None:
+        log.info("renewing every secret now")
+        for name in self._wake:
+            self.trigger(name)
+
     async def start(self) -> None:
         for spec in self.specs.values():
             self._tasks.append(asyncio.create_task(self._keep(spec), name=f"renew:{spec.name}"))

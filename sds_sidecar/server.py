@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
@@ -202,15 +204,22 @@ class SecretDiscovery(sds_pb2_grpc.SecretDiscoveryServiceServicer):
     def __init__(self, cache: SecretCache, knows: Callable[[str], bool]):
         self.cache = cache
         self.knows = knows
+        self.streams: set[_Stream] = set()
+
+    async def _serve(self, s: _Stream, request_iterator):
+        self.streams.add(s)
+        try:
+            async for response in s.run(request_iterator, s.on_request, s.on_change):
+                yield response
+        finally:
+            self.streams.discard(s)
 
     async def StreamSecrets(self, request_iterator, context):
-        s = _SotwStream(self.cache, self.knows)
-        async for response in s.run(request_iterator, s.on_request, s.on_change):
+        async for response in self._serve(_SotwStream(self.cache, self.knows), request_iterator):
             yield response
 
     async def DeltaSecrets(self, request_iterator, context):
-        s = _DeltaStream(self.cache, self.knows)
-        async for response in s.run(request_iterator, s.on_request, s.on_change):
+        async for response in self._serve(_DeltaStream(self.cache, self.knows), request_iterator):
             yield response
 
     async def FetchSecrets(self, request, context):
@@ -226,21 +235,36 @@ class SecretDiscovery(sds_pb2_grpc.SecretDiscoveryServiceServicer):
         )
 
 
-async def start_grpc(cache: SecretCache, knows, socket_path, mode: int) -> grpc.aio.Server:
-    """Serve SDS on a Unix socket: a stale socket file is removed, and the socket is created
-    with `mode` from the start (umask), so no other user can connect even briefly."""
-    import os
+class SdsServer:
+    """The gRPC server on a Unix socket. A stale socket file is removed, and the socket is
+    created with `mode` from the start (umask), so no other user can connect even briefly."""
 
-    socket_path.parent.mkdir(parents=True, exist_ok=True)
-    if socket_path.is_socket() or socket_path.exists():
-        socket_path.unlink()
-    server = grpc.aio.server(options=[("grpc.max_send_message_length", -1)])
-    sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(SecretDiscovery(cache, knows), server)
-    server.add_insecure_port(f"unix:{socket_path}")
-    old = os.umask(0o777 & ~mode)
-    try:
-        await server.start()
-    finally:
-        os.umask(old)
-    os.chmod(socket_path, mode)
-    return server
+    def __init__(self, cache: SecretCache, knows, socket_path: Path, mode: int):
+        self.socket_path, self.mode = socket_path, mode
+        self.servicer = SecretDiscovery(cache, knows)
+        self.server = grpc.aio.server(options=[("grpc.max_send_message_length", -1)])
+        sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(self.servicer, self.server)
+
+    async def start(self) -> "SdsServer":
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.socket_path.is_socket() or self.socket_path.exists():
+            self.socket_path.unlink()
+        self.server.add_insecure_port(f"unix:{self.socket_path}")
+        old = os.umask(0o777 & ~self.mode)
+        try:
+            await self.server.start()
+        finally:
+            os.umask(old)
+        os.chmod(self.socket_path, self.mode)
+        return self
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        # End open streams cleanly (status OK) rather than having gRPC cancel them mid-await.
+        for stream in list(self.servicer.streams):
+            stream.inbox.put_nowait(_END)
+        await self.server.stop(grace)
+        self.socket_path.unlink(missing_ok=True)
+
+
+async def start_grpc(cache: SecretCache, knows, socket_path: Path, mode: int) -> SdsServer:
+    return await SdsServer(cache, knows, socket_path, mode).start()
