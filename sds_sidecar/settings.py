@@ -41,6 +41,8 @@ class AgentSettings(BaseSettings):
     service_account: str = "default"
     pod_name: str = ""
     service: str = ""
+    env: str = ""
+    business_line: str = ""
     trust_domain: str = "cluster.local"
     dns_names: NameList = Field(default_factory=list)
 

@@ -91,13 +91,15 @@ def upstream_tls(common: dict, sni: str) -> dict:
     }
 
 
-def http_manager(stat_prefix: str, route: dict, forward_client_cert: bool = False) -> dict:
+def http_manager(stat_prefix: str, route: dict | None = None, forward_client_cert: bool = False,
+                 routes: list[dict] | None = None) -> dict:
+    """`route`: the action for every path; `routes`: full route entries instead."""
     cfg = {
         "@type": HCM,
         "stat_prefix": stat_prefix,
         "codec_type": "AUTO",
         "route_config": {"virtual_hosts": [{"name": stat_prefix, "domains": ["*"],
-                                            "routes": [{"match": {"prefix": "/"}, **route}]}]},
+                                            "routes": routes or [{"match": {"prefix": "/"}, **route}]}]},
         "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
     }
     if forward_client_cert:
@@ -145,3 +147,48 @@ def static_cluster(name: str, host: str, port: int, transport_socket: dict | Non
 
 def admin(port: int) -> dict:
     return {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}
+
+
+def _peer_matchers(peers: tuple[str, ...], trust_domain: str) -> list[dict]:
+    if not peers:
+        return san_matchers(spiffe_prefixes=[f"spiffe://{trust_domain}/"])
+    return san_matchers(spiffe_ids=[p for p in peers if not p.endswith("*")],
+                        spiffe_prefixes=[p[:-1] for p in peers if p.endswith("*")])
+
+
+def pod_bootstrap(sel, cfg) -> dict:
+    """The whole bootstrap of an injected pod's Envoy, from the selection and the config."""
+    sds = sds_config(initial_fetch_timeout=cfg.proxy.initial_fetch_timeout)
+    tls = dict(sds=sds, min_version=sel.tls_min_version, ciphers=sel.cipher_suites)
+    cert, trust = sel.certificates[0], sel.trust_bundles[0]
+    admin_cluster = "envoy-admin"
+    # Kubelet probes reach the pod IP, not 127.0.0.1 where admin listens: expose /ready alone.
+    status_routes = [
+        {"match": {"path": "/ready"}, "route": {"cluster": admin_cluster}},
+        {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
+    ]
+    listeners = [listener("status", "0.0.0.0", cfg.proxy.status_port,
+                          [http_manager("status", routes=status_routes)])]
+    clusters = [sds_cluster(f"{cfg.agent.socket_dir}/sds.sock"),
+                static_cluster(admin_cluster, "127.0.0.1", cfg.proxy.admin_port)]
+    for tls_port, app_port in sel.inbound:
+        common = common_tls(cert, trust if sel.mtls else None,
+                            _peer_matchers(sel.allowed_peers, cfg.agent.trust_domain), alpn=["h2", "http/1.1"], **tls)
+        app = f"app-{app_port}"
+        if not any(c["name"] == app for c in clusters):
+            clusters.append(static_cluster(app, "127.0.0.1", app_port))
+        listeners.append(listener(
+            f"inbound-{tls_port}", "0.0.0.0", tls_port,
+            [http_manager(f"inbound_{tls_port}", {"route": {"cluster": app}}, forward_client_cert=sel.mtls)],
+            downstream_tls(common, require_client_cert=sel.mtls)))
+    for local, host, port, peer in sel.outbound:
+        sans = san_matchers(spiffe_ids=[peer]) if peer else san_matchers(dns=[host])
+        name = f"outbound-{local}"
+        clusters.append(static_cluster(name, host, port, upstream_tls(common_tls(cert, trust, sans, **tls), host),
+                                       http2_reuse=True, dns=True))
+        listeners.append(listener(name, "127.0.0.1", local,
+                                  [http_manager(f"outbound_{local}", {"route": {"cluster": name}})]))
+    return {
+        "admin": admin(cfg.proxy.admin_port),
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    }

@@ -1,0 +1,43 @@
+"""The HTTP surface: POST /mutate, GET /healthz, /readyz, /metrics."""
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import admission
+from .config import ConfigStore
+
+JSON = "application/json"
+
+
+def create_app(store: ConfigStore, namespace_labels=None, max_body: int = 3 * 1024 * 1024) -> FastAPI:
+    app = FastAPI(title="sds-injector webhook", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.post("/mutate")
+    async def mutate(request: Request) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body:
+            return JSONResponse({"error": f"body larger than {max_body} bytes"}, 413)
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_body:
+                return JSONResponse({"error": f"body larger than {max_body} bytes"}, 413)
+        status, out = admission.handle(body, store.get, namespace_labels)
+        return Response(out, status, media_type=JSON)
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return Response(b'{"status":"ok"}', media_type=JSON)
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        store.get()  # a broken config file is reported by the store's error hook, the old one kept
+        return Response(b'{"status":"ready"}', media_type=JSON)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,218 @@
+"""Typed injector configuration: a YAML file (mounted from a ConfigMap) merged over defaults,
+plus WEBHOOK_* environment variables for the server itself. Re-read when the file changes."""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PREFIX = "sds-injector.io/"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class Resources(Strict):
+    """None unsets a value: nothing is written for it (vault-k8s #227: defaults that cannot be unset)."""
+
+    cpu_request: str | None = Field("50m", alias="cpuRequest")
+    memory_request: str | None = Field("64Mi", alias="memoryRequest")
+    cpu_limit: str | None = Field(None, alias="cpuLimit")
+    memory_limit: str | None = Field("256Mi", alias="memoryLimit")
+
+
+class Images(Strict):
+    envoy: str = "envoyproxy/envoy:v1.40.0"
+    agent: str = "ghcr.io/sds-injector/sds-injector:0.1.0"
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", alias="pullPolicy")
+
+
+class Naming(Strict):
+    """Templates over {service}, {env}, {business_line}, {namespace}."""
+
+    certificate: str = "{service}-{env}-cert"
+    trust_bundle: str = Field("{env}-trust-bundle", alias="trustBundle")
+
+
+class BusinessLine(Strict):
+    certificate: str | None = None  # overrides naming.certificate, e.g. "{business_line}-service-cert"
+    trust_bundle: str | None = Field(None, alias="trustBundle")
+
+
+class LabelSelector(Strict):
+    match_labels: dict[str, str] = Field(default_factory=dict, alias="matchLabels")
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in self.match_labels.items())
+
+
+class PolicyRule(Strict):
+    """Which namespaces (names, globs allowed, or a label selector) may use what."""
+
+    namespaces: list[str] = Field(default_factory=list)
+    namespace_selector: LabelSelector | None = Field(None, alias="namespaceSelector")
+    environments: list[str] = Field(default_factory=lambda: ["*"])
+    business_lines: list[str] = Field(default_factory=lambda: ["*"], alias="businessLines")
+    certificate_prefixes: list[str] = Field(default_factory=lambda: [""], alias="certificatePrefixes")
+    certificates: list[str] = Field(default_factory=list)  # exact names allowed besides prefixes
+
+    @model_validator(mode="after")
+    def _has_target(self):
+        if not self.namespaces and self.namespace_selector is None:
+            raise ValueError("a policy rule needs namespaces or namespaceSelector")
+        return self
+
+    def matches(self, namespace: str, labels: dict[str, str] | None) -> bool:
+        if any(fnmatch.fnmatchcase(namespace, p) for p in self.namespaces):
+            return True
+        return self.namespace_selector is not None and labels is not None and self.namespace_selector.matches(labels)
+
+    @staticmethod
+    def allows(patterns: list[str], value: str) -> bool:
+        return any(fnmatch.fnmatchcase(value, p) for p in patterns)
+
+    def allows_certificate(self, name: str) -> bool:
+        return name in self.certificates or any(name.startswith(p) for p in self.certificate_prefixes)
+
+
+class NamespacePolicy(Strict):
+    # Secure by default: prod certificates only where a rule grants them.
+    rules: list[PolicyRule] = Field(default_factory=lambda: [
+        PolicyRule(namespaces=["*"], environments=["dev", "staging"])])
+
+    @property
+    def uses_labels(self) -> bool:
+        return any(r.namespace_selector is not None for r in self.rules)
+
+
+class VaultAgentConfig(Strict):
+    addresses: list[str] = Field(default_factory=list)
+    auth_mount: str = Field("kubernetes", alias="authMount")
+    role: str = "{namespace}-{service_account}"
+    mode: Literal["kv", "pki"] = "pki"
+    kv_path: str = Field("secret/data/{namespace}/{name}", alias="kvPath")
+    pki_path: str = Field("pki_{business_line}/issue/{env}", alias="pkiPath")
+    token_audience: str = Field("vault", alias="tokenAudience")
+
+
+class AgentConfig(Strict):
+    source: Literal["local-ca", "files", "vault"] = "local-ca"
+    trust_domain: str = Field("cluster.local", alias="trustDomain")
+    local_ca_secret: str | None = Field("sds-injector-local-ca", alias="localCASecret")
+    cert_ttl_seconds: int = Field(3600, alias="certTTLSeconds")
+    socket_dir: str = Field("/var/run/sds", alias="socketDir")
+    http_port: int = Field(15090, alias="httpPort")
+    vault: VaultAgentConfig = Field(default_factory=VaultAgentConfig)
+    resources: Resources = Field(default_factory=lambda: Resources(cpuRequest="10m", memoryRequest="32Mi",
+                                                                    memoryLimit="96Mi"))
+
+
+class ProxyConfig(Strict):
+    admin_port: int = Field(15000, alias="adminPort")
+    status_port: int = Field(15021, alias="statusPort")
+    concurrency: int = 2
+    uid: int = 101
+    resources: Resources = Field(default_factory=Resources)
+    initial_fetch_timeout: str = Field("0s", alias="initialFetchTimeout")
+    log_level: str = Field("warning", alias="logLevel")
+
+
+class InjectorConfig(Strict):
+    native_sidecars: bool = Field(True, alias="nativeSidecars")
+    images: Images = Field(default_factory=Images)
+    naming: Naming = Field(default_factory=Naming)
+    environments: list[str] = Field(default_factory=lambda: ["prod", "staging", "dev"])
+    default_environment: str | None = Field(None, alias="defaultEnvironment")
+    business_lines: dict[str, BusinessLine] = Field(
+        default_factory=lambda: {"retail": BusinessLine(), "corporate": BusinessLine()}, alias="businessLines")
+    namespace_policy: NamespacePolicy = Field(default_factory=NamespacePolicy, alias="namespacePolicy")
+    system_namespaces: list[str] = Field(
+        default_factory=lambda: ["kube-system", "kube-public", "kube-node-lease"], alias="systemNamespaces")
+    sidecar_group: int = Field(1337, alias="sidecarGroup")
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.default_environment and self.default_environment not in self.environments:
+            raise ValueError(f"defaultEnvironment {self.default_environment!r} is not in environments")
+        return self
+
+    @property
+    def revision(self) -> str:
+        """Identifies what this config injects: a pod injected under another revision is redone."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+
+def load_config(path: Path | None) -> InjectorConfig:
+    if path is None:
+        return InjectorConfig()
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    try:
+        return InjectorConfig.model_validate(data)
+    except ValidationError as e:
+        raise ValueError(f"{path}: invalid injector configuration:\n{e}") from None
+
+
+class ConfigStore:
+    """The current config; the file is checked at most once a second and re-read on change.
+    A bad new file is logged and the previous config kept."""
+
+    def __init__(self, path: Path | None, on_error=None):
+        self.path = path
+        self.on_error = on_error
+        self._stamp = self._stat()
+        self._config = load_config(path)
+        self._checked = time.monotonic()
+        self._lock = threading.Lock()
+
+    def _stat(self):
+        if self.path is None:
+            return None
+        try:
+            st = os.stat(self.path)
+            return (os.path.realpath(self.path), st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            return None
+
+    def get(self) -> InjectorConfig:
+        if self.path is not None and time.monotonic() - self._checked >= 1.0:
+            with self._lock:
+                self._checked = time.monotonic()
+                stamp = self._stat()
+                if stamp != self._stamp:
+                    self._stamp = stamp
+                    try:
+                        self._config = load_config(self.path)
+                    except (ValueError, OSError) as e:
+                        if self.on_error:
+                            self.on_error(e)
+        return self._config
+
+
+class ServerSettings(BaseSettings):
+    """The webhook server's own settings (flags or WEBHOOK_* variables)."""
+
+    model_config = SettingsConfigDict(env_prefix="WEBHOOK_", extra="forbid", cli_kebab_case=True)
+
+    host: str = "0.0.0.0"
+    port: int = 8443
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    config: Path | None = None
+    max_body_bytes: int = 3 * 1024 * 1024  # the API server's own request limit
+    log_level: str = "INFO"

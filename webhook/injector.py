@@ -1,0 +1,56 @@
+"""The decision for one pod: skip, deny, or inject with a patch."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import annotations as ann
+from . import plan as planning
+from .config import InjectorConfig
+from .patch import ops
+from .selection import Denied, Selection, check_policy, select
+
+log = logging.getLogger("webhook.injector")
+
+
+@dataclass
+class Outcome:
+    action: str  # inject | skip | deny
+    reason: str = ""
+    message: str = ""
+    code: int = 200
+    patch: list[dict] = field(default_factory=list)
+    plan: planning.Plan | None = None
+    selection: Selection | None = None
+
+
+def decide(pod: dict, namespace: str, cfg: InjectorConfig,
+           namespace_labels: Callable[[str], dict | None] | None = None) -> Outcome:
+    if not isinstance(pod, dict) or not isinstance(pod.get("spec"), dict):
+        return Outcome("deny", "malformed_pod", "the object is not a pod: it has no spec", 400)
+    if namespace in cfg.system_namespaces:
+        return Outcome("skip", "system_namespace")
+    try:
+        values = ann.parse((pod.get("metadata") or {}).get("annotations"))
+    except ann.AnnotationError as e:
+        return Outcome("deny", "invalid_annotation", str(e), 400)
+    if values.get("inject") is False:
+        return Outcome("skip", "opted_out")
+    if pod["spec"].get("hostNetwork"):
+        return Outcome("skip", "host_network")
+    record = planning.injected_status(pod)
+    if record and record.get("revision") == cfg.revision:
+        return Outcome("skip", "already_injected")
+    try:
+        sel = select(pod, namespace, cfg, values)
+        labels = None
+        if cfg.namespace_policy.uses_labels and namespace_labels is not None:
+            labels = namespace_labels(namespace)
+        check_policy(sel, cfg.namespace_policy, labels)
+        plan = planning.build(sel, cfg)
+        planning.check_collisions(planning.strip(pod), plan, sel, cfg)
+    except Denied as d:
+        return Outcome("deny", d.reason, d.message, d.code)
+    return Outcome("inject", "reinjected" if record is not None else "injected",
+                   patch=ops(pod, plan), plan=plan, selection=sel)

@@ -1,0 +1,82 @@
+"""`inject`: the admission decision applied to the pod templates of manifests on disk, so
+GitOps users can commit injected manifests. Unchanged documents pass through byte for byte."""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import yaml
+
+from . import plan as planning
+from .config import InjectorConfig
+from .injector import decide
+
+_SEPARATOR = re.compile(r"^---[ \t]*(#.*)?$", re.M)
+TEMPLATE_PATHS = {
+    "Pod": (),
+    "Deployment": ("spec", "template"),
+    "StatefulSet": ("spec", "template"),
+    "DaemonSet": ("spec", "template"),
+    "ReplicaSet": ("spec", "template"),
+    "Job": ("spec", "template"),
+    "CronJob": ("spec", "jobTemplate", "spec", "template"),
+}
+
+
+class InjectError(ValueError):
+    pass
+
+
+def split_documents(text: str) -> list[str]:
+    parts, last = [], 0
+    for m in _SEPARATOR.finditer(text):
+        parts.append(text[last:m.start()])
+        last = m.start()
+    parts.append(text[last:])
+    return [p for p in parts if p.strip()]
+
+
+def inject_text(text: str, cfg: InjectorConfig, namespace: str | None = None,
+                warn: Callable[[str], None] = lambda m: None) -> str:
+    out = []
+    for index, doc_text in enumerate(split_documents(text)):
+        try:
+            doc = yaml.safe_load(doc_text)
+        except yaml.YAMLError as e:
+            raise InjectError(f"document {index + 1}: not valid YAML: {e}") from None
+        new = inject_document(doc, cfg, namespace, index, warn) if isinstance(doc, dict) else None
+        if new is None:
+            out.append(doc_text if doc_text.endswith("\n") else doc_text + "\n")
+        else:
+            body = yaml.safe_dump(new, sort_keys=False, width=1 << 16)
+            out.append(("---\n" if doc_text.lstrip().startswith("---") else "") + body)
+    return "".join(out)
+
+
+def inject_document(doc: dict, cfg: InjectorConfig, namespace: str | None, index: int, warn) -> dict | None:
+    path = TEMPLATE_PATHS.get(doc.get("kind"))
+    if path is None:
+        return None
+    node = doc
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+    if not isinstance(node, dict):
+        raise InjectError(f"document {index + 1} ({doc.get('kind')}): no pod template at {'.'.join(path)}")
+    ns = namespace or (doc.get("metadata") or {}).get("namespace") or "default"
+    name = f"{doc.get('kind')}/{(doc.get('metadata') or {}).get('name', '?')}"
+    outcome = decide(node, ns, cfg)
+    if outcome.action == "deny":
+        raise InjectError(f"{name} in namespace {ns}: {outcome.message}")
+    if outcome.action == "skip":
+        warn(f"{name}: not injected ({outcome.reason})")
+        return None
+    injected = planning.apply(planning.strip(node), outcome.plan)
+    if not path:
+        return injected
+    new = dict(doc)
+    parent = new
+    for key in path[:-1]:
+        parent[key] = dict(parent[key])
+        parent = parent[key]
+    parent[path[-1]] = injected
+    return new

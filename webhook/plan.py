@@ -1,0 +1,214 @@
+"""Selection → injection plan: the containers, volumes and status annotation to add. Also the
+inverse: stripping a previous injection, so re-injection never doubles anything."""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+
+from .bootstrap import pod_bootstrap
+from .config import PREFIX, InjectorConfig, Resources
+from .selection import Denied, Selection
+
+STATUS = PREFIX + "status"
+AGENT, PROXY = "sds-agent", "sds-envoy"
+SOCKET_VOL, TOKEN_VOL, CA_VOL = "sds-socket", "sds-token", "sds-local-ca"
+TOKEN_DIR, CA_DIR = "/var/run/secrets/sds-injector", "/etc/sds/local-ca"
+
+
+@dataclass(frozen=True)
+class Plan:
+    containers: tuple[dict, ...]  # agent first: it must be up before Envoy asks
+    volumes: tuple[dict, ...]
+    native: bool
+    status: str  # JSON for the status annotation
+
+    def status_record(self) -> dict:
+        return json.loads(self.status)
+
+
+def _restricted(uid: int, gid: int) -> dict:
+    return {
+        "runAsNonRoot": True, "runAsUser": uid, "runAsGroup": gid,
+        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _resources(base: Resources, cpu: str | None, memory: str | None) -> dict:
+    """Per-pod annotations override both request and limit; "" unsets."""
+    req = {"cpu": base.cpu_request, "memory": base.memory_request}
+    lim = {"cpu": base.cpu_limit, "memory": base.memory_limit}
+    for key, value in (("cpu", cpu), ("memory", memory)):
+        if value is not None:
+            req[key] = lim[key] = value or None
+    out = {}
+    if r := {k: v for k, v in req.items() if v}:
+        out["requests"] = r
+    if lim := {k: v for k, v in lim.items() if v}:
+        out["limits"] = lim
+    return out
+
+
+def _field_env(name: str, path: str) -> dict:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def build(sel: Selection, cfg: InjectorConfig) -> Plan:
+    res = dict(sel.resources)
+    a, p = cfg.agent, cfg.proxy
+    socket_mount = {"name": SOCKET_VOL, "mountPath": a.socket_dir}
+    env = [
+        {"name": "SDS_SOCKET_PATH", "value": f"{a.socket_dir}/sds.sock"},
+        {"name": "SDS_SOCKET_MODE", "value": "0660"},
+        {"name": "SDS_SOURCE", "value": a.source},
+        {"name": "SDS_CERTIFICATES", "value": ",".join(sel.certificates)},
+        {"name": "SDS_TRUST_BUNDLES", "value": ",".join(sel.trust_bundles)},
+        _field_env("SDS_NAMESPACE", "metadata.namespace"),
+        _field_env("SDS_POD_NAME", "metadata.name"),
+        _field_env("SDS_SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        {"name": "SDS_SERVICE", "value": sel.service},
+        {"name": "SDS_ENV", "value": sel.env},
+        {"name": "SDS_BUSINESS_LINE", "value": sel.business_line or ""},
+        {"name": "SDS_TRUST_DOMAIN", "value": a.trust_domain},
+        {"name": "SDS_HTTP_HOST", "value": "0.0.0.0"},
+        {"name": "SDS_HTTP_PORT", "value": str(a.http_port)},
+    ]
+    mounts = [socket_mount]
+    volumes = [{"name": SOCKET_VOL, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}]
+    if a.source == "local-ca":
+        env.append({"name": "SDS_LOCAL_CA_CERT_TTL_SECONDS", "value": str(a.cert_ttl_seconds)})
+        if a.local_ca_secret:
+            env += [{"name": "SDS_LOCAL_CA_CERT_FILE", "value": f"{CA_DIR}/tls.crt"},
+                    {"name": "SDS_LOCAL_CA_KEY_FILE", "value": f"{CA_DIR}/tls.key"}]
+            mounts.append({"name": CA_VOL, "mountPath": CA_DIR, "readOnly": True})
+            volumes.append({"name": CA_VOL, "secret": {"secretName": a.local_ca_secret, "defaultMode": 0o440}})
+    if a.source == "vault":
+        v = a.vault
+        env += [
+            {"name": "SDS_VAULT_ADDRESSES", "value": ",".join(v.addresses)},
+            {"name": "SDS_VAULT_AUTH_MOUNT", "value": v.auth_mount},
+            {"name": "SDS_VAULT_ROLE", "value": v.role},
+            {"name": "SDS_VAULT_MODE", "value": v.mode},
+            {"name": "SDS_VAULT_KV_PATH", "value": v.kv_path},
+            {"name": "SDS_VAULT_PKI_PATH", "value": v.pki_path},
+            {"name": "SDS_VAULT_TOKEN_FILE", "value": f"{TOKEN_DIR}/token"},
+        ]
+        mounts.append({"name": TOKEN_VOL, "mountPath": TOKEN_DIR, "readOnly": True})
+        volumes.append({"name": TOKEN_VOL, "projected": {"sources": [{"serviceAccountToken": {
+            "audience": v.token_audience, "expirationSeconds": 3600, "path": "token"}}]}})
+    probe_agent = {"httpGet": {"path": "/readyz", "port": a.http_port}, "periodSeconds": 1,
+                   "failureThreshold": 120}
+    agent = {
+        "name": AGENT,
+        "image": cfg.images.agent,
+        "imagePullPolicy": cfg.images.pull_policy,
+        "command": ["python", "-m", "sds_sidecar", "serve"],
+        "env": env,
+        "ports": [{"name": "sds-metrics", "containerPort": a.http_port, "protocol": "TCP"}],
+        "volumeMounts": mounts,
+        "resources": _resources(a.resources, res.get("agent-cpu"), res.get("agent-memory")),
+        "securityContext": _restricted(65532, cfg.sidecar_group),
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": a.http_port}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": a.http_port}, "periodSeconds": 10},
+    }
+    bootstrap = json.dumps(pod_bootstrap(sel, cfg), separators=(",", ":"))
+    ports = [{"name": "sds-status", "containerPort": p.status_port, "protocol": "TCP"}]
+    ports += [{"name": f"tls-{t}", "containerPort": t, "protocol": "TCP"} for t, _ in sel.inbound]
+    proxy = {
+        "name": PROXY,
+        "image": cfg.images.envoy,
+        "imagePullPolicy": cfg.images.pull_policy,
+        "command": ["envoy"],
+        "args": ["--config-yaml", bootstrap, "--disable-hot-restart", "--concurrency", str(p.concurrency),
+                 "--service-cluster", sel.service, "--service-node", "$(POD_NAME).$(POD_NAMESPACE)",
+                 "--log-level", p.log_level, "--drain-strategy", "immediate"],
+        "env": [_field_env("POD_NAME", "metadata.name"), _field_env("POD_NAMESPACE", "metadata.namespace")],
+        "ports": ports,
+        "volumeMounts": [socket_mount],
+        "resources": _resources(p.resources, res.get("proxy-cpu"), res.get("proxy-memory")),
+        "securityContext": _restricted(p.uid, cfg.sidecar_group),
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": p.status_port}, "periodSeconds": 5},
+    }
+    if cfg.native_sidecars:
+        # Init containers with restartPolicy Always: started in order, each only after the
+        # previous one's startup probe passed, so the app starts with Envoy ready and Jobs end.
+        agent["restartPolicy"] = proxy["restartPolicy"] = "Always"
+        agent["startupProbe"] = probe_agent
+        proxy["startupProbe"] = {"httpGet": {"path": "/ready", "port": p.status_port}, "periodSeconds": 1,
+                                 "failureThreshold": 120}
+    status = json.dumps({
+        "revision": cfg.revision,
+        ("initContainers" if cfg.native_sidecars else "containers"): [AGENT, PROXY],
+        "volumes": [v["name"] for v in volumes],
+        "certificates": list(sel.certificates),
+        "trustBundles": list(sel.trust_bundles),
+    }, separators=(",", ":"))
+    return Plan((agent, proxy), tuple(volumes), cfg.native_sidecars, status)
+
+
+def injected_status(pod: dict) -> dict | None:
+    raw = (pod.get("metadata", {}).get("annotations") or {}).get(STATUS)
+    if not raw:
+        return None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def strip(pod: dict) -> dict:
+    """The pod without what a previous injection recorded in its status annotation."""
+    record = injected_status(pod)
+    if record is None:
+        return pod
+    pod = copy.deepcopy(pod)
+    spec = pod.setdefault("spec", {})
+    for key in ("containers", "initContainers", "volumes"):
+        gone = set(record.get(key) or [])
+        if gone and key in spec:
+            spec[key] = [c for c in spec[key] if c.get("name") not in gone]
+            if not spec[key] and key != "containers":
+                del spec[key]
+    del pod["metadata"]["annotations"][STATUS]
+    if not pod["metadata"]["annotations"]:
+        del pod["metadata"]["annotations"]
+    return pod
+
+
+def check_collisions(pod: dict, plan: Plan, sel: Selection, cfg: InjectorConfig) -> None:
+    spec = pod.get("spec", {})
+    existing = [c for key in ("containers", "initContainers") for c in spec.get(key) or []]
+    names = {c.get("name") for c in existing}
+    clash = [c["name"] for c in plan.containers if c["name"] in names]
+    clash += [v["name"] for v in plan.volumes if v["name"] in {v.get("name") for v in spec.get("volumes") or []}]
+    if clash:
+        raise Denied("name_collision", f"the pod already has {clash}, names the injector needs; rename them "
+                     "or opt the pod out", 400)
+    used = {p.get("containerPort") for c in existing for p in c.get("ports") or []}
+    ours = {cfg.proxy.admin_port: "Envoy admin", cfg.proxy.status_port: "Envoy status",
+            cfg.agent.http_port: "SDS agent metrics"}
+    ours.update({t: "inbound TLS" for t, _ in sel.inbound})
+    ours.update({lo: "outbound" for lo, _, _, _ in sel.outbound})
+    clash_ports = sorted(f"{p} ({ours[p]})" for p in set(ours) & used)
+    if clash_ports:
+        raise Denied("port_collision", f"ports {clash_ports} are needed by the sidecars but declared by the "
+                     "pod's containers; change the sds-injector.io/inbound or outbound annotation", 400)
+    apps = {a for _, a in sel.inbound}
+    if apps & {t for t, _ in sel.inbound}:
+        raise Denied("port_collision", "an inbound TLS port equals an app port", 400)
+
+
+def apply(pod: dict, plan: Plan) -> dict:
+    """The injected pod: what the patch must produce (used by tests and the inject CLI)."""
+    pod = copy.deepcopy(pod)
+    spec = pod.setdefault("spec", {})
+    if plan.native:
+        spec["initContainers"] = [copy.deepcopy(c) for c in plan.containers] + (spec.get("initContainers") or [])
+    else:
+        spec.setdefault("containers", []).extend(copy.deepcopy(c) for c in plan.containers)
+    spec["volumes"] = (spec.get("volumes") or []) + [copy.deepcopy(v) for v in plan.volumes]
+    meta = pod.setdefault("metadata", {})
+    meta["annotations"] = {**(meta.get("annotations") or {}), STATUS: plan.status}
+    return pod

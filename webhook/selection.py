@@ -1,0 +1,125 @@
+"""Pod + namespace → which certificates, ports and TLS settings it gets, under the namespace
+isolation policy. Pure: no I/O."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import annotations as ann
+from .config import InjectorConfig, NamespacePolicy, PolicyRule
+
+
+class Denied(Exception):
+    """The pod must not be admitted as it is; `message` tells the user what to change."""
+
+    def __init__(self, reason: str, message: str, code: int = 403):
+        super().__init__(message)
+        self.reason, self.message, self.code = reason, message, code
+
+
+@dataclass(frozen=True)
+class Selection:
+    namespace: str
+    service: str
+    service_account: str
+    env: str
+    business_line: str | None
+    certificates: tuple[str, ...]
+    trust_bundles: tuple[str, ...]
+    inbound: tuple[tuple[int, int], ...] = ()
+    outbound: tuple[tuple[int, str, int, str | None], ...] = ()
+    mtls: bool = True
+    allowed_peers: tuple[str, ...] = ()
+    tls_min_version: str = "TLSv1_2"
+    cipher_suites: tuple[str, ...] = ()
+    resources: tuple[tuple[str, str], ...] = ()  # annotation key -> quantity overrides
+
+
+def _service_name(pod: dict, annotated: str | None) -> str:
+    if annotated:
+        return annotated
+    labels = pod.get("metadata", {}).get("labels") or {}
+    for key in ("app.kubernetes.io/name", "app"):
+        if labels.get(key):
+            try:
+                return ann._label(str(labels[key]).lower())
+            except ann.AnnotationError:
+                raise Denied("invalid_service", f"label {key}={labels[key]!r} cannot name a service; "
+                             f"set annotation {ann.PREFIX}service", 400) from None
+    return pod.get("spec", {}).get("serviceAccountName") or "default"
+
+
+def _render(template: str, **values) -> str:
+    try:
+        return template.format(**values)
+    except (KeyError, IndexError, ValueError) as e:
+        raise Denied("config", f"naming template {template!r} is invalid ({e}); fix the injector "
+                     "configuration", 500) from None
+
+
+def select(pod: dict, namespace: str, config: InjectorConfig, values: dict | None = None) -> Selection:
+    """`values`: the parsed annotations, when the caller already has them."""
+    if values is None:
+        try:
+            values = ann.parse(pod.get("metadata", {}).get("annotations"))
+        except ann.AnnotationError as e:
+            raise Denied("invalid_annotation", str(e), 400) from None
+    env = values.get("env") or config.default_environment
+    if env is None:
+        raise Denied("missing_env", f"annotation {ann.PREFIX}env is required (one of "
+                     f"{', '.join(config.environments)}), or set defaultEnvironment in the injector "
+                     "configuration", 400)
+    if env not in config.environments:
+        raise Denied("unknown_env", f"annotation {ann.PREFIX}env: unknown environment {env!r}; "
+                     f"known: {', '.join(config.environments)} (configuration key environments)", 400)
+    bl_name = values.get("business-line")
+    bl = None
+    if bl_name is not None:
+        bl = config.business_lines.get(bl_name)
+        if bl is None:
+            raise Denied("unknown_business_line", f"annotation {ann.PREFIX}business-line: unknown business "
+                         f"line {bl_name!r}; known: {', '.join(sorted(config.business_lines)) or 'none'} "
+                         "(configuration key businessLines)", 400)
+    service = _service_name(pod, values.get("service"))
+    names = dict(service=service, env=env, business_line=bl_name or "", namespace=namespace)
+    cert_tmpl = (bl and bl.certificate) or config.naming.certificate
+    trust_tmpl = (bl and bl.trust_bundle) or config.naming.trust_bundle
+    certs = tuple(values.get("certificates") or [_render(cert_tmpl, **names)])
+    trust = tuple(values.get("trust-bundles") or [_render(trust_tmpl, **names)])
+    if set(certs) & set(trust):
+        raise Denied("name_collision", f"names used both as certificate and trust bundle: "
+                     f"{sorted(set(certs) & set(trust))}", 400)
+    resources = tuple((k, values[k]) for k in ("proxy-cpu", "proxy-memory", "agent-cpu", "agent-memory")
+                      if k in values)
+    return Selection(
+        namespace=namespace, service=service,
+        service_account=pod.get("spec", {}).get("serviceAccountName") or "default",
+        env=env, business_line=bl_name, certificates=certs, trust_bundles=trust,
+        inbound=tuple(values.get("inbound", ())), outbound=tuple(values.get("outbound", ())),
+        mtls=values.get("mtls", True), allowed_peers=tuple(values.get("allowed-peers", ())),
+        tls_min_version=values.get("tls-min-version", "TLSv1_2"),
+        cipher_suites=tuple(values.get("cipher-suites", ())), resources=resources,
+    )
+
+
+def check_policy(sel: Selection, policy: NamespacePolicy, labels: dict[str, str] | None) -> None:
+    """Deny unless the first rule matching the namespace allows everything the pod asks for."""
+    hit = next(((i, r) for i, r in enumerate(policy.rules) if r.matches(sel.namespace, labels)), None)
+    asked = (f"asked for env={sel.env}, business-line={sel.business_line or '-'}, "
+             f"certificates={list(sel.certificates)}")
+    if hit is None:
+        raise Denied("policy_no_rule", f"namespace {sel.namespace!r} is not covered by any namespacePolicy "
+                     f"rule ({asked}); add a rule for it to namespacePolicy.rules in the injector configuration")
+    i, rule = hit
+    problems = []
+    if not PolicyRule.allows(rule.environments, sel.env):
+        problems.append(f"environment {sel.env!r} (allowed: {', '.join(rule.environments) or 'none'})")
+    if sel.business_line and not PolicyRule.allows(rule.business_lines, sel.business_line):
+        problems.append(f"business line {sel.business_line!r} (allowed: {', '.join(rule.business_lines) or 'none'})")
+    bad = [c for c in sel.certificates if not rule.allows_certificate(c)]
+    if bad:
+        allowed = [f"{p}*" for p in rule.certificate_prefixes] + rule.certificates
+        problems.append(f"certificates {bad} (allowed: {', '.join(allowed) or 'none'})")
+    if problems:
+        raise Denied("policy", f"namespace {sel.namespace!r} may not use {'; '.join(problems)} — {asked}. "
+                     f"The namespace is governed by namespacePolicy.rules[{i}] of the injector configuration; "
+                     "change that rule or the pod's annotations")
