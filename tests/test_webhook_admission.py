@@ -1,0 +1,244 @@
+"""AdmissionReview handling in-process: decisions, policy matrix, idempotency, bad input."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonpatch
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from webhook import admission
+from webhook import plan as planning
+from webhook.config import InjectorConfig, load_config
+from webhook.injector import decide
+from tests.webhook_util import decode_patch, pod, review
+
+CONFIG = load_config(Path(__file__).parent.parent / "examples" / "config.yaml")
+
+
+def call(body, cfg=CONFIG, labels=None):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    status, out = admission.handle(raw, lambda: cfg, labels)
+    return status, json.loads(out)
+
+
+def test_round_trip_echoes_uid_and_patches():
+    r = review(pod({"sds-injector.io/env": "dev"}))
+    status, out = call(r)
+    assert status == 200 and out["apiVersion"] == "admission.k8s.io/v1" and out["kind"] == "AdmissionReview"
+    resp = out["response"]
+    assert resp["uid"] == r["request"]["uid"] and resp["allowed"] and resp["patchType"] == "JSONPatch"
+    patched = jsonpatch.apply_patch(r["request"]["object"], decode_patch(out))
+    assert [c["name"] for c in patched["spec"]["initContainers"]] == ["sds-agent", "sds-envoy"]
+    assert all(c["restartPolicy"] == "Always" for c in patched["spec"]["initContainers"])
+
+
+def test_dry_run_and_reinvocation_give_the_same_answer():
+    p = pod({"sds-injector.io/env": "dev"})
+    _, a = call(review(p))
+    _, b = call(review(p, dry_run=True))
+    assert decode_patch(a) == decode_patch(b)
+    injected = jsonpatch.apply_patch(p, decode_patch(a))
+    _, again = call(review(injected))  # reinvocationPolicy: IfNeeded
+    assert again["response"]["allowed"] and "patch" not in again["response"]
+
+
+def test_older_injection_is_stripped_and_redone_never_doubled():
+    p = pod({"sds-injector.io/env": "dev"})
+    old_cfg = InjectorConfig.model_validate({**CONFIG.model_dump(by_alias=True), "images": {"envoy": "envoy:old"}})
+    old = jsonpatch.apply_patch(p, decide(p, "shop", old_cfg).patch)
+    out = decide(old, "shop", CONFIG)
+    assert out.action == "inject" and out.reason == "reinjected"
+    redone = jsonpatch.apply_patch(old, out.patch)
+    names = [c["name"] for c in redone["spec"]["initContainers"]]
+    assert names == ["sds-agent", "sds-envoy"]
+    assert redone["spec"]["initContainers"][1]["image"] == CONFIG.images.envoy
+    assert redone == jsonpatch.apply_patch(p, decide(p, "shop", CONFIG).patch)
+
+
+def test_classic_sidecar_mode():
+    cfg = InjectorConfig.model_validate({**CONFIG.model_dump(by_alias=True), "nativeSidecars": False})
+    p = pod({"sds-injector.io/env": "dev"})
+    injected = jsonpatch.apply_patch(p, decide(p, "shop", cfg).patch)
+    assert [c["name"] for c in injected["spec"]["containers"]] == ["app", "sds-agent", "sds-envoy"]
+    assert "initContainers" not in injected["spec"]
+    assert all("restartPolicy" not in c for c in injected["spec"]["containers"])
+
+
+@pytest.mark.parametrize("annotations,reason", [
+    ({"sds-injector.io/inject": "false", "sds-injector.io/env": "dev"}, "opted_out"),
+    ({"sds-injector.io/env": "dev"}, "system_namespace"),
+])
+def test_skips(annotations, reason):
+    ns = "kube-system" if reason == "system_namespace" else "shop"
+    out = decide(pod(annotations, ns), ns, CONFIG)
+    assert (out.action, out.reason) == ("skip", reason)
+
+
+# Namespace × env × business line → allowed, or the denial's key phrase (examples/config.yaml).
+MATRIX = [
+    ("default", "dev", None, None),
+    ("default", "dev", "corporate", "certificates ['corporate-service-cert'] (allowed: default-*)"),
+    ("default", "prod", None, "environment 'prod' (allowed: dev)"),
+    ("default", "dev", "retail", "certificates ['retail-service-cert'] (allowed: default-*)"),
+    ("default", "staging", None, "environment 'staging' (allowed: dev)"),
+    ("shop-prod", "prod", "retail", None),
+    ("shop-prod", "prod", "corporate", None),
+    ("shop-prod", "prod", None, None),
+    ("shop-prod", "dev", "retail", "environment 'dev' (allowed: prod)"),
+    ("bank-prod", "staging", "corporate", "environment 'staging' (allowed: prod)"),
+    ("shop", "dev", "retail", None),
+    ("shop", "staging", "corporate", None),
+    ("shop", "prod", "retail", "environment 'prod' (allowed: dev, staging)"),
+    ("bank", "prod", "corporate", "environment 'prod' (allowed: dev, staging)"),
+    ("payments", "dev", None, "is not covered by any namespacePolicy rule"),
+    ("payments", "prod", "retail", "is not covered by any namespacePolicy rule"),
+]
+
+
+@pytest.mark.parametrize("namespace,env,bl,denial", MATRIX)
+def test_policy_matrix(namespace, env, bl, denial):
+    annotations = {"sds-injector.io/env": env}
+    if namespace == "default":  # the seed's rule: only default-prefixed names there
+        annotations["sds-injector.io/service"] = "default-web"
+    if bl:
+        annotations["sds-injector.io/business-line"] = bl
+    _, out = call(review(pod(annotations, namespace), namespace))
+    resp = out["response"]
+    if denial is None:
+        assert resp["allowed"] and resp["patch"]
+    else:
+        assert not resp["allowed"] and resp["status"]["code"] in (403,)
+        msg = resp["status"]["message"]
+        assert denial in msg
+        if "not covered" not in denial:
+            assert f"namespace {namespace!r}" in msg and "namespacePolicy.rules[" in msg and f"env={env}" in msg
+
+
+def test_label_selected_policy_uses_cached_namespace_labels():
+    calls = []
+
+    def labels(ns):
+        calls.append(ns)
+        return {"sds-injector.io/tier": "prod"}
+
+    p = pod({"sds-injector.io/env": "prod"}, "payments")
+    _, out = call(review(p, "payments"), labels=labels)
+    assert out["response"]["allowed"] and calls == ["payments"]
+    from webhook.namespaces import NamespaceLabels
+
+    class Api:
+        n = 0
+
+        def read_namespace(self, name):
+            Api.n += 1
+            return type("NS", (), {"metadata": type("M", (), {"labels": {"sds-injector.io/tier": "prod"}})})
+
+    cached = NamespaceLabels(ttl=60, api=Api())
+    for _ in range(50):
+        assert call(review(p, "payments"), labels=cached)[1]["response"]["allowed"]
+    assert Api.n == 1, "namespace labels must be cached, not read per admission"
+
+
+@pytest.mark.parametrize("annotations,fragment", [
+    ({"sds-injector.io/env": "qa"}, "unknown environment 'qa'; known: prod, staging, dev"),
+    ({"sds-injector.io/env": "dev", "sds-injector.io/business-line": "wholesale"},
+     "unknown business line 'wholesale'; known: corporate, retail"),
+    ({"sds-injector.io/env": "dev", "sds-injector.io/inbound": "8443"}, "expected TLS_PORT:APP_PORT"),
+    ({"sds-injector.io/env": "dev", "sds-injector.io/inbound": "99999:80"}, "not a port number"),
+    ({"sds-injector.io/env": "dev", "sds-injector.io/mtls": "yes"}, 'expected "true" or "false"'),
+    ({"sds-injector.io/busines-line": "retail"}, "did you mean sds-injector.io/business-line?"),
+    ({"sds-injector.io/env": "dev", "sds-injector.io/proxy-memory": "lots"}, "not a Kubernetes quantity"),
+    ({}, "annotation sds-injector.io/env is required"),
+])
+def test_invalid_annotations_are_clear_400_denials(annotations, fragment):
+    _, out = call(review(pod(annotations)))
+    resp = out["response"]
+    assert not resp["allowed"] and resp["status"]["code"] == 400 and fragment in resp["status"]["message"]
+
+
+BAD_BODIES = [
+    b"", b"{", b"[]", b"null", b'"x"',
+    json.dumps({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview", "request": {"uid": "u"}}).encode(),
+    json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}).encode(),
+    json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": 5}}).encode(),
+    b"\xff\xfe garbage",
+]
+
+
+@pytest.mark.parametrize("body", BAD_BODIES)
+def test_malformed_reviews_get_400_with_a_message(body):
+    status, out = call(body)
+    assert status == 400 and out["error"]
+
+
+@pytest.mark.parametrize("mutate,fragment", [
+    (lambda r: r["request"].update(kind={"group": "apps", "version": "v1", "kind": "Deployment"}), "only mutates pods"),
+    (lambda r: r["request"].pop("object"), "request.object is missing"),
+    (lambda r: r["request"].update(object={"metadata": {}}), "has no spec"),
+    (lambda r: r["request"].update(object=[1, 2]), "request.object is missing or not an object"),
+    (lambda r: r["request"]["object"]["metadata"].update(annotations={"sds-injector.io/env": 5}), "must be a string"),
+])
+def test_bad_requests_are_denied_with_reason(mutate, fragment):
+    r = review(pod({"sds-injector.io/env": "dev"}))
+    mutate(r)
+    status, out = call(r)
+    assert status == 200 and not out["response"]["allowed"]
+    assert fragment in out["response"]["status"]["message"]
+    assert out["response"]["uid"] == r["request"]["uid"]
+
+
+def test_update_operation_is_admitted_unchanged():
+    status, out = call(review(pod({"sds-injector.io/env": "dev"}), operation="UPDATE"))
+    assert status == 200 and out["response"]["allowed"] and "patch" not in out["response"]
+
+
+def test_internal_error_is_a_denial_naming_the_uid(monkeypatch):
+    import webhook.admission as adm
+
+    monkeypatch.setattr(adm, "decide", lambda *a, **k: 1 / 0)
+    r = review(pod({"sds-injector.io/env": "dev"}))
+    status, out = call(r)
+    assert status == 200 and not out["response"]["allowed"]
+    assert r["request"]["uid"] in out["response"]["status"]["message"]
+
+
+names = st.from_regex(r"[a-z][a-z0-9]{0,8}", fullmatch=True)
+containers = st.lists(st.builds(lambda n, ports: {"name": n, "image": "img:1",
+                                                  **({"ports": [{"containerPort": p} for p in ports]} if ports else {})},
+                                names, st.lists(st.integers(1024, 7000), max_size=2, unique=True)),
+                      min_size=1, max_size=4, unique_by=lambda c: c["name"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(containers=containers,
+       init=st.lists(st.builds(lambda n: {"name": "init-" + n, "image": "img:1"}, names), max_size=2,
+                     unique_by=lambda c: c["name"]),
+       volumes=st.lists(st.builds(lambda n: {"name": "vol-" + n, "emptyDir": {}}, names), max_size=3,
+                        unique_by=lambda v: v["name"]),
+       extra_annotations=st.dictionaries(st.sampled_from(["a", "b/c", "x.io/y~z"]), st.text(max_size=5), max_size=2),
+       env=st.sampled_from(["dev", "staging"]), bl=st.sampled_from([None, "retail", "corporate"]),
+       inbound=st.booleans())
+def test_injection_is_idempotent_on_generated_pods(containers, init, volumes, extra_annotations, env, bl, inbound):
+    annotations = {**extra_annotations, "sds-injector.io/env": env}
+    if bl:
+        annotations["sds-injector.io/business-line"] = bl
+    if inbound:
+        annotations["sds-injector.io/inbound"] = "8443:8080"
+    spec = {"containers": containers}
+    if init:
+        spec["initContainers"] = init
+    if volumes:
+        spec["volumes"] = volumes
+    p = {"metadata": {"name": "p", "namespace": "shop", "annotations": annotations}, "spec": spec}
+    out = decide(p, "shop", CONFIG)
+    assert out.action == "inject", out.message
+    once = jsonpatch.apply_patch(p, out.patch)
+    assert once == planning.apply(p, out.plan)
+    assert decide(once, "shop", CONFIG).reason == "already_injected"
+    assert [o["op"] for o in out.patch] == ["add"] * len(out.patch)
+    assert sum(o["path"] == "/spec/volumes" for o in out.patch) <= 1
+    # Stripping gives back exactly the original pod.
+    assert planning.strip(once) == p
