@@ -66,7 +66,10 @@ class LocalCA:
         """Only for callers that asked for the CA on disk (demo, tests): the key file is 0600."""
         cert_file.write_bytes(self.cert_pem)
         key_file.touch(mode=0o600)
-        key_file.write_bytes(_pem_key(self.key))
+        key_file.write_bytes(self._key_pem())
+
+    def _key_pem(self) -> bytes:
+        return _pem_key(self.key)
 
     @property
     def cert_pem(self) -> bytes:

@@ -126,6 +126,7 @@ def static_cluster(name: str, host: str, port: int, transport_socket: dict | Non
         "name": name,
         "type": "STRICT_DNS" if dns else "STATIC",
         "connect_timeout": "2s",
+        **({"dns_lookup_family": "V4_PREFERRED"} if dns else {}),
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {

@@ -1,0 +1,150 @@
+"""Runs an injected pod's sidecars as local processes, from the injected spec itself: each
+container's exact command, args and env (with the downward API and kubelet's $(VAR) expansion
+resolved), its volumes mapped to temporary directories, its startup probes honoured in order.
+Only the app container is replaced, by a small local HTTP server."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from tests import harness
+
+SIDECARS = ("sds-agent", "sds-envoy")
+
+
+def _field(pod: dict, path: str) -> str:
+    node = pod
+    for part in path.split("."):
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    return node if isinstance(node, str) else ""
+
+
+class App:
+    """The app container's stand-in: answers with its name and the peer identity Envoy forwarded."""
+
+    def __init__(self, name: str, port: int):
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                body = json.dumps({"app": name, "path": self.path,
+                                   "xfcc": self.headers.get("x-forwarded-client-cert", "")}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class LocalPod:
+    def __init__(self, pod: dict, workdir: Path, secrets: dict[str, dict[str, bytes]] | None = None,
+                 name: str | None = None):
+        self.pod = pod
+        self.name = name or pod["metadata"].get("name") or pod["metadata"].get("generateName", "pod")
+        self.workdir = workdir / self.name
+        self.workdir.mkdir(parents=True)
+        self.secrets = secrets or {}
+        self.volumes = self._map_volumes()
+        self.procs: list[harness.Proc] = []
+        self.apps: list[App] = []
+
+    def _map_volumes(self) -> dict[str, Path]:
+        out = {}
+        for vol in self.pod["spec"].get("volumes", []):
+            d = self.workdir / "volumes" / vol["name"]
+            d.mkdir(parents=True)
+            if "secret" in vol:
+                for fname, data in self.secrets.get(vol["secret"]["secretName"], {}).items():
+                    (d / fname).write_bytes(data)
+            if "projected" in vol:
+                for src in vol["projected"]["sources"]:
+                    if "serviceAccountToken" in src:
+                        (d / src["serviceAccountToken"]["path"]).write_text("local-run-token")
+            out[vol["name"]] = d
+        return out
+
+    def containers(self) -> list[dict]:
+        spec = self.pod["spec"]
+        return [c for c in spec.get("initContainers", []) + spec.get("containers", []) if c["name"] in SIDECARS]
+
+    def _env(self, c: dict) -> dict[str, str]:
+        env = {}
+        for e in c.get("env", []):
+            if "valueFrom" in e:
+                env[e["name"]] = _field(self.pod, e["valueFrom"]["fieldRef"]["fieldPath"])
+            else:
+                env[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), e.get("value", ""))
+        return env
+
+    def _localise(self, text: str, mounts: list[dict]) -> str:
+        for m in sorted(mounts, key=lambda m: -len(m["mountPath"])):
+            text = text.replace(m["mountPath"], str(self.volumes[m["name"]]))
+        return text
+
+    def command_of(self, c: dict) -> tuple[list[str], dict[str, str]]:
+        env = self._env(c)
+        mounts = c.get("volumeMounts", [])
+        argv = list(c.get("command", [])) + list(c.get("args", []))
+        # kubelet expands $(VAR) in command and args from the container's env.
+        argv = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in argv]
+        argv = [self._localise(a, mounts) for a in argv]
+        env = {k: self._localise(v, mounts) for k, v in env.items()}
+        exe = {"python": sys.executable, "envoy": harness.ENVOY}
+        argv[0] = exe.get(argv[0], argv[0])
+        return argv, env
+
+    def start(self, app_ports: list[int], timeout: float = 30) -> "LocalPod":
+        import os
+
+        for port in app_ports:
+            self.apps.append(App(self.name, port))
+        for c in self.containers():
+            argv, env = self.command_of(c)
+            proc = harness.Proc(argv, self.workdir / f"{c['name']}.log", {**os.environ, **env}).start()
+            self.procs.append(proc)
+            probe = c.get("startupProbe") or c.get("readinessProbe")
+            if probe:
+                self.wait_probe(c, probe, proc, timeout)
+        return self
+
+    def wait_probe(self, c: dict, probe: dict, proc: harness.Proc, timeout: float) -> None:
+        get = probe["httpGet"]
+        url = f"http://127.0.0.1:{get['port']}{get['path']}"
+
+        def ok():
+            if proc.p.poll() is not None:
+                raise RuntimeError(f"{c['name']} exited {proc.p.returncode}: {proc.output()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+        harness.wait_for(ok, timeout, what=f"{self.name}/{c['name']} probe {url}")
+
+    def log_events(self, container: str = "sds-agent") -> list[dict]:
+        out = []
+        for line in (self.workdir / f"{container}.log").read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+        for a in self.apps:
+            a.stop()
