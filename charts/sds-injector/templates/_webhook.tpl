@@ -1,0 +1,49 @@
+{{- define "sds.webhookConfig" -}}
+{{- $root := .root -}}
+{{- $fullname := include "sds.fullname" $root }}
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata:
+  name: {{ $fullname }}
+  labels: {{- include "sds.labels" $root | nindent 4 }}
+  {{- if eq $root.Values.tls.mode "cert-manager" }}
+  annotations:
+    cert-manager.io/inject-ca-from: {{ $root.Release.Namespace }}/{{ $fullname }}
+  {{- end }}
+webhooks:
+  - name: inject.sds-injector.io
+    admissionReviewVersions: [v1]
+    sideEffects: None
+    reinvocationPolicy: IfNeeded
+    failurePolicy: {{ $root.Values.webhook.failurePolicy }}
+    timeoutSeconds: {{ $root.Values.webhook.timeoutSeconds }}
+    matchPolicy: Equivalent
+    clientConfig:
+      service:
+        name: {{ $fullname }}
+        namespace: {{ $root.Release.Namespace }}
+        path: /mutate
+        port: 443
+      {{- if .caBundle }}
+      caBundle: {{ .caBundle }}
+      {{- end }}
+    rules:
+      - operations: [CREATE]
+        apiGroups: [""]
+        apiVersions: [v1]
+        resources: [pods]
+        scope: Namespaced
+    namespaceSelector:
+      matchExpressions:
+        - key: sds-injector.io/injection
+          operator: In
+          values: [enabled]
+        - key: kubernetes.io/metadata.name
+          operator: NotIn
+          values: {{ concat (list "kube-system" "kube-public" "kube-node-lease" $root.Release.Namespace) $root.Values.webhook.excludeNamespaces | toJson }}
+    objectSelector:
+      matchExpressions:
+        - key: sds-injector.io/component
+          operator: NotIn
+          values: [webhook]
+{{- end -}}
