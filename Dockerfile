@@ -1,0 +1,19 @@
+# Both entry points in one image: `python -m webhook serve` and `python -m sds_sidecar serve`.
+FROM python:3.11-slim-bookworm AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY sds_sidecar ./sds_sidecar
+COPY webhook ./webhook
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir . uvloop==0.21.0 httptools==0.6.4
+
+FROM python:3.11-slim-bookworm
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+RUN groupadd --gid 65532 nonroot && useradd --uid 65532 --gid 65532 --no-create-home --shell /usr/sbin/nologin nonroot
+USER 65532:65532
+EXPOSE 8443
+ENTRYPOINT ["python", "-m"]
+CMD ["webhook", "serve"]
