@@ -3,6 +3,7 @@ plus WEBHOOK_* environment variables for the server itself. Re-read when the fil
 from __future__ import annotations
 
 import fnmatch
+from functools import cached_property
 import hashlib
 import os
 import threading
@@ -147,7 +148,7 @@ class InjectorConfig(Strict):
             raise ValueError(f"defaultEnvironment {self.default_environment!r} is not in environments")
         return self
 
-    @property
+    @cached_property  # the config is frozen; hashing its dump on every admission would dominate
     def revision(self) -> str:
         """Identifies what this config injects: a pod injected under another revision is redone."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
