@@ -31,7 +31,12 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(Agent(settings).run_until_signalled())
+    try:
+        agent = Agent(settings)
+    except (ValueError, OSError) as e:  # e.g. an unreadable local CA file, an unavailable source
+        print(f"sds_sidecar: cannot start: {e}", file=sys.stderr)
+        return 2
+    asyncio.run(agent.run_until_signalled())
     return 0
 
 

@@ -26,8 +26,11 @@ def make_source(kind: str, settings: AgentSettings) -> Source:
 
         return FilesSource(settings)
     if kind == "vault":
-        from .sources.vault import VaultSource
-
+        try:
+            from .sources.vault import VaultSource
+        except ImportError:
+            raise ValueError("source 'vault' is not available in this build of the agent; "
+                             "use local-ca or files") from None
         return VaultSource(settings)
     raise ValueError(f"unknown source {kind!r}")
 

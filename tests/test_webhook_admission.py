@@ -242,3 +242,44 @@ def test_injection_is_idempotent_on_generated_pods(containers, init, volumes, ex
     assert sum(o["path"] == "/spec/volumes" for o in out.patch) <= 1
     # Stripping gives back exactly the original pod.
     assert planning.strip(once) == p
+
+
+def test_files_source_mounts_one_secret_per_name():
+    cfg = InjectorConfig.model_validate({**CONFIG.model_dump(by_alias=True),
+                                         "agent": {**CONFIG.agent.model_dump(by_alias=True), "source": "files"}})
+    p = pod({"sds-injector.io/env": "dev", "sds-injector.io/business-line": "retail"})
+    injected = jsonpatch.apply_patch(p, decide(p, "shop", cfg).patch)
+    agent = injected["spec"]["initContainers"][0]
+    mounts = {m["mountPath"]: m["name"] for m in agent["volumeMounts"]}
+    secrets = {v["name"]: v["secret"]["secretName"] for v in injected["spec"]["volumes"] if "secret" in v}
+    assert secrets[mounts["/etc/sds/certs/retail-service-cert"]] == "retail-service-cert"
+    assert secrets[mounts["/etc/sds/certs/retail-trust-bundle"]] == "retail-trust-bundle"
+    assert {"name": "SDS_FILES_ROOT", "value": "/etc/sds/certs"} in agent["env"]
+
+
+def test_config_file_is_reread_on_change_and_a_bad_file_keeps_the_old(tmp_path, monkeypatch):
+    import time as _time
+
+    from webhook.config import ConfigStore
+
+    path = tmp_path / "config.yaml"
+    path.write_text("environments: [prod, dev]\n")
+    errors = []
+    store = ConfigStore(path, on_error=errors.append)
+    assert store.get().environments == ["prod", "dev"]
+    clock = [_time.monotonic()]
+    monkeypatch.setattr("webhook.config.time.monotonic", lambda: clock[0])
+    path.write_text("environments: [prod, dev, qa]\n")
+    clock[0] += 2
+    assert store.get().environments == ["prod", "dev", "qa"]
+    path.write_text("environments: 5\n")
+    clock[0] += 2
+    assert store.get().environments == ["prod", "dev", "qa"] and errors and "invalid" in str(errors[0])
+
+
+def test_annotation_docs_are_generated_from_the_schema():
+    from webhook.annotations import SCHEMA, markdown
+
+    doc = (Path(__file__).parent.parent / "docs" / "annotations.md").read_text()
+    assert doc == markdown(), "docs/annotations.md is stale: python -m webhook docs > docs/annotations.md"
+    assert all(f"`{a.name}`" in doc for a in SCHEMA)

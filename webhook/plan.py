@@ -13,7 +13,7 @@ from .selection import Denied, Selection
 STATUS = PREFIX + "status"
 AGENT, PROXY = "sds-agent", "sds-envoy"
 SOCKET_VOL, TOKEN_VOL, CA_VOL = "sds-socket", "sds-token", "sds-local-ca"
-TOKEN_DIR, CA_DIR = "/var/run/secrets/sds-injector", "/etc/sds/local-ca"
+TOKEN_DIR, CA_DIR, FILES_DIR = "/var/run/secrets/sds-injector", "/etc/sds/local-ca", "/etc/sds/certs"
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,14 @@ def build(sel: Selection, cfg: InjectorConfig) -> Plan:
                     {"name": "SDS_LOCAL_CA_KEY_FILE", "value": f"{CA_DIR}/tls.key"}]
             mounts.append({"name": CA_VOL, "mountPath": CA_DIR, "readOnly": True})
             volumes.append({"name": CA_VOL, "secret": {"secretName": a.local_ca_secret, "defaultMode": 0o440}})
+    if a.source == "files":
+        # One Kubernetes Secret per name, mounted as the files source expects (<root>/<name>/...);
+        # the kubelet's atomic `..data` swap is what the agent watches for.
+        env.append({"name": "SDS_FILES_ROOT", "value": FILES_DIR})
+        for i, name in enumerate(sel.certificates + sel.trust_bundles):
+            vol = f"sds-files-{i}"
+            mounts.append({"name": vol, "mountPath": f"{FILES_DIR}/{name}", "readOnly": True})
+            volumes.append({"name": vol, "secret": {"secretName": name.lower(), "defaultMode": 0o440}})
     if a.source == "vault":
         v = a.vault
         env += [
