@@ -26,9 +26,6 @@ class SecretCache:
     def get(self, name: str) -> Entry | None:
         return self._entries.get(name)
 
-    def names(self) -> list[str]:
-        return list(self._entries)
-
     def put(self, name: str, material: SecretMaterial) -> Entry | None:
         """Store `material`; returns the new entry, or None when the content is unchanged."""
         old = self._entries.get(name)

@@ -39,6 +39,11 @@ def backoff(failures: int, s: AgentSettings, rng: random.Random) -> float:
     return rng.uniform(cap / 2, cap)
 
 
+def _report_expiry(name: str, m: SecretMaterial) -> None:
+    if m.not_after:
+        metrics.EXPIRY.labels(name).set((m.not_after - now()).total_seconds())
+
+
 class Renewer:
     def __init__(self, settings: AgentSettings, cache: SecretCache, specs: list[SecretSpec],
                  sources: Mapping[str, Source], rng: random.Random | None = None):
@@ -158,8 +163,7 @@ class Renewer:
         if entry is not None:
             metrics.ROTATIONS.labels(m.kind).inc()
             logs.audit("rotated" if previous else "loaded", spec.name, version=entry.version, **m.audit())
-        if m.not_after:
-            metrics.EXPIRY.labels(spec.name).set((m.not_after - now()).total_seconds())
+        _report_expiry(spec.name, m)
         self.failing.pop(spec.name, None)
         metrics.DEGRADED.set(1 if self.failing else 0)
         return True
@@ -168,6 +172,6 @@ class Renewer:
         self.failing[spec.name] = reason
         metrics.DEGRADED.set(1)
         entry = self.cache.get(spec.name)
-        if entry and entry.material.not_after:
-            metrics.EXPIRY.labels(spec.name).set((entry.material.not_after - now()).total_seconds())
+        if entry:
+            _report_expiry(spec.name, entry.material)
         return False

@@ -29,6 +29,11 @@ log = logging.getLogger("sds.server")
 _END = object()
 
 
+def _version_of(entries: list[tuple[str, Entry]]) -> str:
+    """A response's version: derived from the versions of the secrets it carries."""
+    return hashlib.sha256("".join(e.version for _, e in entries).encode()).hexdigest()[:16]
+
+
 def _nacked(req) -> bool:
     return bool(req.error_detail.code or req.error_detail.message)
 
@@ -135,7 +140,7 @@ class _SotwStream(_Stream):
     def _respond(self, entries: list[tuple[str, Entry]]):
         for i in range(0, len(entries), MAX_PER_RESPONSE):
             batch = entries[i : i + MAX_PER_RESPONSE]
-            version = hashlib.sha256("".join(e.version for _, e in batch).encode()).hexdigest()[:16]
+            version = _version_of(batch)
             self.nonce = secrets.token_hex(8)
             for name, entry in batch:
                 self.sent[name] = entry.version
@@ -227,7 +232,7 @@ class SecretDiscovery(sds_pb2_grpc.SecretDiscoveryServiceServicer):
         if not found:
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"none of the requested secrets is available: {list(request.resource_names)}")
-        version = hashlib.sha256("".join(e.version for _, e in found).encode()).hexdigest()[:16]
+        version = _version_of(found)
         metrics.PUSHES.labels("fetch").inc(len(found))
         return discovery_pb2.DiscoveryResponse(
             version_info=version, type_url=TYPE_URL, nonce=secrets.token_hex(8),

@@ -15,7 +15,7 @@ log = logging.getLogger("webhook.server")
 
 
 def _stamp(*paths) -> tuple:
-    return tuple((os.path.realpath(p), os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in paths)
+    return tuple((os.path.realpath(p), st.st_mtime_ns, st.st_size) for p in paths for st in [os.stat(p)])
 
 
 async def watch_certificate(ctx: ssl.SSLContext, cert_file, key_file, interval: float = 1.0) -> None:
