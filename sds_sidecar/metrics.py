@@ -13,3 +13,5 @@ REJECTED = Counter("sds_secrets_rejected_total", "Secrets that failed validation
 ROTATIONS = Counter("sds_secret_updates_total", "New secret versions stored", ["kind"])
 EXPIRY = Gauge("sds_secret_expiry_seconds", "Seconds until the served secret expires", ["name"])
 DEGRADED = Gauge("sds_degraded", "1 while a source is failing and cached secrets are served")
+VAULT_AUTH_FAILURES = Counter("sds_vault_auth_failures_total", "Failed Vault logins")
+VAULT_SWITCHES = Counter("sds_vault_address_switches_total", "Changes of the Vault address in use")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SourceKind = Literal["local-ca", "files", "vault"]
@@ -65,9 +65,30 @@ class AgentSettings(BaseSettings):
     files_root: Path = Path("/etc/sds/certs")
     files_poll_seconds: float = Field(0.05, gt=0)
 
+    # vault source
+    vault_addresses: NameList = Field(default_factory=list, description="ordered: primary first")
+    vault_auth: Literal["kubernetes", "token"] = "kubernetes"
+    vault_auth_mount: str = "kubernetes"
+    vault_role: str = "{namespace}-{service_account}"
+    vault_token_file: Path = Path("/var/run/secrets/sds-injector/token")  # projected SA token (JWT)
+    vault_token: SecretStr | None = None  # token auth, for local use
+    vault_timeout_seconds: float = Field(0.5, gt=0)
+    vault_down_seconds: float = Field(5.0, gt=0, description="how long a failed address is skipped")
+    vault_mode: Literal["kv", "pki"] = "pki"
+    vault_kv_mount: str = "secret"
+    vault_kv_path: str = "{namespace}/{name}"
+    vault_kv_cert_field: str = "certificate"
+    vault_kv_key_field: str = "private_key"
+    vault_kv_ca_field: str = "ca_chain"
+    vault_poll_seconds: float = Field(5.0, gt=0, description="KV versions, CRL and CA chain checks")
+    vault_pki_path: str = "pki_{business_line}/issue/{env}"
+    vault_pki_ttl: str = "24h"
+    vault_ca_overlap_seconds: float = Field(48 * 3600, ge=0, description="old CA kept after a rollover")
+    vault_crl: bool = Field(False, description="serve the PKI CRL in validation contexts")
+
     log_level: str = "INFO"
 
-    _split_lists = field_validator("certificates", "trust_bundles", "dns_names", mode="before")(
+    _split_lists = field_validator("certificates", "trust_bundles", "dns_names", "vault_addresses", mode="before")(
         lambda cls, v: _split(v)
     )
 
@@ -79,6 +100,18 @@ class AgentSettings(BaseSettings):
         if (self.local_ca_cert_file is None) != (self.local_ca_key_file is None):
             raise ValueError("local_ca_cert_file and local_ca_key_file go together")
         return self
+
+    def dns_sans(self) -> list[str]:
+        names = list(self.dns_names)
+        if self.service:
+            names += [self.service, f"{self.service}.{self.namespace}", f"{self.service}.{self.namespace}.svc",
+                      f"{self.service}.{self.namespace}.svc.{self.trust_domain}"]
+        return list(dict.fromkeys(names))
+
+    def template_values(self, name: str = "") -> dict[str, str]:
+        """What path, role and name templates may use."""
+        return dict(namespace=self.namespace, service_account=self.service_account, service=self.service,
+                    env=self.env, business_line=self.business_line, name=name, pod=self.pod_name)
 
     @property
     def socket_mode_int(self) -> int:

@@ -100,8 +100,12 @@ class VaultAgentConfig(Strict):
     auth_mount: str = Field("kubernetes", alias="authMount")
     role: str = "{namespace}-{service_account}"
     mode: Literal["kv", "pki"] = "pki"
-    kv_path: str = Field("secret/data/{namespace}/{name}", alias="kvPath")
+    kv_mount: str = Field("secret", alias="kvMount")
+    kv_path: str = Field("{namespace}/{name}", alias="kvPath")
     pki_path: str = Field("pki_{business_line}/issue/{env}", alias="pkiPath")
+    pki_ttl: str = Field("24h", alias="pkiTTL")
+    crl: bool = False
+    ca_overlap_seconds: int = Field(48 * 3600, alias="caOverlapSeconds")
     token_audience: str = Field("vault", alias="tokenAudience")
 
 

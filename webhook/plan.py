@@ -113,8 +113,12 @@ def build(sel: Selection, cfg: InjectorConfig) -> Plan:
             {"name": "SDS_VAULT_AUTH_MOUNT", "value": v.auth_mount},
             {"name": "SDS_VAULT_ROLE", "value": v.role},
             {"name": "SDS_VAULT_MODE", "value": v.mode},
+            {"name": "SDS_VAULT_KV_MOUNT", "value": v.kv_mount},
             {"name": "SDS_VAULT_KV_PATH", "value": v.kv_path},
             {"name": "SDS_VAULT_PKI_PATH", "value": v.pki_path},
+            {"name": "SDS_VAULT_PKI_TTL", "value": v.pki_ttl},
+            {"name": "SDS_VAULT_CRL", "value": "true" if v.crl else "false"},
+            {"name": "SDS_VAULT_CA_OVERLAP_SECONDS", "value": str(v.ca_overlap_seconds)},
             {"name": "SDS_VAULT_TOKEN_FILE", "value": f"{TOKEN_DIR}/token"},
         ]
         mounts.append({"name": TOKEN_VOL, "mountPath": TOKEN_DIR, "readOnly": True})

@@ -21,21 +21,13 @@ class LocalCASource(Source):
     def issues(self, spec: SecretSpec) -> bool:
         return spec.kind == material.TLS_CERTIFICATE
 
-    def dns_names(self) -> list[str]:
-        s = self.settings
-        names = list(s.dns_names)
-        if s.service:
-            names += [s.service, f"{s.service}.{s.namespace}", f"{s.service}.{s.namespace}.svc",
-                      f"{s.service}.{s.namespace}.svc.{s.trust_domain}"]
-        return names
-
     async def fetch(self, spec: SecretSpec) -> material.SecretMaterial:
         if spec.kind == material.VALIDATION_CONTEXT:
             return material.validation_context(self.ca.cert_pem)
         s = self.settings
         issued = self.ca.issue(
             s.service or spec.name,
-            dns_names=self.dns_names(),
+            dns_names=s.dns_sans(),
             uris=[s.spiffe_id],
             ttl=dt.timedelta(seconds=s.local_ca_cert_ttl_seconds),
         )

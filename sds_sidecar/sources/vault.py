@@ -1,0 +1,216 @@
+"""HashiCorp Vault as a source: KV v2 entries or PKI-issued certificates, trust bundles from the
+PKI CA chain (optionally with its CRL) or a KV entry, with CA rollover overlap, revocation and
+new KV versions noticed by polling. Errors name the secret and the path, never its content."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from hvac import exceptions as vexc
+
+from .. import logs, material
+from ..settings import AgentSettings
+from ..validation import InvalidSecret, parse_certificates
+from ..vault_client import VaultClient
+from .base import SecretSpec, Source, SourceError
+
+log = logging.getLogger("sds.vault")
+
+
+def _serial_int(serial: str) -> int:
+    return int(serial.replace(":", "").replace("-", ""), 16)
+
+
+class VaultSource(Source):
+    label = "vault"
+
+    def __init__(self, settings: AgentSettings, client: VaultClient | None = None):
+        self.s = settings
+        self.vault = client or VaultClient(settings)
+        self.kv_versions: dict[str, int] = {}
+        self.served_serial: dict[str, int] = {}
+        self.seen: dict[str, str] = {}  # trust bundle name -> CA chain + CRL text last served
+        self.ca_history: dict[str, dict[str, tuple[bytes, float | None]]] = {}  # fp -> (pem, retired_at)
+
+    def issues(self, spec: SecretSpec) -> bool:
+        return self.s.vault_mode == "pki" and spec.kind == material.TLS_CERTIFICATE
+
+    # -- paths ------------------------------------------------------------------------------
+    def kv_path(self, name: str) -> str:
+        return self.s.vault_kv_path.format(**self.s.template_values(name))
+
+    def pki_mount_role(self) -> tuple[str, str]:
+        path = self.s.vault_pki_path.format(**self.s.template_values())
+        mount, sep, role = path.partition("/issue/")
+        if not sep or not role:
+            raise SourceError("config", f"vault_pki_path {self.s.vault_pki_path!r} must look like MOUNT/issue/ROLE")
+        return mount, role
+
+    # -- fetch ------------------------------------------------------------------------------
+    async def fetch(self, spec: SecretSpec) -> material.SecretMaterial:
+        return await asyncio.to_thread(self._fetch, spec)
+
+    def _fetch(self, spec: SecretSpec) -> material.SecretMaterial:
+        if spec.kind == material.VALIDATION_CONTEXT:
+            return self._trust(spec.name)
+        return self._kv_cert(spec.name) if self.s.vault_mode == "kv" else self._pki_cert(spec.name)
+
+    def _call(self, name: str, where: str, fn, auth: bool = True):
+        try:
+            return self.vault.call(where, fn, auth)
+        except vexc.Forbidden:
+            raise SourceError("permission_denied", f"{name}: Vault denied access to {where}; the role's policy "
+                                                   "does not allow this path (namespace isolation)") from None
+        except vexc.InvalidPath:
+            raise SourceError("missing", f"{name}: nothing at {where}") from None
+        except vexc.InvalidRequest as e:
+            raise SourceError("rejected", f"{name}: Vault rejected the request to {where}: "
+                                          f"{'; '.join(e.errors or []) or 'invalid request'}") from None
+        except vexc.VaultError as e:
+            raise SourceError("vault_error", f"{name}: Vault error {type(e).__name__} at {where}") from None
+
+    def _kv_read(self, name: str) -> tuple[dict, int, str]:
+        mount, path = self.s.vault_kv_mount, self.kv_path(name)
+        where = f"{mount}/data/{path}"
+        resp = self._call(name, where, lambda c: c.secrets.kv.v2.read_secret_version(
+            path=path, mount_point=mount, raise_on_deleted_version=False))
+        data, meta = resp["data"].get("data"), resp["data"]["metadata"]
+        if data is None or meta.get("deletion_time"):
+            state = "destroyed" if meta.get("destroyed") else "deleted"
+            raise SourceError("deleted", f"{name}: the latest version ({meta.get('version')}) at {where} is "
+                                         f"{state}; the cached secret stays until it expires")
+        if not isinstance(data, dict):
+            raise SourceError("malformed", f"{name}: {where} does not hold a key/value map")
+        return data, int(meta["version"]), where
+
+    def _fields(self, name: str, where: str, data: dict, *fields: str) -> list[str]:
+        missing = [f for f in fields if not isinstance(data.get(f), str) or not data.get(f)]
+        if missing:
+            raise SourceError("malformed", f"{name}: field(s) {missing} missing at {where} "
+                                           f"(present: {sorted(data)})")
+        return [data[f] for f in fields]
+
+    def _kv_cert(self, name: str) -> material.SecretMaterial:
+        s = self.s
+        data, version, where = self._kv_read(name)
+        cert, key = self._fields(name, where, data, s.vault_kv_cert_field, s.vault_kv_key_field)
+        chain = cert.strip() + "\n"
+        ca = data.get(s.vault_kv_ca_field)
+        if isinstance(ca, str) and ca.strip() and ca.strip() not in chain:
+            chain += ca.strip() + "\n"
+        m = _validated(where, lambda: material.tls_certificate(chain.encode(), key.encode()))
+        if data.get("revokes_previous") and self.kv_versions.get(name, version) != version:
+            log.warning("new KV version revokes the previous one: replaced at once",
+                        extra=logs.kv(name=name, path=where, version=version))
+        self.kv_versions[name] = version
+        return m
+
+    def _pki_cert(self, name: str) -> material.SecretMaterial:
+        s = self.s
+        mount, role = self.pki_mount_role()
+        dns = s.dns_sans()
+        params = {"alt_names": ",".join(dns), "uri_sans": s.spiffe_id, "ttl": s.vault_pki_ttl}
+        cn = dns[0] if dns else name
+        where = f"{mount}/issue/{role}"
+        resp = self._call(name, where, lambda c: c.secrets.pki.generate_certificate(
+            role, cn, extra_params=dict(params), mount_point=mount))
+        d = resp.get("data") or {}
+        cert, key = self._fields(name, where, d, "certificate", "private_key")
+        cas = d.get("ca_chain") or ([d["issuing_ca"]] if d.get("issuing_ca") else [])
+        chain = "\n".join([cert.strip(), *[c.strip() for c in cas]]) + "\n"
+        m = _validated(where, lambda: material.tls_certificate(chain.encode(), key.encode()))
+        self.served_serial[name] = int(m.serial, 16)
+        return m
+
+    def _trust_source(self, name: str) -> tuple[bytes, bytes, str]:
+        if self.s.vault_mode == "kv":
+            data, version, where = self._kv_read(name)
+            self.kv_versions[name] = version
+            (ca,) = self._fields(name, where, data, self.s.vault_kv_ca_field)
+            return ca.encode(), b"", where
+        mount, _ = self.pki_mount_role()
+        ca = self._call(name, f"{mount}/ca_chain",
+                        lambda c: c.secrets.pki.read_ca_certificate_chain(mount_point=mount), auth=False)
+        crl = b""
+        if self.s.vault_crl:
+            crl = self._call(name, f"{mount}/crl/pem",
+                             lambda c: c.secrets.pki.read_crl(mount_point=mount), auth=False).encode()
+        return ca.encode(), crl, f"{mount}/ca_chain"
+
+    def _trust(self, name: str) -> material.SecretMaterial:
+        ca, crl, where = self._trust_source(name)
+        self.seen[name] = (ca + crl).decode()
+        bundle = self._with_overlap(name, where, ca)
+        return _validated(where, lambda: material.validation_context(bundle, crl))
+
+    def _with_overlap(self, name: str, where: str, ca_pem: bytes) -> bytes:
+        """The current CAs plus those replaced less than the overlap ago, so peers holding
+        certificates of the old CA are not cut off during a rollover."""
+        current = {c.fingerprint(hashes.SHA256()).hex(): c.public_bytes(serialization.Encoding.PEM)
+                   for c in _validated(where, lambda: parse_certificates(ca_pem, "CA chain"))}
+        hist = self.ca_history.setdefault(name, {})
+        now = time.time()
+        for fp, (pem, retired) in list(hist.items()):
+            if fp not in current and retired is None:
+                hist[fp] = (pem, now)
+                log.info("CA rolled over; the old CA stays trusted for the overlap",
+                         extra=logs.kv(name=name, overlap_seconds=self.s.vault_ca_overlap_seconds))
+            elif retired is not None and now - retired >= self.s.vault_ca_overlap_seconds:
+                del hist[fp]
+        for fp, pem in current.items():
+            hist[fp] = (pem, None)
+        ordered = sorted(hist.items(), key=lambda kv: kv[1][1] is not None)
+        return b"".join(pem for _, (pem, _) in ordered)
+
+    # -- change detection -------------------------------------------------------------------
+    async def changes(self, specs: Iterable[SecretSpec]) -> AsyncIterator[str]:
+        specs = list(specs)
+        while True:
+            await asyncio.sleep(self.s.vault_poll_seconds)
+            for name in await asyncio.to_thread(self._poll, specs):
+                yield name
+
+    def _poll(self, specs: list[SecretSpec]) -> list[str]:
+        out = []
+        revoked_by_mount: dict[str, x509.CertificateRevocationList | None] = {}
+        for spec in specs:
+            try:
+                if self.s.vault_mode == "kv":
+                    mount, path = self.s.vault_kv_mount, self.kv_path(spec.name)
+                    meta = self.vault.call(f"{mount}/metadata/{path}", lambda c: c.secrets.kv.v2.read_secret_metadata(
+                        path=path, mount_point=mount))
+                    if int(meta["data"]["current_version"]) != self.kv_versions.get(spec.name):
+                        out.append(spec.name)
+                    continue
+                mount, _ = self.pki_mount_role()
+                if spec.kind == material.VALIDATION_CONTEXT:
+                    ca, crl, _ = self._trust_source(spec.name)
+                    overlap_due = any(r is not None and time.time() - r >= self.s.vault_ca_overlap_seconds
+                                      for _, r in self.ca_history.get(spec.name, {}).values())
+                    if (ca + crl).decode() != self.seen.get(spec.name) or overlap_due:
+                        out.append(spec.name)
+                elif spec.name in self.served_serial:
+                    if mount not in revoked_by_mount:
+                        text = self.vault.call(f"{mount}/crl/pem", lambda c: c.secrets.pki.read_crl(mount_point=mount),
+                                               auth=False)
+                        revoked_by_mount[mount] = x509.load_pem_x509_crl(text.encode()) if text.strip() else None
+                    crl = revoked_by_mount[mount]
+                    if crl is not None and crl.get_revoked_certificate_by_serial_number(self.served_serial[spec.name]):
+                        log.warning("served certificate was revoked; issuing a replacement now",
+                                    extra=logs.kv(name=spec.name, serial=format(self.served_serial[spec.name], "x")))
+                        out.append(spec.name)
+            except (SourceError, vexc.VaultError, ValueError) as e:
+                # The fetch path reports failures with full context; polling just skips this round.
+                log.debug("vault poll skipped", extra=logs.kv(name=spec.name, error=type(e).__name__))
+        return out
+
+
+def _validated(where: str, build):
+    try:
+        return build()
+    except InvalidSecret as e:
+        raise InvalidSecret(e.reason, f"{where}: {e}") from None

@@ -1,0 +1,140 @@
+"""hvac clients over an ordered list of Vault addresses: failover on timeout, connection error,
+5xx or sealed; return to the primary once its /sys/health says it is active again; Kubernetes
+(or token) auth with the token renewed before its TTL runs out and a fresh login when renewal
+fails. Calls are blocking (requests): the source runs them in a thread."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import hvac
+import requests
+from hvac import exceptions as vexc
+
+from . import logs
+from .settings import AgentSettings
+from .sources.base import SourceError
+
+log = logging.getLogger("sds.vault")
+T = TypeVar("T")
+_UNAVAILABLE = (requests.exceptions.Timeout, requests.exceptions.ConnectionError, vexc.VaultDown,
+                vexc.InternalServerError, vexc.BadGateway, vexc.RateLimitExceeded)
+
+
+class VaultClient:
+    def __init__(self, settings: AgentSettings, on_switch: Callable[[str, str], None] | None = None):
+        if not settings.vault_addresses:
+            raise ValueError("the vault source needs vault_addresses")
+        self.s = settings
+        self.addresses = list(settings.vault_addresses)
+        self.clients = [hvac.Client(url=a, timeout=settings.vault_timeout_seconds) for a in self.addresses]
+        self.down_until = [0.0] * len(self.addresses)
+        self.current = 0
+        self.token = ""
+        self.token_expires = 0.0
+        self.token_ttl = 0.0
+        self.on_switch = on_switch or (lambda a, b: None)
+        self._lock = threading.Lock()
+
+    # -- failover ----------------------------------------------------------------------------
+    def _healthy(self, i: int) -> bool:
+        try:
+            r = requests.get(f"{self.addresses[i]}/v1/sys/health", timeout=self.s.vault_timeout_seconds)
+            return r.status_code == 200
+        except requests.exceptions.RequestException:
+            return False
+
+    def _order(self) -> list[int]:
+        now = time.monotonic()
+        usable = [i for i in range(len(self.addresses)) if self.down_until[i] <= now]
+        for i in list(usable):
+            # An address that failed before comes back only once it reports itself active.
+            if self.down_until[i] and not self._healthy(i):
+                self.down_until[i] = now + self.s.vault_down_seconds
+                usable.remove(i)
+            else:
+                self.down_until[i] = 0.0
+        return usable
+
+    def call(self, what: str, fn: Callable[[hvac.Client], T], auth: bool = True) -> T:
+        """Run `fn` against the first usable address, moving down the list on unavailability."""
+        tried = []
+        for i in self._order():
+            client = self.clients[i]
+            started = time.monotonic()
+            try:
+                if auth:
+                    self._ensure_token(client)
+                    client.token = self.token
+                result = fn(client)
+            except _UNAVAILABLE as e:
+                self.down_until[i] = time.monotonic() + self.s.vault_down_seconds
+                tried.append(f"{self.addresses[i]}: {type(e).__name__}")
+                log.warning("vault address unavailable, trying the next", extra=logs.kv(
+                    address=self.addresses[i], error=type(e).__name__, what=what,
+                    ms=round(1000 * (time.monotonic() - started))))
+                continue
+            if i != self.current:
+                from . import metrics
+
+                metrics.VAULT_SWITCHES.inc()
+                self.on_switch(self.addresses[self.current], self.addresses[i])
+                log.info("vault address switched", extra=logs.kv(frm=self.addresses[self.current],
+                                                                  to=self.addresses[i]))
+                self.current = i
+            return result
+        raise SourceError("unavailable", f"no Vault address answered for {what}: {'; '.join(tried) or 'all marked down'}")
+
+    # -- auth -------------------------------------------------------------------------------
+    def _ensure_token(self, client: hvac.Client) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if self.token and now < self.token_expires - self.token_ttl / 3:
+                return
+            if self.token and now < self.token_expires:
+                try:
+                    client.token = self.token
+                    resp = client.auth.token.renew_self()
+                    self._took(resp["auth"])
+                    return
+                except _UNAVAILABLE:
+                    raise
+                except vexc.VaultError as e:
+                    log.warning("vault token renewal failed; logging in again",
+                                extra=logs.kv(error=type(e).__name__))
+            self._login(client)
+
+    def _took(self, auth: dict) -> None:
+        self.token = auth["client_token"]
+        self.token_ttl = float(auth.get("lease_duration") or 0) or 3600.0
+        self.token_expires = time.monotonic() + self.token_ttl
+
+    def _login(self, client: hvac.Client) -> None:
+        s = self.s
+        if s.vault_auth == "token":
+            if s.vault_token is None:
+                raise SourceError("auth_failed", "vault_auth=token but no vault_token is set")
+            self.token, self.token_ttl = s.vault_token.get_secret_value(), 10**9
+            self.token_expires = time.monotonic() + self.token_ttl
+            return
+        role = s.vault_role.format(**s.template_values())
+        try:
+            jwt = s.vault_token_file.read_text().strip()  # re-read each login: the kubelet rotates it
+        except OSError as e:
+            raise SourceError("auth_failed", f"cannot read the service account token {s.vault_token_file}: "
+                                             f"{e.strerror}") from None
+        try:
+            resp = client.auth.kubernetes.login(role, jwt, use_token=False, mount_point=s.vault_auth_mount)
+        except _UNAVAILABLE:
+            raise
+        except vexc.VaultError as e:
+            from . import metrics
+
+            metrics.VAULT_AUTH_FAILURES.inc()
+            raise SourceError("auth_failed", f"Vault kubernetes login as role {role!r} at auth/"
+                                             f"{s.vault_auth_mount} failed: {type(e).__name__}") from None
+        self._took(resp["auth"])
+        log.info("vault login", extra=logs.kv(role=role, ttl=self.token_ttl))
