@@ -62,7 +62,10 @@ def test_kubernetes_auth_pki_issue_with_spiffe_and_dns_sans(vault, tmp_path):
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://cluster.local/ns/shop/sa/web"]
     assert "web.shop.svc" in san.get_values_for_type(x509.DNSName)
-    assert 55 <= m.lifetime.total_seconds() <= 65
+    import datetime as dt
+
+    remaining = (m.not_after - dt.datetime.now(dt.timezone.utc)).total_seconds()
+    assert 55 <= remaining <= 61 and m.lifetime.total_seconds() == pytest.approx(90, abs=2)  # 30 s back-dated
     assert src.issues(CERT) and not src.issues(TRUST)
     assert d.requests_to("/v1/auth/kubernetes/login") == 1
 

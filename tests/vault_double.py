@@ -139,6 +139,14 @@ class VaultDouble:
         self.pki[mount] = m
         return m
 
+    def issue_direct(self, mount: str, cn: str, uris: list[str] = (), ca: LocalCA | None = None,
+                     ttl: int = 3600):
+        """A certificate as another workload would get it from this PKI mount (revocable)."""
+        pki = self.pki[mount]
+        issued = (ca or pki.ca).issue(cn, dns_names=[cn], uris=list(uris), ttl=dt.timedelta(seconds=ttl))
+        pki.issued[colon_hex(issued.certificate.serial_number)] = issued.certificate
+        return issued
+
     def requests_to(self, prefix: str) -> int:
         return sum(1 for _, p in self.log if p.startswith(prefix))
 
@@ -148,6 +156,8 @@ class VaultDouble:
         h.send_response(code)
         h.send_header("Content-Type", content_type)
         h.send_header("Content-Length", str(len(data)))
+        # No keep-alive: when the double goes down, no open connection may keep answering.
+        h.send_header("Connection", "close")
         h.end_headers()
         h.wfile.write(data)
 
@@ -253,7 +263,11 @@ class VaultDouble:
         ttl = min(_ttl_seconds(body.get("ttl") or role.get("ttl", 3600)), pki.max_ttl)
         alt = [a for a in (body.get("alt_names") or "").split(",") if a]
         uris = [u for u in (body.get("uri_sans") or "").split(",") if u]
-        issued = pki.ca.issue(cn, dns_names=[cn, *alt], uris=uris, ttl=dt.timedelta(seconds=ttl))
+        # Like Vault, back-date not_before by the role's not_before_duration (default 30 s).
+        back = _ttl_seconds(role.get("not_before_duration", 30))
+        now = dt.datetime.now(dt.timezone.utc)
+        issued = pki.ca.issue(cn, dns_names=[cn, *alt], uris=uris, ttl=dt.timedelta(seconds=ttl + back),
+                              not_before=now - dt.timedelta(seconds=back))
         serial = colon_hex(issued.certificate.serial_number)
         pki.issued[serial] = issued.certificate
         ca_pem = pki.ca.cert_pem.decode()
