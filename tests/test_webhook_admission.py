@@ -283,3 +283,20 @@ def test_annotation_docs_are_generated_from_the_schema():
     doc = (Path(__file__).parent.parent / "docs" / "annotations.md").read_text()
     assert doc == markdown(), "docs/annotations.md is stale: python -m webhook docs > docs/annotations.md"
     assert all(f"`{a.name}`" in doc for a in SCHEMA)
+
+
+def test_injected_agent_env_is_understood_by_the_agent(monkeypatch):
+    """Every SDS_* variable the webhook writes must be a setting the agent knows."""
+    from sds_sidecar.settings import AgentSettings
+
+    cfg = InjectorConfig.model_validate({**CONFIG.model_dump(by_alias=True), "agent": {
+        **CONFIG.agent.model_dump(by_alias=True), "source": "vault",
+        "vault": {"addresses": ["https://vault-a:8200", "https://vault-b:8200"], "mode": "kv", "crl": True}}})
+    p = pod({"sds-injector.io/env": "dev", "sds-injector.io/business-line": "retail"})
+    agent = jsonpatch.apply_patch(p, decide(p, "shop", cfg).patch)["spec"]["initContainers"][0]
+    for e in agent["env"]:
+        monkeypatch.setenv(e["name"], e.get("value", "from-downward-api"))
+    s = AgentSettings()
+    assert s.source == "vault" and s.vault_addresses == ["https://vault-a:8200", "https://vault-b:8200"]
+    assert s.vault_mode == "kv" and s.vault_crl and s.business_line == "retail" and s.env == "dev"
+    assert s.certificates == ["retail-service-cert"] and str(s.vault_token_file).endswith("/token")
