@@ -130,7 +130,7 @@ def test_failover_to_standby_and_back_to_primary(vault, tmp_path, caplog):
     assert primary.requests_to("/v1/sys/health") >= 1
 
 
-@pytest.mark.parametrize("mode", ["sealed", "error", "down"])
+@pytest.mark.parametrize("mode", ["sealed", "error", "down", "slow"])
 def test_sealed_erroring_or_down_primary_fails_over(vault, tmp_path, ca, mode):
     primary, standby = vault(), vault()
     tok = primary.root_token()
@@ -143,7 +143,7 @@ def test_sealed_erroring_or_down_primary_fails_over(vault, tmp_path, ca, mode):
     if mode == "down":
         primary.stop()
     else:
-        primary.mode = mode
+        primary.mode, primary.delay = mode, 1.0  # slow: answers after the 0.5 s timeout
     src = VaultSource(settings([primary, standby], tmp_path, vault_auth="token", vault_token=tok, vault_mode="kv"))
     m = asyncio.run(src.fetch(CERT))
     assert m.serial == format(served.certificate.serial_number, "x")
@@ -262,3 +262,12 @@ def test_invalid_secret_messages_name_the_path(vault, tmp_path, ca):
     d, src = kv_source(vault, tmp_path, {"certificate": "x", "private_key": "y"})
     with pytest.raises(InvalidSecret, match="^secret/data/shop/web-cert: "):
         asyncio.run(src.fetch(CERT))
+
+
+def test_kv_trust_bundle(vault, tmp_path, ca):
+    d, src = kv_source(vault, tmp_path, None)
+    d.kv_put("secret", "shop/trust", {"ca_chain": ca.cert_pem.decode()})
+    m = asyncio.run(src.fetch(TRUST))
+    assert m.trusted_ca == ca.cert_pem and src.kv_versions["trust"] == 1
+    d.kv_put("secret", "shop/trust", {"ca_chain": ca.cert_pem.decode(), "note": "v2"})
+    assert src._poll([TRUST]) == ["trust"]
