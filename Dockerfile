@@ -5,7 +5,7 @@ COPY pyproject.toml README.md ./
 COPY sds_sidecar ./sds_sidecar
 COPY webhook ./webhook
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir . uvloop==0.21.0 httptools==0.6.4
+    && /opt/venv/bin/pip install --no-cache-dir .
 
 FROM python:3.11-slim-bookworm
 COPY --from=build /opt/venv /opt/venv

@@ -1,16 +1,25 @@
-"""In-process admission cost (no HTTP): time to answer an AdmissionReview for a typical pod, a
-large pod (1,500 env vars) and a skipped pod, against a baseline that parses the body and returns
-a fixed allowed AdmissionReview. Prints a table; --record appends it to docs/benchmarks.md.
-(The HTTP load part of issue 6 — uvicorn over TLS with wrk or a multi-process generator — is not
-built yet.)"""
+"""Webhook benchmark. Starts the webhook as users run it (`python -m webhook serve`: uvicorn, one
+worker, TLS) in its own process, and drives it from another: wrk with a Lua body script when wrk is
+installed, else a multi-process Python generator (the output says which ran). Workloads: a typical
+pod, a large pod (1,500 env vars) and a skipped pod, against a baseline on the same server (POST
+/noop: parse the body, return a fixed allowed AdmissionReview). Also the in-process time to
+compute the answer, to show where the time goes. Prints tables; --record appends to
+docs/benchmarks.md. Figures, not pass/fail."""
 from __future__ import annotations
 
+import argparse
 import datetime as dt
+import http.client
 import json
+import multiprocessing as mp
 import os
 import platform
+import shutil
+import ssl
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,10 +28,24 @@ sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
 
+from sds_sidecar.ca import LocalCA  # noqa: E402
+from tests.harness import free_port, wait_for  # noqa: E402
 from webhook import admission  # noqa: E402
 from webhook.config import load_config  # noqa: E402
 
-CFG = load_config(ROOT / "examples" / "config.yaml")
+CONFIG_FILE = ROOT / "examples" / "config.yaml"
+CFG = load_config(CONFIG_FILE)
+LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open(os.getenv("BODY_FILE"), "rb"); wrk.body = f:read("*a"); f:close()
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %f %d %d %d %d\\n", summary.requests, summary.duration / 1e6,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99),
+    e.connect + e.read + e.write + e.status + e.timeout))
+end
+"""
 
 
 def review(annotations: dict, env_count: int) -> bytes:
@@ -40,51 +63,154 @@ def review(annotations: dict, env_count: int) -> bytes:
         "namespace": "shop", "object": pod}}).encode()
 
 
-def baseline(body: bytes) -> bytes:
-    uid = orjson.loads(body)["request"]["uid"]
-    return orjson.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                         "response": {"uid": uid, "allowed": True}})
+INJECT = {"sds-injector.io/env": "dev", "sds-injector.io/inbound": "8443:8080"}
+WORKLOADS = {
+    "typical": review(INJECT, 20),
+    "large": review(INJECT, 1500),
+    "skipped": review({"sds-injector.io/inject": "false"}, 20),
+}
 
 
-def timeit(fn, body: bytes, seconds: float = 2.0) -> list[float]:
-    samples, end = [], time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t = time.perf_counter()
-        fn(body)
-        samples.append(time.perf_counter() - t)
-    return samples
+# -- load generators ------------------------------------------------------------------------
+def run_wrk(port: int, path: str, body: bytes, conc: int, seconds: float, tmp: Path) -> dict:
+    body_file, script = tmp / "body.json", tmp / "bench.lua"
+    body_file.write_bytes(body)
+    script.write_text(LUA)
+    out = subprocess.run(["wrk", "-t1", f"-c{conc}", f"-d{max(1, round(seconds))}s", "-s", str(script),
+                          f"https://127.0.0.1:{port}{path}"], capture_output=True, text=True,
+                         env={**os.environ, "BODY_FILE": str(body_file)}, check=True).stdout
+    n, dur, p50, p95, p99, errors = next(ln.split()[1:] for ln in out.splitlines() if ln.startswith("RESULT"))
+    return {"rps": int(n) / float(dur), "p50": int(p50) / 1e3, "p95": int(p95) / 1e3, "p99": int(p99) / 1e3,
+            "errors": int(errors)}
+
+
+def _worker(port, path, body, conns, seconds, queue):
+    import threading
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    lat, errors, end = [], [0], time.perf_counter() + seconds
+
+    def loop():
+        c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx)
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            try:
+                c.request("POST", path, body, {"Content-Type": "application/json"})
+                r = c.getresponse()
+                r.read()
+                if r.status != 200:
+                    errors[0] += 1
+            except OSError:
+                errors[0] += 1
+                c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx)
+                continue
+            lat.append(time.perf_counter() - t)
+
+    threads = [threading.Thread(target=loop) for _ in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    queue.put((lat, errors[0]))
+
+
+def run_python(port: int, path: str, body: bytes, conc: int, seconds: float, tmp: Path) -> dict:
+    procs_n = min(conc, 2)
+    q = mp.Queue()
+    ps = [mp.Process(target=_worker, args=(port, path, body, conc // procs_n + (i < conc % procs_n), seconds, q))
+          for i in range(procs_n)]
+    for p in ps:
+        p.start()
+    lat, errors = [], 0
+    for _ in ps:
+        got, err = q.get()
+        lat += got
+        errors += err
+    for p in ps:
+        p.join()
+    q_ = statistics.quantiles(lat, n=100)
+    return {"rps": len(lat) / seconds, "p50": q_[49] * 1e3, "p95": q_[94] * 1e3, "p99": q_[98] * 1e3,
+            "errors": errors}
+
+
+# -- in-process -----------------------------------------------------------------------------
+def in_process(seconds: float = 1.5) -> list[tuple[str, float, float]]:
+    rows = []
+    for name, body in [("baseline", WORKLOADS["typical"]), *WORKLOADS.items()]:
+        fn = admission.noop if name == "baseline" else (lambda b: admission.handle(b, lambda: CFG))
+        samples, end = [], time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            fn(body)
+            samples.append(time.perf_counter() - t)
+        q = statistics.quantiles(samples, n=100)
+        rows.append((name, q[49] * 1e3, q[98] * 1e3))
+    return rows
+
+
+def machine() -> str:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def main() -> int:
-    inject = {"sds-injector.io/env": "dev", "sds-injector.io/inbound": "8443:8080"}
-    cases = {
-        "typical (2 containers, 20 env)": review(inject, 20),
-        "large (1,500 env, ~64 KB)": review(inject, 1500),
-        "skipped (opted out)": review({"sds-injector.io/inject": "false"}, 20),
-    }
-    rows = []
-    base_body = cases["typical (2 containers, 20 env)"]
-    base = timeit(baseline, base_body)
-    base_rate = len(base) / sum(base)
-    rows.append(("baseline: parse + fixed answer", len(base_body), base, 1.0))
-    for name, body in cases.items():
-        status, _ = admission.handle(body, lambda: CFG)
-        assert status == 200
-        s = timeit(lambda b: admission.handle(b, lambda: CFG), body)
-        rows.append((name, len(body), s, (len(s) / sum(s)) / base_rate))
-    lines = [f"| workload | body | per second | p50 | p99 | vs baseline |", "|---|---|---|---|---|---|"]
-    for name, size, s, ratio in rows:
-        q = statistics.quantiles(s, n=100)
-        lines.append(f"| {name} | {size / 1024:.1f} KB | {len(s) / sum(s):,.0f} | {q[49] * 1e3:.3f} ms | "
-                     f"{q[98] * 1e3:.3f} ms | {ratio:.2f} |")
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
+    ap.add_argument("--record", action="store_true")
+    args = ap.parse_args()
+    gen = args.generator if args.generator != "auto" else ("wrk" if shutil.which("wrk") else "python")
+    load = run_wrk if gen == "wrk" else run_python
+    lines = [f"Load generator: {gen} (one process; the server is one uvicorn worker with TLS)", ""]
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        ca = LocalCA.generate("bench CA")
+        served = ca.issue("webhook", dns_names=["webhook"], ttl=dt.timedelta(hours=1))
+        (tmp / "tls.crt").write_bytes(served.chain_pem)
+        (tmp / "tls.key").write_bytes(served.key_pem)
+        port = free_port()
+        env = {**os.environ, "WEBHOOK_BENCHMARK_BASELINE": "true", "WEBHOOK_LOG_LEVEL": "WARNING"}
+        server = subprocess.Popen([sys.executable, "-m", "webhook", "serve", "--port", str(port), "--cert-file",
+                                   str(tmp / "tls.crt"), "--key-file", str(tmp / "tls.key"), "--config",
+                                   str(CONFIG_FILE)], env=env, stderr=subprocess.DEVNULL)
+        try:
+            ctx = ssl.create_default_context(cadata=ca.cert_pem.decode())
+            ctx.check_hostname = False
+
+            def up():
+                c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=1)
+                c.request("GET", "/healthz")
+                return c.getresponse().status == 200
+            wait_for(up, 20, what="webhook")
+            # Warm-up (first TLS handshakes, first plan per selection): steady state is measured.
+            for path, body in [("/noop", WORKLOADS["typical"]), *[("/mutate", b) for b in WORKLOADS.values()]]:
+                load(port, path, body, 1, 1, tmp)
+            header = "| workload | concurrency | requests/s | p50 ms | p95 ms | p99 ms | errors | vs baseline |"
+            lines += [header, "|---|---|---|---|---|---|---|---|"]
+            for conc in [int(c) for c in args.concurrency.split(",")]:
+                base = load(port, "/noop", WORKLOADS["typical"], conc, args.seconds, tmp)
+                for name, path, body in [("baseline /noop", "/noop", WORKLOADS["typical"]),
+                                         *[(n, "/mutate", b) for n, b in WORKLOADS.items()]]:
+                    r = base if path == "/noop" else load(port, path, body, conc, args.seconds, tmp)
+                    lines.append(f"| {name} | {conc} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p95']:.2f} | "
+                                 f"{r['p99']:.2f} | {r['errors']} | {r['rps'] / base['rps']:.2f} |")
+                    print(lines[-1], flush=True)
+        finally:
+            server.terminate()
+            server.wait(10)
+    lines += ["", "In-process (no HTTP, one thread): time to answer the AdmissionReview", "",
+              "| workload | body | p50 ms | p99 ms |", "|---|---|---|---|"]
+    for name, p50, p99 in in_process():
+        body = WORKLOADS.get(name, WORKLOADS["typical"])
+        lines.append(f"| {name} | {len(body) / 1024:.1f} KB | {p50:.3f} | {p99:.3f} |")
     table = "\n".join(lines)
     print(table)
-    if "--record" in sys.argv:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name")), platform.processor())
+    if args.record:
         with open(ROOT / "docs" / "benchmarks.md", "a") as f:
-            f.write(f"\n## {dt.date.today()} webhook, in-process (no HTTP)\n\n{cpu}, {os.cpu_count()} cores, "
-                    f"Python {platform.python_version()}, one thread.\n\n{table}\n")
+            f.write(f"\n## {dt.date.today()} scripts/bench_webhook.py\n\n{machine()}.\n\n{table}\n")
     return 0
 
 

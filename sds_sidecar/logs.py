@@ -1,9 +1,11 @@
 """Structured JSON logging and the audit trail."""
 from __future__ import annotations
 
-import json
+import datetime as dt
 import logging
 import sys
+
+import orjson
 
 AUDIT = logging.getLogger("sds.audit")
 
@@ -11,7 +13,7 @@ AUDIT = logging.getLogger("sds.audit")
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {
-            "ts": f"{self.formatTime(record, '%Y-%m-%dT%H:%M:%S')}.{int(record.msecs):03d}",
+            "ts": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -19,7 +21,8 @@ class JsonFormatter(logging.Formatter):
         out.update(getattr(record, "fields", {}))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        # orjson: the webhook logs every admission, and stdlib json was a tenth of its CPU.
+        return orjson.dumps(out, default=str).decode()
 
 
 def setup(level: str = "INFO") -> None:

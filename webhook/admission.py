@@ -51,6 +51,15 @@ def parse_review(body: bytes) -> dict:
     return req
 
 
+def noop(body: bytes) -> bytes:
+    """Parse the review and allow it unchanged: the benchmarks' baseline."""
+    try:
+        uid = parse_review(body)["uid"]
+    except BadRequest:
+        uid = ""
+    return _response(uid, True)
+
+
 def handle(body: bytes, config: Callable[[], InjectorConfig], namespace_labels=None) -> tuple[int, bytes]:
     """Returns (HTTP status, response body)."""
     start = time.perf_counter()

@@ -11,21 +11,33 @@ from .config import ConfigStore
 JSON = "application/json"
 
 
-def create_app(store: ConfigStore, namespace_labels=None, max_body: int = 3 * 1024 * 1024) -> FastAPI:
+def create_app(store: ConfigStore, namespace_labels=None, max_body: int = 3 * 1024 * 1024,
+               baseline: bool = False) -> FastAPI:
     app = FastAPI(title="sds-injector webhook", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.post("/mutate")
     async def mutate(request: Request) -> Response:
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body:
-            return JSONResponse({"error": f"body larger than {max_body} bytes"}, 413)
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_body:
+        if length is not None and length.isdigit():
+            if int(length) > max_body:
                 return JSONResponse({"error": f"body larger than {max_body} bytes"}, 413)
+            body = await request.body()
+        else:  # chunked: read up to the limit, never more
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_body:
+                    return JSONResponse({"error": f"body larger than {max_body} bytes"}, 413)
+                chunks.append(chunk)
+            body = b"".join(chunks)
         status, out = admission.handle(body, store.get, namespace_labels)
         return Response(out, status, media_type=JSON)
+
+    if baseline:
+        # Benchmarks only: the same server and body handling, no injection (the comparison point).
+        @app.post("/noop")
+        async def noop(request: Request) -> Response:
+            return Response(admission.noop(await request.body()), media_type=JSON)
 
     @app.get("/healthz")
     async def healthz() -> Response:

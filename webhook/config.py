@@ -220,4 +220,5 @@ class ServerSettings(BaseSettings):
     key_file: Path | None = None
     config: Path | None = None
     max_body_bytes: int = 3 * 1024 * 1024  # the API server's own request limit
+    benchmark_baseline: bool = False  # adds POST /noop, for scripts/bench_webhook.py
     log_level: str = "INFO"

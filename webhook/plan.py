@@ -54,22 +54,22 @@ def _field_env(name: str, path: str) -> dict:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
-_BOOTSTRAPS: dict[tuple[Selection, str], str] = {}
-
-
-def _bootstrap_json(sel: Selection, cfg: InjectorConfig) -> str:
-    # The bootstrap depends only on the selection and the config; the pods of one Deployment
-    # share both, so a scale-up pays for it once.
-    key = (sel, cfg.revision)
-    text = _BOOTSTRAPS.get(key)
-    if text is None:
-        if len(_BOOTSTRAPS) >= 1024:
-            _BOOTSTRAPS.clear()
-        text = _BOOTSTRAPS[key] = json.dumps(pod_bootstrap(sel, cfg), separators=(",", ":"))
-    return text
+_PLANS: dict[tuple[Selection, str], Plan] = {}
 
 
 def build(sel: Selection, cfg: InjectorConfig) -> Plan:
+    """The plan depends only on the selection and the config: the pods of one Deployment share
+    both, so a scale-up builds it once. Plans are never mutated (apply() copies)."""
+    key = (sel, cfg.revision)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= 1024:
+            _PLANS.clear()
+        plan = _PLANS[key] = _build(sel, cfg)
+    return plan
+
+
+def _build(sel: Selection, cfg: InjectorConfig) -> Plan:
     res = dict(sel.resources)
     a, p = cfg.agent, cfg.proxy
     socket_mount = {"name": SOCKET_VOL, "mountPath": a.socket_dir}
@@ -139,7 +139,7 @@ def build(sel: Selection, cfg: InjectorConfig) -> Plan:
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": a.http_port}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": a.http_port}, "periodSeconds": 10},
     }
-    bootstrap = _bootstrap_json(sel, cfg)
+    bootstrap = json.dumps(pod_bootstrap(sel, cfg), separators=(",", ":"))
     ports = [{"name": "sds-status", "containerPort": p.status_port, "protocol": "TCP"}]
     ports += [{"name": f"tls-{t}", "containerPort": t, "protocol": "TCP"} for t, _ in sel.inbound]
     proxy = {

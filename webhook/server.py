@@ -39,7 +39,7 @@ async def serve(app, settings: ServerSettings) -> None:
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
         ssl_certfile=str(settings.cert_file) if tls else None, ssl_keyfile=str(settings.key_file) if tls else None,
-        http="httptools" if _has("httptools") else "h11", loop="uvloop" if _has("uvloop") else "asyncio",
+        http="httptools" if _has("httptools") else "h11",
         lifespan="off",
     )
     config.load()
