@@ -80,7 +80,9 @@ class AgentSettings(BaseSettings):
     vault_kv_cert_field: str = "certificate"
     vault_kv_key_field: str = "private_key"
     vault_kv_ca_field: str = "ca_chain"
-    vault_poll_seconds: float = Field(5.0, gt=0, description="KV versions, CRL and CA chain checks")
+    # Each round costs a CRL (and CA chain) read per mount: 30 s keeps 5,000 pods near 330 cheap
+    # reads/s on Vault, and bounds how long a revocation or a new KV version takes to arrive.
+    vault_poll_seconds: float = Field(30.0, gt=0, description="KV versions, CRL and CA chain checks")
     vault_pki_path: str = "pki_{business_line}/issue/{env}"
     vault_pki_ttl: str = "24h"
     vault_ca_overlap_seconds: float = Field(48 * 3600, ge=0, description="old CA kept after a rollover")

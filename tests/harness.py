@@ -198,6 +198,7 @@ def tls_get(port: int, ca_pem: bytes, server_name: str = "localhost", client: tu
     class Conn(http.client.HTTPSConnection):
         def connect(self):  # loopback address, but the SNI of `server_name`
             raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.sock = ctx.wrap_socket(raw, server_hostname=server_name)
 
     conn = Conn(server_name, port, timeout=timeout)
@@ -210,6 +211,16 @@ def tls_get(port: int, ca_pem: bytes, server_name: str = "localhost", client: tu
         return x509.load_der_x509_certificate(der), f"HTTP/1.1 {r.status} {r.reason}\n{body}"
     finally:
         conn.close()
+
+
+def peer_cert(port: int, ca_pem: bytes, server_name: str = "localhost", timeout: float = 3) -> x509.Certificate:
+    """The certificate a new handshake gets, and nothing more (what rotation is about)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(cadata=ca_pem.decode())
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+        with ctx.wrap_socket(raw, server_hostname=server_name) as s:
+            return x509.load_der_x509_certificate(s.getpeercert(binary_form=True))
 
 
 def save_pair(tmp: Path, issued: Issued, stem: str) -> tuple[Path, Path]:

@@ -10,7 +10,7 @@ import pytest
 
 from tests import envoy_configs as cfg
 from tests.conftest import remember_key
-from tests.harness import free_port, issue, save_pair, tls_get, wait_for, write_cert_dir
+from tests.harness import free_port, issue, peer_cert, save_pair, tls_get, wait_for, write_cert_dir
 from webhook import bootstrap as b
 
 CLIENT_ID = "spiffe://cluster.local/ns/shop/sa/client"
@@ -55,8 +55,8 @@ def test_envoy_serves_and_rotates_without_restart(procs, tmp_path, ca, delta):
     remember_key(second.key_pem)
     t0 = time.monotonic()
     write_cert_dir(root, "server-cert", second)
-    wait_for(lambda: serial(tls_get(port, ca.cert_pem)[0]) == second.certificate.serial_number,
-             timeout=5, interval=0.01, what="rotated certificate at Envoy")
+    wait_for(lambda: serial(peer_cert(port, ca.cert_pem)) == second.certificate.serial_number,
+             timeout=5, interval=0.005, what="rotated certificate at Envoy")
     print(f"rotation reached Envoy in {1000 * (time.monotonic() - t0):.0f} ms")
 
     conn.request("GET", "/")

@@ -126,7 +126,15 @@ class VaultSource(Source):
         self.served_serial[name] = int(m.serial, 16)
         return m
 
-    def _trust_source(self, name: str) -> tuple[bytes, bytes, str]:
+    def _crl(self, name: str, mount: str, memo: dict | None = None) -> bytes:
+        if memo is not None and mount in memo:
+            return memo[mount]
+        text = self._call(name, f"{mount}/crl/pem", lambda c: c.secrets.pki.read_crl(mount_point=mount), auth=False)
+        if memo is not None:
+            memo[mount] = text.encode()
+        return text.encode()
+
+    def _trust_source(self, name: str, crl_memo: dict | None = None) -> tuple[bytes, bytes, str]:
         if self.s.vault_mode == "kv":
             data, version, where = self._kv_read(name)
             self.kv_versions[name] = version
@@ -135,10 +143,7 @@ class VaultSource(Source):
         mount, _ = self.pki_mount_role()
         ca = self._call(name, f"{mount}/ca_chain",
                         lambda c: c.secrets.pki.read_ca_certificate_chain(mount_point=mount), auth=False)
-        crl = b""
-        if self.s.vault_crl:
-            crl = self._call(name, f"{mount}/crl/pem",
-                             lambda c: c.secrets.pki.read_crl(mount_point=mount), auth=False).encode()
+        crl = self._crl(name, mount, crl_memo) if self.s.vault_crl else b""
         return ca.encode(), crl, f"{mount}/ca_chain"
 
     def _trust(self, name: str) -> material.SecretMaterial:
@@ -176,7 +181,7 @@ class VaultSource(Source):
 
     def _poll(self, specs: list[SecretSpec]) -> list[str]:
         out = []
-        revoked_by_mount: dict[str, x509.CertificateRevocationList | None] = {}
+        crl_memo: dict[str, bytes] = {}  # one CRL read per mount and round, shared by all names
         for spec in specs:
             try:
                 if self.s.vault_mode == "kv":
@@ -188,17 +193,14 @@ class VaultSource(Source):
                     continue
                 mount, _ = self.pki_mount_role()
                 if spec.kind == material.VALIDATION_CONTEXT:
-                    ca, crl, _ = self._trust_source(spec.name)
+                    ca, crl, _ = self._trust_source(spec.name, crl_memo)
                     overlap_due = any(r is not None and time.time() - r >= self.s.vault_ca_overlap_seconds
                                       for _, r in self.ca_history.get(spec.name, {}).values())
                     if (ca + crl).decode() != self.seen.get(spec.name) or overlap_due:
                         out.append(spec.name)
                 elif spec.name in self.served_serial:
-                    if mount not in revoked_by_mount:
-                        text = self.vault.call(f"{mount}/crl/pem", lambda c: c.secrets.pki.read_crl(mount_point=mount),
-                                               auth=False)
-                        revoked_by_mount[mount] = x509.load_pem_x509_crl(text.encode()) if text.strip() else None
-                    crl = revoked_by_mount[mount]
+                    text = self._crl(spec.name, mount, crl_memo)
+                    crl = x509.load_pem_x509_crl(text) if text.strip() else None
                     if crl is not None and crl.get_revoked_certificate_by_serial_number(self.served_serial[spec.name]):
                         log.warning("served certificate was revoked; issuing a replacement now",
                                     extra=logs.kv(name=spec.name, serial=format(self.served_serial[spec.name], "x")))
