@@ -34,6 +34,8 @@ class AgentSettings(BaseSettings):
     source: SourceKind = "local-ca"
     certificates: NameList = Field(default_factory=list, description="tls_certificate names to serve")
     trust_bundles: NameList = Field(default_factory=list, description="validation_context names to serve")
+    certificates_file: Path | None = Field(None, description="more tls_certificate names, one per line "
+                                           "(a gateway's tenant list: too long for an environment variable)")
     source_overrides: dict[str, SourceKind] = Field(default_factory=dict, description="name -> source")
 
     # Pod identity (downward API in a pod).
@@ -96,6 +98,13 @@ class AgentSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> "AgentSettings":
+        if self.certificates_file is not None:
+            try:
+                lines = self.certificates_file.read_text().splitlines()
+            except OSError as e:
+                raise ValueError(f"certificates_file {self.certificates_file}: {e.strerror}") from None
+            extra = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+            self.certificates = list(dict.fromkeys([*self.certificates, *extra]))
         both = set(self.certificates) & set(self.trust_bundles)
         if both:
             raise ValueError(f"names listed as both certificate and trust bundle: {sorted(both)}")

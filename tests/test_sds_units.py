@@ -183,3 +183,12 @@ def test_files_source_sees_kubernetes_symlink_swap(tmp_path, ca):
         await changes.aclose()
 
     asyncio.run(body())
+
+
+def test_certificate_names_from_a_file(tmp_path):
+    f = tmp_path / "names.txt"
+    f.write_text("# tenants\ntenant-a-cert\n\ntenant-b-cert\ntenant-a-cert\n")
+    s = AgentSettings(certificates=["main-cert"], certificates_file=f)
+    assert s.certificates == ["main-cert", "tenant-a-cert", "tenant-b-cert"]
+    with pytest.raises(Exception, match="certificates_file"):
+        AgentSettings(certificates_file=tmp_path / "missing.txt")

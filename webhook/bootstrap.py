@@ -41,7 +41,10 @@ def sds_config(cluster: str = SDS_CLUSTER, initial_fetch_timeout: str = "0s", de
         "api_config_source": {
             "api_type": "DELTA_GRPC" if delta else "GRPC",
             "transport_api_version": "V3",
-            "grpc_services": [{"envoy_grpc": {"cluster_name": cluster}}],
+            # The agent is local: reconnect fast (Envoy's default backoff grows to 30 s), so a
+            # restarted or late agent is picked up within a quarter second.
+            "grpc_services": [{"envoy_grpc": {"cluster_name": cluster, "retry_policy": {
+                "retry_back_off": {"base_interval": "0.05s", "max_interval": "0.25s"}}}}],
         },
     }
 
