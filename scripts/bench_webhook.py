@@ -26,7 +26,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import orjson  # noqa: E402
 
 from sds_sidecar.ca import LocalCA  # noqa: E402
 from tests.harness import free_port, wait_for  # noqa: E402
