@@ -53,8 +53,8 @@ def main() -> int:
             procs_pod.start([8080])
             pids = {p.args[0].split("/")[-1]: p.p.pid for p in procs_pod.procs}
             print(f"== 3. Sidecars started from the injected spec in {time.monotonic() - t0:.1f} s "
-                  f"(agent, then Envoy, each after the other's startup probe): {pids}")
-            client = ca.issue("demo-client", uris=["spiffe://cluster.local/ns/demo/sa/client"])
+                  f"(agent, then Envoy, whose startup probe passes once its secrets arrived): {pids}")
+            client = ca.issue("demo-client", uris=["spiffe://cluster.local/ns/shop-prod/sa/client"])
             files = harness.save_pair(work, client, "client")
             cert, body = harness.tls_get(8443, ca.cert_pem, "cart.shop-prod.svc", client=files)
             served = {e["name"] for e in procs_pod.log_events()

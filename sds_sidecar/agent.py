@@ -17,6 +17,10 @@ log = logging.getLogger("sds.agent")
 
 
 def make_source(kind: str, settings: AgentSettings) -> Source:
+    if kind == "issuer":
+        from .sources.issuer import IssuerSource
+
+        return IssuerSource(settings)
     if kind == "local-ca":
         from .sources.local_ca import LocalCASource
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .validation import parse_certificates, parse_private_key
@@ -75,15 +75,23 @@ class LocalCA:
     def cert_pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
-    def issue(self, common_name: str, dns_names: list[str] = (), uris: list[str] = (),
-              ttl: dt.timedelta = dt.timedelta(hours=1), not_before: dt.datetime | None = None,
-              client: bool = True, server: bool = True) -> Issued:
+    @property
+    def key_identifier(self) -> x509.AuthorityKeyIdentifier:
+        """What a certificate this CA signs names as its issuer's key: the CA's own subject key
+        identifier, copied. Recomputing it (SHA-1 of the key) breaks chains under CAs whose SKI
+        is made another way, e.g. Go's truncated SHA-256 (Helm's genCA)."""
+        try:
+            ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        except x509.ExtensionNotFound:
+            return x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key())
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+    def intermediate(self, common_name: str, days: float = 365, permitted_uri_domains: list[str] = (),
+                     not_before: dt.datetime | None = None) -> "LocalCA":
+        """A signing CA under this one. URI name constraints keep it to the trust domain."""
         key = ec.generate_private_key(ec.SECP256R1())
-        start = not_before or dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=30)
-        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dict.fromkeys(dns_names)]
-        sans += [x509.UniformResourceIdentifier(u) for u in dict.fromkeys(uris)]
-        usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
-            [ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
+        start = not_before or dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+        end = min(start + dt.timedelta(days=days), self.cert.not_valid_after_utc)
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64])]))
@@ -91,14 +99,58 @@ class LocalCA:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(start)
-            .not_valid_after(start + ttl)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+            .not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
             )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(self.key_identifier, critical=False)
+        )
+        if permitted_uri_domains:
+            builder = builder.add_extension(x509.NameConstraints(
+                permitted_subtrees=[x509.UniformResourceIdentifier(d) for d in permitted_uri_domains],
+                excluded_subtrees=None), critical=True)
+        return LocalCA(builder.sign(self.key, hashes.SHA256()), key)
+
+    def sign(self, public_key, common_name: str, dns_names: list[str] = (), uris: list[str] = (),
+             ips: list[str] = (), ttl: dt.timedelta = dt.timedelta(hours=1), not_before: dt.datetime | None = None,
+             client: bool = True, server: bool = True) -> x509.Certificate:
+        """A leaf for `public_key` (from a CSR, or a key made here), never outliving this CA."""
+        import ipaddress
+
+        start = not_before or dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=30)
+        end = min(start + ttl, self.cert.not_valid_after_utc)
+        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dict.fromkeys(dns_names)]
+        sans += [x509.UniformResourceIdentifier(u) for u in dict.fromkeys(uris)]
+        sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in dict.fromkeys(ips)]
+        usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
+            [ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
+        rsa_key = isinstance(public_key, rsa.RSAPublicKey)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64])]))
+            .issuer_name(self.cert.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(True, False, rsa_key, False, False, False, False, False, False),
+                           critical=True)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(self.key_identifier, critical=False)
         )
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = builder.sign(self.key, hashes.SHA256())
+        return builder.sign(self.key, hashes.SHA256())
+
+    def issue(self, common_name: str, dns_names: list[str] = (), uris: list[str] = (),
+              ttl: dt.timedelta = dt.timedelta(hours=1), not_before: dt.datetime | None = None,
+              client: bool = True, server: bool = True) -> Issued:
+        """A leaf and its key, both made here (the local-CA source, tests)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = self.sign(key.public_key(), common_name, dns_names, uris, ttl=ttl, not_before=not_before,
+                         client=client, server=server)
         return Issued(cert.public_bytes(serialization.Encoding.PEM), _pem_key(key), cert)

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-SourceKind = Literal["local-ca", "files", "vault"]
+SourceKind = Literal["issuer", "local-ca", "files", "vault"]
 NameList = Annotated[list[str], NoDecode]
 
 
@@ -56,6 +56,14 @@ class AgentSettings(BaseSettings):
     static_refresh_seconds: float = Field(300, gt=0, description="re-read of sources that do not issue")
     retry_initial_seconds: float = Field(0.5, gt=0)
     retry_max_seconds: float = Field(60, gt=0)
+
+    # issuer source: the key pair is made here, in memory; only a CSR and the token leave.
+    issuer_address: str = Field("", description="https://<service>.<namespace>.svc:15012")
+    issuer_ca: str = Field("", description="PEM of the CA of the issuer's serving certificate")
+    issuer_ca_file: Path | None = None
+    issuer_token_file: Path = Path("/var/run/secrets/sds-injector/token")  # projected SA token
+    issuer_timeout_seconds: float = Field(5.0, gt=0)
+    key_type: Literal["ec", "rsa"] = "ec"
 
     # local-ca source
     local_ca_cert_file: Path | None = None

@@ -51,7 +51,9 @@ class App:
 
 class LocalPod:
     def __init__(self, pod: dict, workdir: Path, secrets: dict[str, dict[str, bytes]] | None = None,
-                 name: str | None = None):
+                 name: str | None = None, tokens: dict[str, str] | None = None):
+        """`tokens`: projected service-account tokens by audience, as the kubelet writes them."""
+        self.tokens = tokens or {}
         self.pod = pod
         self.name = name or pod["metadata"].get("name") or pod["metadata"].get("generateName", "pod")
         self.workdir = workdir / self.name
@@ -72,7 +74,8 @@ class LocalPod:
             if "projected" in vol:
                 for src in vol["projected"]["sources"]:
                     if "serviceAccountToken" in src:
-                        (d / src["serviceAccountToken"]["path"]).write_text("local-run-token")
+                        sat = src["serviceAccountToken"]
+                        (d / sat["path"]).write_text(self.tokens.get(sat.get("audience", ""), "local-run-token"))
             out[vol["name"]] = d
         return out
 
@@ -115,9 +118,13 @@ class LocalPod:
             argv, env = self.command_of(c)
             proc = harness.Proc(argv, self.workdir / f"{c['name']}.log", {**os.environ, **env}).start()
             self.procs.append(proc)
-            probe = c.get("startupProbe") or c.get("readinessProbe")
-            if probe:
-                self.wait_probe(c, probe, proc, timeout)
+            # As the kubelet does: the next (init) container starts once this one's startup
+            # probe passed, or at once when it has none.
+            if c.get("startupProbe"):
+                self.wait_probe(c, c["startupProbe"], proc, timeout)
+        for c, proc in zip(self.containers(), self.procs):
+            if c.get("readinessProbe"):
+                self.wait_probe(c, c["readinessProbe"], proc, timeout)
         return self
 
     def wait_probe(self, c: dict, probe: dict, proc: harness.Proc, timeout: float) -> None:

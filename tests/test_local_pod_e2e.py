@@ -21,11 +21,17 @@ from webhook.config import InjectorConfig, load_config
 from webhook.injector import decide
 
 ROOT = Path(__file__).parent.parent
-CONFIG = load_config(ROOT / "examples" / "config.yaml")
+_EXAMPLE = load_config(ROOT / "examples" / "config.yaml")
+# Local runs (this test, the demo) use the embedded local CA, shared through a mounted Secret:
+# fine on one machine, never in a cluster (that is the issuer's job, tests/test_issuer_pods.py).
+CONFIG = InjectorConfig.model_validate({
+    **_EXAMPLE.model_dump(by_alias=True),
+    "agent": {**_EXAMPLE.agent.model_dump(by_alias=True), "source": "local-ca", "localCASecret": "sds-injector-local-ca"},
+})
 # Pod B shares the loopback with pod A here, so its sidecars listen on other ports.
 CONFIG_B = InjectorConfig.model_validate({
     **CONFIG.model_dump(by_alias=True),
-    "proxy": {**CONFIG.proxy.model_dump(by_alias=True), "adminPort": 16000, "statusPort": 16021},
+    "proxy": {**CONFIG.proxy.model_dump(by_alias=True), "statusPort": 16021},
     "agent": {**CONFIG.agent.model_dump(by_alias=True), "httpPort": 16090},
 })
 
@@ -74,8 +80,11 @@ def pods(tmp_path):
 
 def test_injected_pods_serve_selected_certificates_and_talk_mtls(pods, tmp_path):
     ca, run = pods
-    cart = pod_from("shop-prod.yaml", "cart-7d4f9", CONFIG)
+    # Peers default to the pod's own namespace: cart lets ledger (namespace bank) in by name.
+    cart = pod_from("shop-prod.yaml", "cart-7d4f9", CONFIG, {
+        "sds-injector.io/allowed-peers": "spiffe://cluster.local/ns/bank/sa/ledger,spiffe://cluster.local/ns/test/*"})
     ledger = pod_from("bank-dev.yaml", "ledger-5c2x8", CONFIG_B, {
+        "sds-injector.io/allowed-peers": "spiffe://cluster.local/ns/test/*",
         # Locally the cart service is reached on loopback rather than through cluster DNS.
         "sds-injector.io/outbound": "15001=localhost:8443@spiffe://cluster.local/ns/shop-prod/sa/cart,"
                                     "15002=localhost:8443@spiffe://cluster.local/ns/shop-prod/sa/impostor"})

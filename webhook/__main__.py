@@ -1,4 +1,4 @@
-"""python -m webhook serve | inject -f FILE|- | docs"""
+"""python -m webhook serve | issuer | inject -f FILE|- | audit verify FILE | docs"""
 from __future__ import annotations
 
 import argparse
@@ -10,16 +10,133 @@ from pathlib import Path
 from pydantic import ValidationError
 
 
+def _fast_loop() -> None:
+    try:
+        import uvloop  # optional fast path
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+
+def _inject(args, parser, rest) -> int:
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    from .config import load_config, with_issuer_ca
+    from .manifests import InjectError, inject_text
+
+    try:
+        cfg = load_config(args.config)
+        if args.issuer_ca:
+            cfg = with_issuer_ca(cfg, args.issuer_ca.read_text())
+        text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
+        sys.stdout.write(inject_text(text, cfg, args.namespace, lambda m: print(m, file=sys.stderr)))
+    except (InjectError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _audit(args) -> int:
+    from .issuer.audit import verify
+
+    try:
+        count, problems = verify(args.file.read_bytes())
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for p in problems:
+        print(p)
+    print(f"{count} records, {'chain intact' if not problems else f'{len(problems)} problems'}")
+    return 1 if problems else 0
+
+
+def _issuer_settings(rest: list[str]):
+    from .issuer.settings import IssuerSettings
+
+    return IssuerSettings(_cli_parse_args=rest, _cli_prog_name="python -m webhook issuer")
+
+
+def _run_issuer(rest: list[str]) -> int:
+    from sds_sidecar import logs
+
+    from .config import ConfigStore
+    from .issuer import run
+
+    try:
+        settings = _issuer_settings(rest)
+        store = ConfigStore(settings.config, on_error=lambda e: logging.getLogger("issuer").error(
+            "configuration reload failed, previous kept: %s", e))
+    except (ValidationError, ValueError) as e:
+        print(f"issuer: invalid configuration:\n{e}", file=sys.stderr)
+        return 2
+    logs.setup(settings.log_level)
+    _fast_loop()
+
+    async def main() -> None:
+        import signal
+
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        await run.serve(settings, store.get, stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def _serve(rest: list[str]) -> int:
+    from sds_sidecar import logs
+
+    from .app import create_app
+    from .config import ConfigStore, ServerSettings, with_issuer_ca
+    from .namespaces import NamespaceLabels
+    from .server import serve
+
+    try:
+        settings = ServerSettings(_cli_parse_args=rest, _cli_prog_name="python -m webhook serve")
+        ca = settings.issuer_ca_file.read_text() if settings.issuer_ca_file else ""
+        store = ConfigStore(settings.config, on_error=lambda e: logging.getLogger("webhook").error(
+            "configuration reload failed, previous kept: %s", e),
+            overlay=(lambda cfg: with_issuer_ca(cfg, ca)) if ca else None)
+        issuer_settings = _issuer_settings([]) if settings.issuer else None
+    except (ValidationError, ValueError, OSError) as e:
+        print(f"webhook: invalid configuration:\n{e}", file=sys.stderr)
+        return 2
+    logs.setup(settings.log_level)
+    labels = NamespaceLabels() if store.get().namespace_policy.uses_labels else None
+    _fast_loop()
+    app = create_app(store, labels, settings.max_body_bytes, settings.benchmark_baseline)
+    also = []
+    if issuer_settings is not None:
+        from .issuer import run
+
+        also.append(lambda stop: run.serve(issuer_settings, store.get, stop))
+    import gc
+
+    # Everything loaded so far lives as long as the process: keep it out of the collector's
+    # full passes, which otherwise stall admissions (seen as p99 spikes under load).
+    gc.collect()
+    gc.freeze()
+    asyncio.run(serve(app, settings, also))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m webhook")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the admission webhook (flags: --port, --cert-file, --key-file, --config, "
-                   "or WEBHOOK_* variables)", add_help=False)
+                   "--issuer true, or WEBHOOK_* variables; the issuer reads ISSUER_* variables)", add_help=False)
+    sub.add_parser("issuer", help="run the issuer alone (ISSUER_* variables or flags)", add_help=False)
     inj = sub.add_parser("inject", help="inject the pod templates of manifests (like istioctl kube-inject)")
     inj.add_argument("-f", "--filename", required=True, help="YAML file, or - for stdin")
     inj.add_argument("--namespace", help="namespace to decide for (default: each document's, else default)")
     inj.add_argument("--config", type=Path, help="injector configuration YAML")
+    inj.add_argument("--issuer-ca", type=Path, help="PEM of the issuer's serving CA (source issuer)")
+    audit = sub.add_parser("audit", help="check the issuer's audit chain")
+    audit.add_argument("action", choices=["verify"])
+    audit.add_argument("file", type=Path)
     sub.add_parser("docs", help="print docs/annotations.md")
     args, rest = parser.parse_known_args(argv)
 
@@ -29,51 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(markdown())
         return 0
     if args.command == "inject":
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        from .config import load_config
-        from .manifests import InjectError, inject_text
-
-        try:
-            cfg = load_config(args.config)
-            text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
-            sys.stdout.write(inject_text(text, cfg, args.namespace, lambda m: print(m, file=sys.stderr)))
-        except (InjectError, ValueError, OSError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        return 0
-
-    from sds_sidecar import logs
-
-    from .app import create_app
-    from .config import ConfigStore, ServerSettings
-    from .namespaces import NamespaceLabels
-    from .server import serve
-
-    try:
-        settings = ServerSettings(_cli_parse_args=rest, _cli_prog_name="python -m webhook serve")
-        store = ConfigStore(settings.config, on_error=lambda e: logging.getLogger("webhook").error(
-            "configuration reload failed, previous kept: %s", e))
-    except (ValidationError, ValueError) as e:
-        print(f"webhook: invalid configuration:\n{e}", file=sys.stderr)
-        return 2
-    logs.setup(settings.log_level)
-    labels = NamespaceLabels() if store.get().namespace_policy.uses_labels else None
-    try:
-        import uvloop  # optional fast path
-
-        uvloop.install()
-    except ImportError:
-        pass
-    app = create_app(store, labels, settings.max_body_bytes, settings.benchmark_baseline)
-    import gc
-
-    # Everything loaded so far lives as long as the process: keep it out of the collector's
-    # full passes, which otherwise stall admissions (seen as p99 spikes under load).
-    gc.collect()
-    gc.freeze()
-    asyncio.run(serve(app, settings))
-    return 0
+        return _inject(args, parser, rest)
+    if args.command == "audit":
+        return _audit(args)
+    if args.command == "issuer":
+        return _run_issuer(rest)
+    return _serve(rest)
 
 
 if __name__ == "__main__":

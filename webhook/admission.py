@@ -12,6 +12,8 @@ import orjson
 from . import metrics
 from .config import InjectorConfig
 from .injector import decide
+from .plan import check_owned_mounts
+from .selection import Denied
 
 log = logging.getLogger("webhook.admission")
 API_VERSION = "admission.k8s.io/v1"
@@ -89,15 +91,18 @@ def _review(req: dict, uid: str, cfg: InjectorConfig, namespace_labels) -> bytes
         metrics.DENIALS.labels("not_a_pod").inc()
         return _response(uid, False, f"sds-injector only mutates pods, got {kind.get('group') or 'core'}/"
                          f"{kind.get('kind')}; check the rules of the MutatingWebhookConfiguration", 400)
-    if req.get("operation") != "CREATE":
+    pod = req.get("object")
+    ephemeral = req.get("subResource") == "ephemeralcontainers"
+    if req.get("operation") != "CREATE" and not ephemeral:
         metrics.SKIPS.labels("operation").inc()
         metrics.REQUESTS.labels("skipped").inc()
         return _response(uid, True)
-    pod = req.get("object")
     if not isinstance(pod, dict):
         metrics.REQUESTS.labels("denied").inc()
         metrics.DENIALS.labels("malformed_pod").inc()
         return _response(uid, False, "AdmissionReview request.object is missing or not an object", 400)
+    if ephemeral:
+        return _ephemeral(uid, pod)
     namespace = req.get("namespace") or (pod.get("metadata") or {}).get("namespace") or "default"
     out = decide(pod, namespace, cfg, namespace_labels)
     fields = {"uid": uid, "namespace": namespace, "pod": (pod.get("metadata") or {}).get("generateName")
@@ -116,3 +121,17 @@ def _review(req: dict, uid: str, cfg: InjectorConfig, namespace_labels) -> bytes
     metrics.REQUESTS.labels("injected").inc()
     log.info("injected", extra={"fields": {**fields, "certificates": list(out.selection.certificates)}})
     return _response(uid, True, patch=out.patch)
+
+
+def _ephemeral(uid: str, pod: dict) -> bytes:
+    """`kubectl debug` adds ephemeral containers to a running pod: one may not mount the
+    injector's volumes (the agent's socket hands out every private key it serves)."""
+    try:
+        check_owned_mounts(pod)
+    except Denied as d:
+        metrics.REQUESTS.labels("denied").inc()
+        metrics.DENIALS.labels(d.reason).inc()
+        return _response(uid, False, d.message, d.code)
+    metrics.SKIPS.labels("ephemeral_containers").inc()
+    metrics.REQUESTS.labels("skipped").inc()
+    return _response(uid, True)

@@ -143,8 +143,9 @@ SCHEMA: tuple[Annotation, ...] = (
                "comma-separated. The peer must present the SPIFFE ID (or, without one, HOST as DNS SAN)."),
     Annotation("mtls", "bool", _bool, "true",
                "Require client certificates on inbound ports.", "true, false"),
-    Annotation("allowed-peers", "list", _peers, "any workload of the trust domain",
-               "SPIFFE IDs allowed to call inbound ports (a trailing `*` matches a prefix)."),
+    Annotation("allowed-peers", "list", _peers, "workloads of the pod's own namespace",
+               "SPIFFE IDs allowed to call inbound ports (a trailing `*` matches a prefix). Peers of "
+               "another environment fail the handshake whatever this says: each environment has its own CA."),
     Annotation("tls-min-version", "string", _choice("TLSv1_2", "TLSv1_3"), "TLSv1_2",
                "Minimum TLS version of every listener and upstream.", "TLSv1_2, TLSv1_3"),
     Annotation("cipher-suites", "list", _ciphers, "Envoy's defaults",

@@ -124,7 +124,9 @@ def listener(name: str, address: str, port: int, filters: list[dict], transport_
 
 
 def static_cluster(name: str, host: str, port: int, transport_socket: dict | None = None,
-                   http2_reuse: bool = False, dns: bool = False) -> dict:
+                   http2_reuse: bool = False, dns: bool = False, pipe: str | None = None) -> dict:
+    """`pipe`: a Unix socket path instead of host and port."""
+    address = {"pipe": {"path": pipe}} if pipe else {"socket_address": {"address": host, "port_value": port}}
     c = {
         "name": name,
         "type": "STRICT_DNS" if dns else "STATIC",
@@ -132,8 +134,7 @@ def static_cluster(name: str, host: str, port: int, transport_socket: dict | Non
         **({"dns_lookup_family": "V4_PREFERRED"} if dns else {}),
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                "socket_address": {"address": host, "port_value": port}}}}]}],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
         },
     }
     if transport_socket:
@@ -153,31 +154,40 @@ def admin(port: int) -> dict:
     return {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}
 
 
-def _peer_matchers(peers: tuple[str, ...], trust_domain: str) -> list[dict]:
+def admin_pipe(path: str) -> dict:
+    # mode 0600: only Envoy's own user may connect, even where the volume is shared.
+    return {"address": {"pipe": {"path": path, "mode": 0o600}}}
+
+
+def _peer_matchers(peers: tuple[str, ...], trust_domain: str, namespace: str) -> list[dict]:
     if not peers:
-        return san_matchers(spiffe_prefixes=[f"spiffe://{trust_domain}/"])
+        # Default: the pod's own namespace only; anything wider is an explicit allowed-peers.
+        return san_matchers(spiffe_prefixes=[f"spiffe://{trust_domain}/ns/{namespace}/sa/"])
     return san_matchers(spiffe_ids=[p for p in peers if not p.endswith("*")],
                         spiffe_prefixes=[p[:-1] for p in peers if p.endswith("*")])
 
 
-def pod_bootstrap(sel, cfg) -> dict:
+def pod_bootstrap(sel, cfg, admin_socket: str, agent_ready_path: str) -> dict:
     """The whole bootstrap of an injected pod's Envoy, from the selection and the config."""
     sds = sds_config(initial_fetch_timeout=cfg.proxy.initial_fetch_timeout)
     tls = dict(sds=sds, min_version=sel.tls_min_version, ciphers=sel.cipher_suites)
     cert, trust = sel.certificates[0], sel.trust_bundles[0]
-    admin_cluster = "envoy-admin"
-    # Kubelet probes reach the pod IP, not 127.0.0.1 where admin listens: expose /ready alone.
+    admin_cluster, agent_cluster = "envoy-admin", "sds-agent-health"
+    # Kubelet probes reach the pod IP; admin (a Unix socket) and the agent (loopback) are not
+    # reachable there: expose Envoy's /ready and the agent's /readyz alone.
     status_routes = [
         {"match": {"path": "/ready"}, "route": {"cluster": admin_cluster}},
+        {"match": {"path": agent_ready_path}, "route": {"cluster": agent_cluster, "prefix_rewrite": "/readyz"}},
         {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
     ]
     listeners = [listener("status", "0.0.0.0", cfg.proxy.status_port,
                           [http_manager("status", routes=status_routes)])]
     clusters = [sds_cluster(f"{cfg.agent.socket_dir}/sds.sock"),
-                static_cluster(admin_cluster, "127.0.0.1", cfg.proxy.admin_port)]
+                static_cluster(admin_cluster, "", 0, pipe=admin_socket),
+                static_cluster(agent_cluster, "127.0.0.1", cfg.agent.http_port)]
     for tls_port, app_port in sel.inbound:
         common = common_tls(cert, trust if sel.mtls else None,
-                            _peer_matchers(sel.allowed_peers, cfg.agent.trust_domain), alpn=["h2", "http/1.1"], **tls)
+                            _peer_matchers(sel.allowed_peers, cfg.agent.trust_domain, sel.namespace), alpn=["h2", "http/1.1"], **tls)
         app = f"app-{app_port}"
         if not any(c["name"] == app for c in clusters):
             clusters.append(static_cluster(app, "127.0.0.1", app_port))
@@ -193,6 +203,6 @@ def pod_bootstrap(sel, cfg) -> dict:
         listeners.append(listener(name, "127.0.0.1", local,
                                   [http_manager(f"outbound_{local}", {"route": {"cluster": name}})]))
     return {
-        "admin": admin(cfg.proxy.admin_port),
+        "admin": admin_pipe(admin_socket),
         "static_resources": {"listeners": listeners, "clusters": clusters},
     }

@@ -63,8 +63,11 @@ class PolicyRule(Strict):
     namespace_selector: LabelSelector | None = Field(None, alias="namespaceSelector")
     environments: list[str] = Field(default_factory=lambda: ["*"])
     business_lines: list[str] = Field(default_factory=lambda: ["*"], alias="businessLines")
-    certificate_prefixes: list[str] = Field(default_factory=lambda: [""], alias="certificatePrefixes")
-    certificates: list[str] = Field(default_factory=list)  # exact names allowed besides prefixes
+    # By default a pod may only have the names the naming templates give its own (allowed)
+    # environment and business line. A rule that lists names or prefixes allows exactly those.
+    certificate_prefixes: list[str] = Field(default_factory=list, alias="certificatePrefixes")
+    certificates: list[str] = Field(default_factory=list)
+    trust_bundles: list[str] = Field(default_factory=list, alias="trustBundles")
 
     @model_validator(mode="after")
     def _has_target(self):
@@ -81,8 +84,17 @@ class PolicyRule(Strict):
     def allows(patterns: list[str], value: str) -> bool:
         return any(fnmatch.fnmatchcase(value, p) for p in patterns)
 
-    def allows_certificate(self, name: str) -> bool:
+    def allows_certificate(self, name: str, template: str) -> bool:
+        if not self.certificates and not self.certificate_prefixes:
+            return name == template
         return name in self.certificates or any(name.startswith(p) for p in self.certificate_prefixes)
+
+    def allowed_certificates(self, template: str) -> list[str]:
+        listed = [f"{p}*" for p in self.certificate_prefixes] + self.certificates
+        return listed or [template]
+
+    def allows_trust_bundle(self, name: str, template: str) -> bool:
+        return name in self.trust_bundles if self.trust_bundles else name == template
 
 
 class NamespacePolicy(Strict):
@@ -109,20 +121,35 @@ class VaultAgentConfig(Strict):
     token_audience: str = Field("vault", alias="tokenAudience")
 
 
+class IssuerAgentConfig(Strict):
+    """How agents reach the issuer (source `issuer`)."""
+
+    address: str = "https://sds-injector.sds-system.svc:15012"
+    token_audience: str = Field("sds-injector", alias="tokenAudience")
+    # PEM of the CA that signed the issuer's serving certificate (public). `serve` fills it from
+    # WEBHOOK_ISSUER_CA_FILE; the offline `inject` takes --issuer-ca.
+    ca_bundle: str = Field("", alias="caBundle")
+    key_type: Literal["ec", "rsa"] = Field("ec", alias="keyType")
+
+
 class AgentConfig(Strict):
-    source: Literal["local-ca", "files", "vault"] = "local-ca"
+    source: Literal["issuer", "local-ca", "files", "vault"] = "issuer"
     trust_domain: str = Field("cluster.local", alias="trustDomain")
-    local_ca_secret: str | None = Field("sds-injector-local-ca", alias="localCASecret")
+    # local-ca is for local runs (demo, tests) only: a Secret named here holds a CA *key* and is
+    # mounted into every pod. Never in a cluster: use the issuer.
+    local_ca_secret: str | None = Field(None, alias="localCASecret")
     cert_ttl_seconds: int = Field(3600, alias="certTTLSeconds")
     socket_dir: str = Field("/var/run/sds", alias="socketDir")
     http_port: int = Field(15090, alias="httpPort")
+    issuer: IssuerAgentConfig = Field(default_factory=IssuerAgentConfig)
     vault: VaultAgentConfig = Field(default_factory=VaultAgentConfig)
     resources: Resources = Field(default_factory=lambda: Resources(cpuRequest="10m", memoryRequest="32Mi",
                                                                     memoryLimit="96Mi"))
 
 
 class ProxyConfig(Strict):
-    admin_port: int = Field(15000, alias="adminPort")
+    # Envoy's admin listens on a Unix socket in a volume only Envoy mounts (the app cannot reach
+    # /quitquitquit); the status port exposes /ready alone.
     status_port: int = Field(15021, alias="statusPort")
     concurrency: int = 2
     uid: int = 101
@@ -158,6 +185,13 @@ class InjectorConfig(Strict):
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
 
 
+def with_issuer_ca(cfg: InjectorConfig, pem: str) -> InjectorConfig:
+    """The config with the issuer's serving CA filled in (revalidated: a new revision)."""
+    data = cfg.model_dump(by_alias=True)
+    data["agent"]["issuer"]["caBundle"] = pem
+    return InjectorConfig.model_validate(data)
+
+
 def load_config(path: Path | None) -> InjectorConfig:
     if path is None:
         return InjectorConfig()
@@ -177,11 +211,12 @@ class ConfigStore:
     """The current config; the file is checked at most once a second and re-read on change.
     A bad new file is logged and the previous config kept."""
 
-    def __init__(self, path: Path | None, on_error=None):
+    def __init__(self, path: Path | None, on_error=None, overlay=None):
         self.path = path
         self.on_error = on_error
+        self._overlay = overlay or (lambda cfg: cfg)
         self._stamp = self._stat()
-        self._config = load_config(path)
+        self._config = self._overlay(load_config(path))
         self._checked = time.monotonic()
         self._lock = threading.Lock()
 
@@ -202,7 +237,7 @@ class ConfigStore:
                 if stamp != self._stamp:
                     self._stamp = stamp
                     try:
-                        self._config = load_config(self.path)
+                        self._config = self._overlay(load_config(self.path))
                     except (ValueError, OSError) as e:
                         if self.on_error:
                             self.on_error(e)
@@ -220,5 +255,7 @@ class ServerSettings(BaseSettings):
     key_file: Path | None = None
     config: Path | None = None
     max_body_bytes: int = 3 * 1024 * 1024  # the API server's own request limit
+    issuer: bool = False  # also run the issuer in this process (ISSUER_* settings)
+    issuer_ca_file: Path | None = None  # CA of the issuer's serving certificate, for the agents
     benchmark_baseline: bool = False  # adds POST /noop, for scripts/bench_webhook.py
     log_level: str = "INFO"

@@ -49,7 +49,9 @@ def decide(pod: dict, namespace: str, cfg: InjectorConfig,
             labels = namespace_labels(namespace)
         check_policy(sel, cfg.namespace_policy, labels)
         plan = planning.build(sel, cfg)
-        planning.check_collisions(planning.strip(pod), plan, sel, cfg)
+        stripped = planning.strip(pod)
+        planning.check_owned_mounts(stripped)
+        planning.check_collisions(stripped, plan, sel, cfg)
     except Denied as d:
         return Outcome("deny", d.reason, d.message, d.code)
     return Outcome("inject", "reinjected" if record is not None else "injected",

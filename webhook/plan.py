@@ -7,13 +7,23 @@ import json
 from dataclasses import dataclass
 
 from .bootstrap import pod_bootstrap
-from .config import PREFIX, InjectorConfig, Resources
+from .config import PREFIX, AgentConfig, InjectorConfig, Resources
 from .selection import Denied, Selection
 
 STATUS = PREFIX + "status"
 AGENT, PROXY = "sds-agent", "sds-envoy"
 SOCKET_VOL, TOKEN_VOL, CA_VOL = "sds-socket", "sds-token", "sds-local-ca"
+ADMIN_VOL, NO_SA_TOKEN_VOL, FILES_VOL_PREFIX = "sds-admin", "sds-no-sa-token", "sds-files-"
 TOKEN_DIR, CA_DIR, FILES_DIR = "/var/run/secrets/sds-injector", "/etc/sds/local-ca", "/etc/sds/certs"
+ADMIN_DIR = "/var/run/sds-admin"
+# The API server mounts the pod's API token at this path into every container that has no mount
+# there already: an empty volume in its place keeps the token out of the sidecars.
+SA_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def owned_volume(name: str) -> bool:
+    """Volumes the injector adds: no container of the pod's own may mount one."""
+    return name in (SOCKET_VOL, TOKEN_VOL, CA_VOL, ADMIN_VOL, NO_SA_TOKEN_VOL) or name.startswith(FILES_VOL_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -69,10 +79,71 @@ def build(sel: Selection, cfg: InjectorConfig) -> Plan:
     return plan
 
 
-def _build(sel: Selection, cfg: InjectorConfig) -> Plan:
-    res = dict(sel.resources)
-    a, p = cfg.agent, cfg.proxy
-    socket_mount = {"name": SOCKET_VOL, "mountPath": a.socket_dir}
+Parts = tuple[list[dict], list[dict], list[dict]]  # the agent's env, its mounts, the pod volumes
+
+
+def _token_volume(audience: str) -> Parts:
+    """A projected service-account token for the agent alone: audience-bound, 1 h, pod-bound."""
+    return ([], [{"name": TOKEN_VOL, "mountPath": TOKEN_DIR, "readOnly": True}],
+            [{"name": TOKEN_VOL, "projected": {"sources": [{"serviceAccountToken": {
+                "audience": audience, "expirationSeconds": 3600, "path": "token"}}]}}])
+
+
+def _issuer_parts(sel: Selection, a: AgentConfig) -> Parts:
+    i = a.issuer
+    _, mounts, volumes = _token_volume(i.token_audience)
+    env = [{"name": "SDS_ISSUER_ADDRESS", "value": i.address},
+           {"name": "SDS_ISSUER_CA", "value": i.ca_bundle},
+           {"name": "SDS_ISSUER_TOKEN_FILE", "value": f"{TOKEN_DIR}/token"},
+           {"name": "SDS_KEY_TYPE", "value": i.key_type}]
+    return env, mounts, volumes
+
+
+def _local_ca_parts(sel: Selection, a: AgentConfig) -> Parts:
+    env = [{"name": "SDS_LOCAL_CA_CERT_TTL_SECONDS", "value": str(a.cert_ttl_seconds)}]
+    if not a.local_ca_secret:
+        return env, [], []
+    env += [{"name": "SDS_LOCAL_CA_CERT_FILE", "value": f"{CA_DIR}/tls.crt"},
+            {"name": "SDS_LOCAL_CA_KEY_FILE", "value": f"{CA_DIR}/tls.key"}]
+    return (env, [{"name": CA_VOL, "mountPath": CA_DIR, "readOnly": True}],
+            [{"name": CA_VOL, "secret": {"secretName": a.local_ca_secret, "defaultMode": 0o440}}])
+
+
+def _files_parts(sel: Selection, a: AgentConfig) -> Parts:
+    # One Kubernetes Secret per name, mounted as the files source expects (<root>/<name>/...);
+    # the kubelet's atomic `..data` swap is what the agent watches for.
+    mounts, volumes = [], []
+    for i, name in enumerate(sel.certificates + sel.trust_bundles):
+        vol = f"{FILES_VOL_PREFIX}{i}"
+        mounts.append({"name": vol, "mountPath": f"{FILES_DIR}/{name}", "readOnly": True})
+        volumes.append({"name": vol, "secret": {"secretName": name.lower(), "defaultMode": 0o440}})
+    return [{"name": "SDS_FILES_ROOT", "value": FILES_DIR}], mounts, volumes
+
+
+def _vault_parts(sel: Selection, a: AgentConfig) -> Parts:
+    v = a.vault
+    _, mounts, volumes = _token_volume(v.token_audience)
+    env = [
+        {"name": "SDS_VAULT_ADDRESSES", "value": ",".join(v.addresses)},
+        {"name": "SDS_VAULT_AUTH_MOUNT", "value": v.auth_mount},
+        {"name": "SDS_VAULT_ROLE", "value": v.role},
+        {"name": "SDS_VAULT_MODE", "value": v.mode},
+        {"name": "SDS_VAULT_KV_MOUNT", "value": v.kv_mount},
+        {"name": "SDS_VAULT_KV_PATH", "value": v.kv_path},
+        {"name": "SDS_VAULT_PKI_PATH", "value": v.pki_path},
+        {"name": "SDS_VAULT_PKI_TTL", "value": v.pki_ttl},
+        {"name": "SDS_VAULT_CRL", "value": "true" if v.crl else "false"},
+        {"name": "SDS_VAULT_CA_OVERLAP_SECONDS", "value": str(v.ca_overlap_seconds)},
+        {"name": "SDS_VAULT_TOKEN_FILE", "value": f"{TOKEN_DIR}/token"},
+    ]
+    return env, mounts, volumes
+
+
+SOURCE_PARTS = {"issuer": _issuer_parts, "local-ca": _local_ca_parts, "files": _files_parts, "vault": _vault_parts}
+
+
+def _agent(sel: Selection, cfg: InjectorConfig, res: dict) -> tuple[dict, list[dict]]:
+    a = cfg.agent
     env = [
         {"name": "SDS_SOCKET_PATH", "value": f"{a.socket_dir}/sds.sock"},
         {"name": "SDS_SOCKET_MODE", "value": "0660"},
@@ -86,63 +157,36 @@ def _build(sel: Selection, cfg: InjectorConfig) -> Plan:
         {"name": "SDS_ENV", "value": sel.env},
         {"name": "SDS_BUSINESS_LINE", "value": sel.business_line or ""},
         {"name": "SDS_TRUST_DOMAIN", "value": a.trust_domain},
-        {"name": "SDS_HTTP_HOST", "value": "0.0.0.0"},
+        # Loopback only: kubelet probes reach it through Envoy's status listener.
+        {"name": "SDS_HTTP_HOST", "value": "127.0.0.1"},
         {"name": "SDS_HTTP_PORT", "value": str(a.http_port)},
     ]
-    mounts = [socket_mount]
-    volumes = [{"name": SOCKET_VOL, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}]
-    if a.source == "local-ca":
-        env.append({"name": "SDS_LOCAL_CA_CERT_TTL_SECONDS", "value": str(a.cert_ttl_seconds)})
-        if a.local_ca_secret:
-            env += [{"name": "SDS_LOCAL_CA_CERT_FILE", "value": f"{CA_DIR}/tls.crt"},
-                    {"name": "SDS_LOCAL_CA_KEY_FILE", "value": f"{CA_DIR}/tls.key"}]
-            mounts.append({"name": CA_VOL, "mountPath": CA_DIR, "readOnly": True})
-            volumes.append({"name": CA_VOL, "secret": {"secretName": a.local_ca_secret, "defaultMode": 0o440}})
-    if a.source == "files":
-        # One Kubernetes Secret per name, mounted as the files source expects (<root>/<name>/...);
-        # the kubelet's atomic `..data` swap is what the agent watches for.
-        env.append({"name": "SDS_FILES_ROOT", "value": FILES_DIR})
-        for i, name in enumerate(sel.certificates + sel.trust_bundles):
-            vol = f"sds-files-{i}"
-            mounts.append({"name": vol, "mountPath": f"{FILES_DIR}/{name}", "readOnly": True})
-            volumes.append({"name": vol, "secret": {"secretName": name.lower(), "defaultMode": 0o440}})
-    if a.source == "vault":
-        v = a.vault
-        env += [
-            {"name": "SDS_VAULT_ADDRESSES", "value": ",".join(v.addresses)},
-            {"name": "SDS_VAULT_AUTH_MOUNT", "value": v.auth_mount},
-            {"name": "SDS_VAULT_ROLE", "value": v.role},
-            {"name": "SDS_VAULT_MODE", "value": v.mode},
-            {"name": "SDS_VAULT_KV_MOUNT", "value": v.kv_mount},
-            {"name": "SDS_VAULT_KV_PATH", "value": v.kv_path},
-            {"name": "SDS_VAULT_PKI_PATH", "value": v.pki_path},
-            {"name": "SDS_VAULT_PKI_TTL", "value": v.pki_ttl},
-            {"name": "SDS_VAULT_CRL", "value": "true" if v.crl else "false"},
-            {"name": "SDS_VAULT_CA_OVERLAP_SECONDS", "value": str(v.ca_overlap_seconds)},
-            {"name": "SDS_VAULT_TOKEN_FILE", "value": f"{TOKEN_DIR}/token"},
-        ]
-        mounts.append({"name": TOKEN_VOL, "mountPath": TOKEN_DIR, "readOnly": True})
-        volumes.append({"name": TOKEN_VOL, "projected": {"sources": [{"serviceAccountToken": {
-            "audience": v.token_audience, "expirationSeconds": 3600, "path": "token"}}]}})
-    probe_agent = {"httpGet": {"path": "/readyz", "port": a.http_port}, "periodSeconds": 1,
-                   "failureThreshold": 120}
-    agent = {
+    src_env, src_mounts, volumes = SOURCE_PARTS[a.source](sel, a)
+    container = {
         "name": AGENT,
         "image": cfg.images.agent,
         "imagePullPolicy": cfg.images.pull_policy,
         "command": ["python", "-m", "sds_sidecar", "serve"],
-        "env": env,
-        "ports": [{"name": "sds-metrics", "containerPort": a.http_port, "protocol": "TCP"}],
-        "volumeMounts": mounts,
+        "env": env + src_env,
+        "volumeMounts": [{"name": SOCKET_VOL, "mountPath": a.socket_dir}, *src_mounts, dict(_NO_SA_TOKEN_MOUNT)],
         "resources": _resources(a.resources, res.get("agent-cpu"), res.get("agent-memory")),
         "securityContext": _restricted(65532, cfg.sidecar_group),
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": a.http_port}, "periodSeconds": 5},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": a.http_port}, "periodSeconds": 10},
+        "readinessProbe": {"httpGet": {"path": AGENT_READY_PATH, "port": cfg.proxy.status_port}, "periodSeconds": 5},
     }
-    bootstrap = json.dumps(pod_bootstrap(sel, cfg), separators=(",", ":"))
+    return container, volumes
+
+
+_NO_SA_TOKEN_MOUNT = {"name": NO_SA_TOKEN_VOL, "mountPath": SA_TOKEN_DIR, "readOnly": True}
+AGENT_READY_PATH = "/sds-agent/readyz"
+
+
+def _proxy(sel: Selection, cfg: InjectorConfig, res: dict) -> dict:
+    p = cfg.proxy
+    bootstrap = json.dumps(pod_bootstrap(sel, cfg, f"{ADMIN_DIR}/admin.sock", AGENT_READY_PATH),
+                           separators=(",", ":"))
     ports = [{"name": "sds-status", "containerPort": p.status_port, "protocol": "TCP"}]
     ports += [{"name": f"tls-{t}", "containerPort": t, "protocol": "TCP"} for t, _ in sel.inbound]
-    proxy = {
+    return {
         "name": PROXY,
         "image": cfg.images.envoy,
         "imagePullPolicy": cfg.images.pull_policy,
@@ -152,17 +196,28 @@ def _build(sel: Selection, cfg: InjectorConfig) -> Plan:
                  "--log-level", p.log_level, "--drain-strategy", "immediate"],
         "env": [_field_env("POD_NAME", "metadata.name"), _field_env("POD_NAMESPACE", "metadata.namespace")],
         "ports": ports,
-        "volumeMounts": [socket_mount],
+        "volumeMounts": [{"name": SOCKET_VOL, "mountPath": cfg.agent.socket_dir},
+                         {"name": ADMIN_VOL, "mountPath": ADMIN_DIR}, dict(_NO_SA_TOKEN_MOUNT)],
         "resources": _resources(p.resources, res.get("proxy-cpu"), res.get("proxy-memory")),
         "securityContext": _restricted(p.uid, cfg.sidecar_group),
         "readinessProbe": {"httpGet": {"path": "/ready", "port": p.status_port}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/ready", "port": p.status_port}, "periodSeconds": 10,
+                          "failureThreshold": 6},
     }
+
+
+def _build(sel: Selection, cfg: InjectorConfig) -> Plan:
+    res = dict(sel.resources)
+    agent, source_volumes = _agent(sel, cfg, res)
+    proxy = _proxy(sel, cfg, res)
+    volumes = [{"name": v, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
+               for v in (SOCKET_VOL, ADMIN_VOL, NO_SA_TOKEN_VOL)] + source_volumes
     if cfg.native_sidecars:
-        # Init containers with restartPolicy Always: started in order, each only after the
-        # previous one's startup probe passed, so the app starts with Envoy ready and Jobs end.
+        # Init containers with restartPolicy Always, started in order. The agent needs no
+        # startup probe (Envoy retries its socket every 50-250 ms); Envoy's waits for /ready,
+        # which holds until its secrets arrived, so the app starts with TLS ready and Jobs end.
         agent["restartPolicy"] = proxy["restartPolicy"] = "Always"
-        agent["startupProbe"] = probe_agent
-        proxy["startupProbe"] = {"httpGet": {"path": "/ready", "port": p.status_port}, "periodSeconds": 1,
+        proxy["startupProbe"] = {"httpGet": {"path": "/ready", "port": cfg.proxy.status_port}, "periodSeconds": 1,
                                  "failureThreshold": 120}
     status = json.dumps({
         "revision": cfg.revision,
@@ -204,6 +259,21 @@ def strip(pod: dict) -> dict:
     return pod
 
 
+def check_owned_mounts(pod: dict) -> None:
+    """A container of the pod's own mounting a volume the injector adds would, once injected,
+    read the agent's socket (every private key it serves) or its token: deny, naming both."""
+    spec = pod.get("spec") or {}
+    for key in ("containers", "initContainers", "ephemeralContainers"):
+        for c in spec.get(key) or []:
+            if not isinstance(c, dict):
+                continue
+            for m in c.get("volumeMounts") or []:
+                if isinstance(m, dict) and isinstance(m.get("name"), str) and owned_volume(m["name"]):
+                    raise Denied("owned_volume", f"container {c.get('name')!r} ({key}) mounts volume "
+                                 f"{m['name']!r}, which belongs to the sds-injector sidecars; remove that "
+                                 "volumeMount (the app reaches TLS through Envoy, never the agent)", 403)
+
+
 def check_collisions(pod: dict, plan: Plan, sel: Selection, cfg: InjectorConfig) -> None:
     spec = pod.get("spec", {})
     existing = [c for key in ("containers", "initContainers") for c in spec.get(key) or []]
@@ -214,8 +284,7 @@ def check_collisions(pod: dict, plan: Plan, sel: Selection, cfg: InjectorConfig)
         raise Denied("name_collision", f"the pod already has {clash}, names the injector needs; rename them "
                      "or opt the pod out", 400)
     used = {p.get("containerPort") for c in existing for p in c.get("ports") or []}
-    ours = {cfg.proxy.admin_port: "Envoy admin", cfg.proxy.status_port: "Envoy status",
-            cfg.agent.http_port: "SDS agent metrics"}
+    ours = {cfg.proxy.status_port: "Envoy status", cfg.agent.http_port: "SDS agent metrics"}
     ours.update({t: "inbound TLS" for t, _ in sel.inbound})
     ours.update({lo: "outbound" for lo, _, _, _ in sel.outbound})
     clash_ports = sorted(f"{p} ({ours[p]})" for p in set(ours) & used)

@@ -32,6 +32,8 @@ class Selection:
     tls_min_version: str = "TLSv1_2"
     cipher_suites: tuple[str, ...] = ()
     resources: tuple[tuple[str, str], ...] = ()  # annotation key -> quantity overrides
+    # What the naming templates give this pod's env and business line: allowed by default.
+    template_names: tuple[str, str] = ("", "")
 
 
 def _service_name(pod: dict, annotated: str | None) -> str:
@@ -83,8 +85,9 @@ def select(pod: dict, namespace: str, config: InjectorConfig, values: dict | Non
     names = dict(service=service, env=env, business_line=bl_name or "", namespace=namespace)
     cert_tmpl = (bl and bl.certificate) or config.naming.certificate
     trust_tmpl = (bl and bl.trust_bundle) or config.naming.trust_bundle
-    certs = tuple(values.get("certificates") or [_render(cert_tmpl, **names)])
-    trust = tuple(values.get("trust-bundles") or [_render(trust_tmpl, **names)])
+    template_names = (_render(cert_tmpl, **names), _render(trust_tmpl, **names))
+    certs = tuple(values.get("certificates") or [template_names[0]])
+    trust = tuple(values.get("trust-bundles") or [template_names[1]])
     if set(certs) & set(trust):
         raise Denied("name_collision", f"names used both as certificate and trust bundle: "
                      f"{sorted(set(certs) & set(trust))}", 400)
@@ -97,7 +100,7 @@ def select(pod: dict, namespace: str, config: InjectorConfig, values: dict | Non
         inbound=tuple(values.get("inbound", ())), outbound=tuple(values.get("outbound", ())),
         mtls=values.get("mtls", True), allowed_peers=tuple(values.get("allowed-peers", ())),
         tls_min_version=values.get("tls-min-version", "TLSv1_2"),
-        cipher_suites=tuple(values.get("cipher-suites", ())), resources=resources,
+        cipher_suites=tuple(values.get("cipher-suites", ())), resources=resources, template_names=template_names,
     )
 
 
@@ -105,7 +108,7 @@ def check_policy(sel: Selection, policy: NamespacePolicy, labels: dict[str, str]
     """Deny unless the first rule matching the namespace allows everything the pod asks for."""
     hit = next(((i, r) for i, r in enumerate(policy.rules) if r.matches(sel.namespace, labels)), None)
     asked = (f"asked for env={sel.env}, business-line={sel.business_line or '-'}, "
-             f"certificates={list(sel.certificates)}")
+             f"certificates={list(sel.certificates)}, trust bundles={list(sel.trust_bundles)}")
     if hit is None:
         raise Denied("policy_no_rule", f"namespace {sel.namespace!r} is not covered by any namespacePolicy "
                      f"rule ({asked}); add a rule for it to namespacePolicy.rules in the injector configuration")
@@ -115,10 +118,13 @@ def check_policy(sel: Selection, policy: NamespacePolicy, labels: dict[str, str]
         problems.append(f"environment {sel.env!r} (allowed: {', '.join(rule.environments) or 'none'})")
     if sel.business_line and not PolicyRule.allows(rule.business_lines, sel.business_line):
         problems.append(f"business line {sel.business_line!r} (allowed: {', '.join(rule.business_lines) or 'none'})")
-    bad = [c for c in sel.certificates if not rule.allows_certificate(c)]
+    cert_template, trust_template = sel.template_names
+    bad = [c for c in sel.certificates if not rule.allows_certificate(c, cert_template)]
     if bad:
-        allowed = [f"{p}*" for p in rule.certificate_prefixes] + rule.certificates
-        problems.append(f"certificates {bad} (allowed: {', '.join(allowed) or 'none'})")
+        problems.append(f"certificates {bad} (allowed: {', '.join(rule.allowed_certificates(cert_template))})")
+    bad = [t for t in sel.trust_bundles if not rule.allows_trust_bundle(t, trust_template)]
+    if bad:
+        problems.append(f"trust bundles {bad} (allowed: {', '.join(rule.trust_bundles or [trust_template])})")
     if problems:
         raise Denied("policy", f"namespace {sel.namespace!r} may not use {'; '.join(problems)} — {asked}. "
                      f"The namespace is governed by namespacePolicy.rules[{i}] of the injector configuration; "

@@ -3,6 +3,7 @@ handshakes get the new certificate, in-flight connections are untouched, no rest
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import ssl
@@ -34,11 +35,14 @@ async def watch_certificate(ctx: ssl.SSLContext, cert_file, key_file, interval: 
             log.warning("certificate reload failed, keeping the current one: %s", type(e).__name__)
 
 
-async def serve(app, settings: ServerSettings) -> None:
-    tls = settings.cert_file is not None
+async def serve_app(app, host: str, port: int, cert_file, key_file, name: str,
+                    stop: asyncio.Event | None = None) -> None:
+    """One uvicorn server until `stop` is set; TLS (≥ 1.2, certificate re-read on change) when
+    files are given."""
+    tls = cert_file is not None
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
-        ssl_certfile=str(settings.cert_file) if tls else None, ssl_keyfile=str(settings.key_file) if tls else None,
+        app, host=host, port=port, log_level="warning", access_log=False,
+        ssl_certfile=str(cert_file) if tls else None, ssl_keyfile=str(key_file) if tls else None,
         http="httptools" if _has("httptools") else "h11",
         lifespan="off",
     )
@@ -46,14 +50,44 @@ async def serve(app, settings: ServerSettings) -> None:
     watcher = None
     if tls:
         config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
-        watcher = asyncio.create_task(watch_certificate(config.ssl, settings.cert_file, settings.key_file))
+        watcher = asyncio.create_task(watch_certificate(config.ssl, cert_file, key_file))
     server = uvicorn.Server(config)
-    log.info("webhook serving", extra={"fields": {"port": settings.port, "tls": tls}})
+    # Several servers share one loop: the caller owns the signals, uvicorn must not take them.
+    server.capture_signals = contextlib.nullcontext
+    task = asyncio.create_task(server.serve())
+    stopper = asyncio.create_task((stop or asyncio.Event()).wait())
     try:
-        await server.serve()
+        while not server.started and not task.done():
+            await asyncio.sleep(0.01)
+        if server.started:  # announce only once bound
+            log.info(f"{name} serving", extra={"fields": {"port": port, "tls": tls}})
+        await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+        await task
     finally:
+        stopper.cancel()
         if watcher:
             watcher.cancel()
+
+
+async def serve(app, settings: ServerSettings, also=()) -> None:
+    """The webhook, and the other servers of this process (`also`: functions of a stop event
+    returning a coroutine), until SIGTERM/SIGINT; the first to end ends them all."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(serve_app(app, settings.host, settings.port, settings.cert_file,
+                                           settings.key_file, "webhook", stop))]
+    tasks += [asyncio.create_task(run(stop)) for run in also]
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
 
 
 def _has(module: str) -> bool:

@@ -1,0 +1,51 @@
+"""Wires settings → Kubernetes client → CA Secret → caches → token verifier → Issuer → HTTPS."""
+from __future__ import annotations
+
+import asyncio
+
+import datetime as dt
+from collections.abc import Callable
+
+from ..config import InjectorConfig
+from .audit import AuditLog
+from .authority import load_or_create
+from .cluster import ClusterCache
+from .service import Issuer
+from .settings import IssuerSettings
+from .tokens import JwksVerifier, TokenReviewVerifier
+
+
+def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tuple[Issuer, ClusterCache]:
+    from kubernetes import client
+
+    from ..kube import api_client
+
+    api = api_client(settings.kubeconfig)
+    cfg = config()
+    authority = load_or_create(client.CoreV1Api(api), settings.namespace, settings.ca_secret, cfg.environments,
+                               cfg.agent.trust_domain)
+    cluster = ClusterCache(api).start()
+    if settings.token_verifier == "jwks":
+        verifier = JwksVerifier(api, settings.audience, settings.jwks_issuer)
+    else:
+        verifier = TokenReviewVerifier(api, settings.audience)
+    issuer = Issuer(authority, cluster, verifier, config, AuditLog(settings.replica, settings.audit_file),
+                    cert_ttl=dt.timedelta(seconds=settings.cert_ttl_seconds), cluster_domain=settings.cluster_domain)
+    return issuer, cluster
+
+
+async def serve(settings: IssuerSettings, config: Callable[[], InjectorConfig], stop=None) -> None:
+    import logging
+
+    from ..server import serve_app
+    from .app import create_app
+
+    # Listing the cluster and settling the CA Secret block: keep the loop (and the webhook) free.
+    issuer, cluster = await asyncio.to_thread(build, settings, config)
+    ready = lambda: all(i.synced.is_set() for i in (cluster.pods, cluster.services, cluster.namespaces))  # noqa: E731
+    try:
+        await serve_app(create_app(issuer, ready), settings.host, settings.port, settings.cert_file,
+                        settings.key_file, "issuer", stop)
+    finally:
+        cluster.stop()
+        logging.getLogger("issuer").info("issuer stopped")

@@ -1,0 +1,110 @@
+"""The issuer's decisions, independent of HTTP: verify the token, derive the grant, check the
+CSR, sign with the environment's CA; audit every outcome."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from ..config import InjectorConfig
+from .audit import AuditLog
+from .authority import Authority
+from .identity import Grant, Refused, grant
+from .inventory import ISSUED, REFUSED, Inventory
+from .tokens import Caller, TokenRefused
+
+log = logging.getLogger("issuer")
+_CURVES = (ec.SECP256R1, ec.SECP384R1)
+
+
+def public_key_of(csr_pem: str) -> object:
+    """The CSR's key after proof of possession. Everything else the CSR asks for is ignored."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode() if isinstance(csr_pem, str) else csr_pem)
+    except (ValueError, TypeError):
+        raise Refused("bad_csr", "csr: not a PEM certificate signing request", 400) from None
+    if not csr.is_signature_valid:
+        raise Refused("bad_csr", "csr: its signature does not verify (proof of key possession failed)", 400)
+    key = csr.public_key()
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, _CURVES):
+        return key
+    if isinstance(key, rsa.RSAPublicKey) and 2048 <= key.key_size <= 8192:
+        return key
+    raise Refused("weak_key", "csr: key must be EC P-256/P-384 or RSA 2048-8192", 400)
+
+
+class Issuer:
+    def __init__(self, authority: Authority, cluster, verifier, config: Callable[[], InjectorConfig],
+                 audit: AuditLog, inventory: Inventory | None = None, cert_ttl: dt.timedelta = dt.timedelta(hours=1),
+                 cluster_domain: str = "cluster.local"):
+        self.authority, self.cluster, self.verifier, self.config = authority, cluster, verifier, config
+        self.audit, self.inventory = audit, inventory or Inventory()
+        self.cert_ttl, self.cluster_domain = cert_ttl, cluster_domain
+
+    def _grant(self, token: str) -> tuple[Caller, Grant]:
+        try:
+            caller = self.verifier.verify(token)
+        except TokenRefused as e:
+            raise Refused(e.reason, e.message, 401) from None
+        pod = self.cluster.pod(caller.namespace, caller.pod_name)
+        services = self.cluster.services_selecting(pod) if pod else []
+        labels = self.cluster.namespace_labels(caller.namespace)
+        return caller, grant(caller, pod, services, labels, self.config(), self.cluster_domain)
+
+    def _refuse(self, e: Refused, name: str, caller: Caller | None) -> None:
+        REFUSED.labels(e.reason).inc()
+        who = {"namespace": caller.namespace, "service_account": caller.service_account,
+               "pod": caller.pod_name} if caller else {}
+        self.audit.record("refused", e.reason, name=name, message=e.message, **who)
+
+    def sign(self, token: str, name: str, csr_pem: str) -> dict:
+        caller = None
+        try:
+            caller, g = self._grant(token)
+            if name not in g.certificates:
+                raise Refused("name_not_allowed", f"certificate {name!r} is not one this pod may have "
+                              f"(its annotations and the namespace policy give {list(g.certificates)})")
+            key = public_key_of(csr_pem)
+            ca = self.authority.ca(g.env)
+        except Refused as e:
+            self._refuse(e, name, caller)
+            raise
+        except KeyError as e:
+            err = Refused("no_ca", f"{e.args[0]}; add it to the issuer's environments", 503)
+            self._refuse(err, name, caller)
+            raise err from None
+        cert = ca.sign(key, g.common_name, g.dns_names, [g.spiffe_id], g.ips, ttl=self.cert_ttl)
+        fingerprint = cert.fingerprint(hashes.SHA256()).hex()
+        serial = format(cert.serial_number, "x")
+        not_after = cert.not_valid_after_utc
+        ISSUED.labels(g.env).inc()
+        self.audit.record("issued", namespace=g.namespace, service_account=g.service_account, pod=g.pod,
+                          spiffe_id=g.spiffe_id, name=name, dns_names=list(g.dns_names), env=g.env,
+                          serial=serial, sha256=fingerprint, not_after=not_after.isoformat())
+        self.inventory.add(g.namespace, name, g.pod, {"spiffe_id": g.spiffe_id, "env": g.env, "serial": serial,
+                                                      "not_after": not_after.isoformat(),
+                                                      "not_after_unix": not_after.timestamp()})
+        leaf = cert.public_bytes(serialization.Encoding.PEM)
+        return {"certificate_chain": (leaf + ca.cert_pem).decode(), "trust_bundle": ca.cert_pem.decode(),
+                "serial": serial, "not_after": not_after.isoformat()}
+
+    def trust_bundle(self, token: str, name: str) -> dict:
+        caller = None
+        try:
+            caller, g = self._grant(token)
+            if name not in g.trust_bundles:
+                raise Refused("name_not_allowed", f"trust bundle {name!r} is not one this pod may have "
+                              f"(its annotations and the namespace policy give {list(g.trust_bundles)})")
+            bundle = self.authority.bundle(g.env)
+        except Refused as e:
+            self._refuse(e, name, caller)
+            raise
+        except KeyError as e:
+            err = Refused("no_ca", f"{e.args[0]}; add it to the issuer's environments", 503)
+            self._refuse(err, name, caller)
+            raise err from None
+        return {"trust_bundle": bundle.decode(), "env": g.env}

@@ -1,0 +1,30 @@
+"""The issuer's own settings (flags or ISSUER_* variables), read once at start-up."""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class IssuerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ISSUER_", extra="forbid", cli_kebab_case=True)
+
+    host: str = "0.0.0.0"
+    port: int = Field(15012, ge=1, le=65535)
+    cert_file: Path = Field(description="serving certificate (the chart reuses the webhook's)")
+    key_file: Path
+    config: Path | None = Field(None, description="injector configuration: environments, naming, policy")
+    namespace: str = Field("sds-system", description="release namespace: where the CA Secret lives")
+    ca_secret: str = "sds-injector-ca"
+    audience: str = Field("sds-injector", description="audience the agents' projected tokens must carry")
+    token_verifier: Literal["tokenreview", "jwks"] = "tokenreview"
+    jwks_issuer: str | None = Field(None, description="expected `iss` (jwks); default: OIDC discovery's")
+    kubeconfig: Path | None = Field(None, description="default: in-cluster credentials")
+    audit_file: Path | None = None
+    replica: str = Field(default_factory=socket.gethostname, description="tags this replica's audit chain")
+    cert_ttl_seconds: int = Field(3600, ge=300, le=90 * 86400)
+    cluster_domain: str = "cluster.local"
+    log_level: str = "INFO"

@@ -1,0 +1,144 @@
+"""Who is calling: a projected service-account token, verified as Kubernetes defines it.
+
+Two verifiers, one result (`Caller`):
+- `TokenReviewVerifier`: asks the API server (POST authentication.k8s.io/v1 TokenReview with the
+  expected audience). The API server checks signature, expiry, audience and that the bound pod
+  still exists. Needs RBAC `create tokenreviews`.
+- `JwksVerifier`: offline, against the cluster's service-account issuer keys (OIDC discovery
+  `/.well-known/openid-configuration` -> `jwks_uri`), refreshed when an unknown key id appears.
+  Checks signature, `iss`, `aud`, `exp`, `nbf`; the bound pod's existence is then checked by the
+  caller against the pod cache (name *and* uid), as for TokenReview."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+
+import jwt
+
+SA_PREFIX = "system:serviceaccount:"
+
+
+class TokenRefused(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
+@dataclass(frozen=True)
+class Caller:
+    namespace: str
+    service_account: str
+    pod_name: str
+    pod_uid: str
+
+
+def _bearer(token: str) -> str:
+    if not token or len(token) > 16384:
+        raise TokenRefused("no_token", "no service-account token (Authorization: Bearer <projected token>)")
+    return token
+
+
+class TokenReviewVerifier:
+    def __init__(self, api_client, audience: str):
+        from kubernetes import client
+
+        self.auth = client.AuthenticationV1Api(api_client)
+        self.audience = audience
+
+    def verify(self, token: str) -> Caller:
+        from kubernetes import client
+
+        review = client.V1TokenReview(spec=client.V1TokenReviewSpec(token=_bearer(token), audiences=[self.audience]))
+        status = self.auth.create_token_review(review, _request_timeout=5).status
+        if status is None or not status.authenticated:
+            why = (status.error if status else None) or "not authenticated"
+            raise TokenRefused("token_invalid", f"the API server refused the token: {why}")
+        if self.audience not in (status.audiences or []):
+            raise TokenRefused("token_audience", f"the token is not for audience {self.audience!r}")
+        user = status.user
+        username = user.username or ""
+        if not username.startswith(SA_PREFIX) or username.count(":") != 3:
+            raise TokenRefused("not_a_service_account", f"{username!r} is not a service account")
+        namespace, sa = username[len(SA_PREFIX):].split(":")
+        extra = user.extra or {}
+        pod_name = (extra.get("authentication.kubernetes.io/pod-name") or [""])[0]
+        pod_uid = (extra.get("authentication.kubernetes.io/pod-uid") or [""])[0]
+        if not pod_name or not pod_uid:
+            raise TokenRefused("not_pod_bound", "the token is not bound to a pod; mount a projected "
+                               "service-account token (serviceAccountToken volume source)")
+        return Caller(namespace, sa, pod_name, pod_uid)
+
+
+class JwksVerifier:
+    def __init__(self, api_client, audience: str, issuer: str | None = None, refresh_seconds: float = 300):
+        self.api = api_client
+        self.audience = audience
+        self.issuer = issuer
+        self.refresh_seconds = refresh_seconds
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched = 0.0
+        self._lock = threading.Lock()
+
+    def _get(self, path: str) -> dict:
+        resp = self.api.call_api(path, "GET", auth_settings=["BearerToken"], _preload_content=False,
+                                 _request_timeout=5)
+        return json.loads(resp[0].data if isinstance(resp, tuple) else resp.data)
+
+    def _refresh(self, force: bool) -> None:
+        with self._lock:
+            if not force and time.monotonic() - self._fetched < self.refresh_seconds and self._keys:
+                return
+            if force and time.monotonic() - self._fetched < 1.0:
+                return  # an unknown kid must not turn into a request flood
+            discovery = self._get("/.well-known/openid-configuration")
+            self.issuer = self.issuer or discovery["issuer"]
+            uri = discovery["jwks_uri"]
+            # jwks_uri is absolute; the keys are served by the API server at its path.
+            path = "/" + uri.split("://", 1)[-1].split("/", 1)[-1] if "://" in uri else uri
+            keys = {}
+            for k in self._get(path).get("keys") or []:
+                try:
+                    keys[k.get("kid", "")] = jwt.PyJWK(k)
+                except jwt.PyJWTError:
+                    continue
+            self._keys, self._fetched = keys, time.monotonic()
+
+    def verify(self, token: str) -> Caller:
+        token = _bearer(token)
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise TokenRefused("token_malformed", "the token is not a JWT") from None
+        self._refresh(force=False)
+        key = self._keys.get(header.get("kid", ""))
+        if key is None:
+            self._refresh(force=True)
+            key = self._keys.get(header.get("kid", ""))
+        if key is None:
+            raise TokenRefused("token_invalid", "the token is not signed by a key of the cluster's issuer")
+        try:
+            claims = jwt.decode(token, key, algorithms=["RS256", "ES256", "ES384", "PS256"], audience=self.audience,
+                                issuer=self.issuer, options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+                                leeway=5)
+        except jwt.ExpiredSignatureError:
+            raise TokenRefused("token_expired", "the token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise TokenRefused("token_not_yet_valid", "the token is not valid yet (nbf/iat in the future)") from None
+        except jwt.InvalidAudienceError:
+            raise TokenRefused("token_audience", f"the token is not for audience {self.audience!r}") from None
+        except jwt.InvalidIssuerError:
+            raise TokenRefused("token_issuer", f"the token's issuer is not {self.issuer!r}") from None
+        except jwt.PyJWTError as e:
+            raise TokenRefused("token_invalid", f"the token is invalid: {type(e).__name__}") from None
+        k8s = claims.get("kubernetes.io") or {}
+        pod = k8s.get("pod") or {}
+        sa = k8s.get("serviceaccount") or {}
+        namespace = k8s.get("namespace") or ""
+        if claims.get("sub") != f"{SA_PREFIX}{namespace}:{sa.get('name')}":
+            raise TokenRefused("not_a_service_account", "the token's subject is not its service account")
+        if not pod.get("name") or not pod.get("uid"):
+            raise TokenRefused("not_pod_bound", "the token is not bound to a pod; mount a projected "
+                               "service-account token (serviceAccountToken volume source)")
+        return Caller(namespace, sa["name"], pod["name"], pod["uid"])
