@@ -71,6 +71,11 @@ class TokenReviewVerifier:
         return Caller(namespace, sa, pod_name, pod_uid)
 
 
+def _json(resp) -> dict:
+    # Raw bytes: the client's own "str" decoding of these documents is a Python repr, not JSON.
+    return json.loads(resp.data)
+
+
 class JwksVerifier:
     def __init__(self, api_client, audience: str, issuer: str | None = None, refresh_seconds: float = 300):
         self.api = api_client
@@ -81,24 +86,21 @@ class JwksVerifier:
         self._fetched = 0.0
         self._lock = threading.Lock()
 
-    def _get(self, path: str) -> dict:
-        resp = self.api.call_api(path, "GET", auth_settings=["BearerToken"], _preload_content=False,
-                                 _request_timeout=5)
-        return json.loads(resp[0].data if isinstance(resp, tuple) else resp.data)
-
     def _refresh(self, force: bool) -> None:
+        from kubernetes import client
+
         with self._lock:
             if not force and time.monotonic() - self._fetched < self.refresh_seconds and self._keys:
                 return
             if force and time.monotonic() - self._fetched < 1.0:
                 return  # an unknown kid must not turn into a request flood
-            discovery = self._get("/.well-known/openid-configuration")
+            # The API server serves both documents (ServiceAccountIssuerDiscovery).
+            discovery = _json(client.WellKnownApi(self.api).get_service_account_issuer_open_id_configuration(
+                _preload_content=False, _request_timeout=5))
             self.issuer = self.issuer or discovery["issuer"]
-            uri = discovery["jwks_uri"]
-            # jwks_uri is absolute; the keys are served by the API server at its path.
-            path = "/" + uri.split("://", 1)[-1].split("/", 1)[-1] if "://" in uri else uri
             keys = {}
-            for k in self._get(path).get("keys") or []:
+            for k in _json(client.OpenidApi(self.api).get_service_account_issuer_open_id_keyset(
+                    _preload_content=False, _request_timeout=5)).get("keys") or []:
                 try:
                     keys[k.get("kid", "")] = jwt.PyJWK(k)
                 except jwt.PyJWTError:

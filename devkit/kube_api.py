@@ -1,0 +1,294 @@
+"""A small Kubernetes API server double, for the issuer's tests and benchmarks: only the
+documented endpoints the issuer uses, with objects and tokens shaped as kube-apiserver makes
+them. It is a double: it proves our client code against the documented API, not against a
+real API server.
+
+- GET  /api/v1/{pods,services,namespaces} (list; `?watch=true&resourceVersion=N` streams
+  ADDED/MODIFIED/DELETED events, chunked, until `timeoutSeconds`), GET /api/v1/namespaces/{ns}/pods/{name}
+- GET/POST/PUT /api/v1/namespaces/{ns}/secrets[/{name}] (create 409 AlreadyExists; replace
+  409 Conflict on a stale resourceVersion)
+- POST /apis/authentication.k8s.io/v1/tokenreviews (signature, expiry, audiences, bound pod
+  name and uid, as kube-apiserver checks them)
+- GET  /.well-known/openid-configuration, /openid/v1/jwks (service-account issuer discovery)
+
+Projected tokens (`mint`) carry iss, sub, aud (list), exp, iat, nbf, jti and `kubernetes.io`
+{namespace, node, pod, serviceaccount, warnafter}, RS256 with a `kid`, like kube-apiserver's."""
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+ISSUER = "https://kubernetes.default.svc.cluster.local"
+API_TOKEN = "issuer-api-token"  # the issuer's own credentials against this double
+
+
+def _b64url_uint(n: int) -> str:
+    b = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+class KubeAPI:
+    def __init__(self):
+        self.key = rsa.generate_private_key(65537, 2048)
+        der = self.key.public_key().public_bytes(serialization.Encoding.DER,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+        # kube-apiserver's kid: base64url(sha256(DER public key)).
+        self.kid = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+        self.rv = 0
+        self.objects: dict[str, dict[tuple[str, str], dict]] = {"pods": {}, "services": {}, "namespaces": {},
+                                                                  "secrets": {}, "serviceaccounts": {}}
+        self.events: list[tuple[int, str, str, dict]] = []  # (rv, resource, type, object)
+        self.cond = threading.Condition()
+        self.requests: list[tuple[str, str]] = []
+        self.fail_watches = False
+        self.server: ThreadingHTTPServer | None = None
+
+    # --- objects ----------------------------------------------------------------------------
+    def _store(self, resource: str, obj: dict, event: str) -> dict:
+        with self.cond:
+            self.rv += 1
+            obj["metadata"]["resourceVersion"] = str(self.rv)
+            key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+            if event == "DELETED":
+                self.objects[resource].pop(key, None)
+            else:
+                self.objects[resource][key] = obj
+            self.events.append((self.rv, resource, event, copy.deepcopy(obj)))
+            self.cond.notify_all()
+            return obj
+
+    def add_namespace(self, name: str, labels: dict | None = None) -> dict:
+        return self._store("namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": name, "uid": str(uuid.uuid4()),
+            "labels": {"kubernetes.io/metadata.name": name, **(labels or {})}}}, "ADDED")
+
+    def add_pod(self, namespace: str, name: str, service_account: str = "default", labels: dict | None = None,
+                annotations: dict | None = None, ip: str = "10.1.2.3", host_network: bool = False) -> dict:
+        if ("", namespace) not in self.objects["namespaces"]:
+            self.add_namespace(namespace)
+        sa_key = (namespace, service_account)
+        if sa_key not in self.objects["serviceaccounts"]:
+            self.objects["serviceaccounts"][sa_key] = {"metadata": {"name": service_account, "uid": str(uuid.uuid4())}}
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4()),
+                            "labels": labels or {}, "annotations": annotations or {}},
+               "spec": {"serviceAccountName": service_account, "nodeName": "node-1", "hostNetwork": host_network,
+                        "containers": [{"name": "app", "image": "app:1"}]},
+               "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
+        return self._store("pods", pod, "ADDED")
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        pod = self.objects["pods"][(namespace, name)]
+        self._store("pods", copy.deepcopy(pod), "DELETED")
+
+    def add_service(self, namespace: str, name: str, selector: dict) -> dict:
+        return self._store("services", {"apiVersion": "v1", "kind": "Service", "metadata": {
+            "name": name, "namespace": namespace, "uid": str(uuid.uuid4())},
+            "spec": {"selector": selector, "ports": [{"port": 443}]}}, "ADDED")
+
+    # --- tokens -----------------------------------------------------------------------------
+    def mint(self, pod: dict, audience: str = "sds-injector", ttl: int = 3600, now: float | None = None,
+             key=None, **override) -> str:
+        """A projected service-account token bound to `pod`, as the kubelet gets it."""
+        now = int(now if now is not None else time.time())
+        m, sa_name = pod["metadata"], pod["spec"]["serviceAccountName"]
+        sa = self.objects["serviceaccounts"][(m["namespace"], sa_name)]
+        claims = {
+            "aud": [audience], "exp": now + ttl, "iat": now, "nbf": now, "iss": ISSUER, "jti": str(uuid.uuid4()),
+            "sub": f"system:serviceaccount:{m['namespace']}:{sa_name}",
+            "kubernetes.io": {
+                "namespace": m["namespace"],
+                "node": {"name": "node-1", "uid": "3f1e6c3a-node"},
+                "pod": {"name": m["name"], "uid": m["uid"]},
+                "serviceaccount": {"name": sa_name, "uid": sa["metadata"]["uid"]},
+                "warnafter": now + min(ttl, 3607) - 7,
+            },
+        }
+        claims.update(override)
+        return jwt.encode(claims, key or self.key, algorithm="RS256", headers={"kid": self.kid})
+
+    def jwks(self) -> dict:
+        n = self.key.public_key().public_numbers()
+        return {"keys": [{"use": "sig", "kty": "RSA", "kid": self.kid, "alg": "RS256",
+                          "n": _b64url_uint(n.n), "e": _b64url_uint(n.e)}]}
+
+    def review(self, body: dict) -> dict:
+        spec = body.get("spec") or {}
+        audiences = spec.get("audiences") or [ISSUER]
+        status: dict = {"authenticated": False}
+        try:
+            claims = jwt.decode(spec.get("token", ""), self.key.public_key(), algorithms=["RS256"],
+                                audience=audiences, issuer=ISSUER)
+            k8s = claims["kubernetes.io"]
+            pod = self.objects["pods"].get((k8s["namespace"], k8s["pod"]["name"]))
+            if pod is None or pod["metadata"]["uid"] != k8s["pod"]["uid"]:
+                raise jwt.InvalidTokenError(f"pod {k8s['pod']['name']} ({k8s['pod']['uid']}) not found")
+            status = {"authenticated": True, "audiences": [a for a in audiences if a in claims["aud"]],
+                      "user": {"username": claims["sub"], "uid": k8s["serviceaccount"]["uid"],
+                               "groups": ["system:serviceaccounts", f"system:serviceaccounts:{k8s['namespace']}",
+                                          "system:authenticated"],
+                               "extra": {"authentication.kubernetes.io/pod-name": [k8s["pod"]["name"]],
+                                         "authentication.kubernetes.io/pod-uid": [k8s["pod"]["uid"]],
+                                         "authentication.kubernetes.io/node-name": [k8s["node"]["name"]],
+                                         "authentication.kubernetes.io/credential-id": [f"JTI={claims['jti']}"]}}}
+        except (jwt.PyJWTError, KeyError) as e:
+            status = {"authenticated": False, "error": f"[invalid bearer token, {e}]"}
+        return {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {},
+                "spec": spec, "status": status}
+
+    # --- server -----------------------------------------------------------------------------
+    def start(self) -> "KubeAPI":
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _send(self, code: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _status(self, code: int, reason: str, message: str) -> None:
+                self._send(code, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                  "message": message, "reason": reason, "code": code})
+
+            def _authorized(self) -> bool:
+                if self.headers.get("authorization") != f"Bearer {API_TOKEN}":
+                    self._status(401, "Unauthorized", "Unauthorized")
+                    return False
+                return True
+
+            def do_GET(self):  # noqa: N802
+                url = urlparse(self.path)
+                q = {k: v[0] for k, v in parse_qs(url.query).items()}
+                parts = [p for p in url.path.split("/") if p]
+                api.requests.append(("GET", url.path))
+                if url.path == "/.well-known/openid-configuration":
+                    return self._send(200, {"issuer": ISSUER, "jwks_uri": f"{ISSUER}/openid/v1/jwks",
+                                            "response_types_supported": ["id_token"], "subject_types_supported":
+                                            ["public"], "id_token_signing_alg_values_supported": ["RS256"]})
+                if url.path == "/openid/v1/jwks":
+                    return self._send(200, api.jwks())
+                if not self._authorized():
+                    return None
+                if parts[:2] == ["api", "v1"] and len(parts) == 3 and parts[2] in ("pods", "services", "namespaces"):
+                    return self._list_or_watch(parts[2], q)
+                if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 6 and parts[4] in ("pods", "secrets"):
+                    obj = api.objects[parts[4]].get((parts[3], parts[5]))
+                    if obj is None:
+                        return self._status(404, "NotFound", f'{parts[4]} "{parts[5]}" not found')
+                    return self._send(200, obj)
+                return self._status(404, "NotFound", "the server could not find the requested resource")
+
+            def _list_or_watch(self, resource: str, q: dict) -> None:
+                kind = {"pods": "PodList", "services": "ServiceList", "namespaces": "NamespaceList"}[resource]
+                if q.get("watch") not in ("true", "1"):
+                    with api.cond:
+                        items = copy.deepcopy(list(api.objects[resource].values()))
+                        rv = api.rv
+                    return self._send(200, {"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": str(rv)},
+                                            "items": items})
+                if api.fail_watches:
+                    return self._status(500, "InternalError", "watch unavailable")
+                since = int(q.get("resourceVersion") or 0)
+                deadline = time.monotonic() + float(q.get("timeoutSeconds") or 60)
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+                try:
+                    while time.monotonic() < deadline and api.server is not None:
+                        with api.cond:
+                            new = [e for e in api.events if e[0] > since and e[1] == resource]
+                            if not new:
+                                api.cond.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+                                continue
+                        for rv, _, etype, obj in new:
+                            line = json.dumps({"type": etype, "object": obj}).encode() + b"\n"
+                            self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+                            since = rv
+                        self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
+                except OSError:
+                    pass
+                self.close_connection = True
+
+            def _body(self) -> dict:
+                n = int(self.headers.get("content-length") or 0)
+                return json.loads(self.rfile.read(n) or b"{}")
+
+            def do_POST(self):  # noqa: N802
+                parts = [p for p in urlparse(self.path).path.split("/") if p]
+                api.requests.append(("POST", self.path))
+                if not self._authorized():
+                    return None
+                body = self._body()
+                if parts == ["apis", "authentication.k8s.io", "v1", "tokenreviews"]:
+                    return self._send(201, api.review(body))
+                if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 5 and parts[4] == "secrets":
+                    name = body["metadata"]["name"]
+                    with api.cond:
+                        if (parts[3], name) in api.objects["secrets"]:
+                            return self._status(409, "AlreadyExists", f'secrets "{name}" already exists')
+                        body["metadata"].update(namespace=parts[3], uid=str(uuid.uuid4()))
+                        obj = api._store("secrets", body, "ADDED")
+                    return self._send(201, obj)
+                return self._status(404, "NotFound", "the server could not find the requested resource")
+
+            def do_PUT(self):  # noqa: N802
+                parts = [p for p in urlparse(self.path).path.split("/") if p]
+                api.requests.append(("PUT", self.path))
+                if not self._authorized():
+                    return None
+                body = self._body()
+                if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 6 and parts[4] == "secrets":
+                    with api.cond:
+                        cur = api.objects["secrets"].get((parts[3], parts[5]))
+                        if cur is None:
+                            return self._status(404, "NotFound", f'secrets "{parts[5]}" not found')
+                        if body["metadata"].get("resourceVersion") != cur["metadata"]["resourceVersion"]:
+                            return self._status(409, "Conflict", "the object has been modified; please apply "
+                                                "your changes to the latest version and try again")
+                        obj = api._store("secrets", body, "MODIFIED")
+                    return self._send(200, obj)
+                return self._status(404, "NotFound", "the server could not find the requested resource")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def kubeconfig(self) -> str:
+        return json.dumps({"apiVersion": "v1", "kind": "Config", "current-context": "double",
+                           "clusters": [{"name": "double", "cluster": {"server": self.url}}],
+                           "users": [{"name": "issuer", "user": {"token": API_TOKEN}}],
+                           "contexts": [{"name": "double", "context": {"cluster": "double", "user": "issuer"}}]})
+
+    def stop(self) -> None:
+        server, self.server = self.server, None
+        if server:
+            with self.cond:
+                self.cond.notify_all()
+            server.shutdown()
+            server.server_close()
