@@ -44,7 +44,6 @@ class Informer:
         self.items: dict[str, dict[str, dict]] = {}  # namespace -> name -> slim object
         self.synced = threading.Event()
         self._stop = threading.Event()
-        self._resp = None
         self._thread = threading.Thread(target=self._run, name=f"informer:{kind}", daemon=True)
 
     def start(self) -> "Informer":
@@ -52,13 +51,9 @@ class Informer:
         return self
 
     def stop(self) -> None:
+        # Only a flag: closing the stream from here would block on the reader thread's lock.
+        # The thread is a daemon and its watch ends by its own timeout.
         self._stop.set()
-        resp = self._resp
-        if resp is not None:
-            try:
-                resp.close()
-            except Exception:  # noqa: BLE001 - closing a dead stream
-                pass
 
     def get(self, namespace: str, name: str) -> dict | None:
         return self.items.get(namespace, {}).get(name)
@@ -97,11 +92,11 @@ class Informer:
         rv = (body.get("metadata") or {}).get("resourceVersion")
         self.synced.set()
         while not self._stop.is_set():
-            self._resp = self.list_fn(watch=True, resource_version=rv, allow_watch_bookmarks=True,
+            resp = self.list_fn(watch=True, resource_version=rv, allow_watch_bookmarks=True,
                                       timeout_seconds=self.watch_seconds, _preload_content=False,
                                       _request_timeout=(10, self.watch_seconds + 30))
             try:
-                for line in iter_resp_lines(self._resp):
+                for line in iter_resp_lines(resp):
                     event = json.loads(line)
                     obj = event.get("object") or {}
                     kind = event.get("type")
@@ -113,8 +108,7 @@ class Informer:
                     elif kind == "DELETED":
                         self._drop(obj)
             finally:
-                self._resp.release_conn()
-                self._resp = None
+                resp.release_conn()
 
 
 class ClusterCache:

@@ -1,0 +1,281 @@
+"""The issuer as an attacker meets it: the real `python -m webhook issuer` process, over HTTPS,
+reading the cluster through the `kubernetes` client from the API double (devkit/kube_api.py),
+with projected tokens shaped as kube-apiserver issues them. Every test runs with both token
+verifiers (TokenReview and offline JWKS)."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from devkit.issuer_run import IssuerRun
+from devkit.kube_api import KubeAPI
+from sds_sidecar.sources.issuer import csr_pem, new_key
+from webhook.issuer.audit import AuditLog, verify
+
+ROOT = Path(__file__).parent.parent
+CONFIG = ROOT / "examples" / "config.yaml"
+PROD = {"sds-injector.io/env": "prod", "sds-injector.io/business-line": "retail"}
+
+
+@pytest.fixture(scope="module", params=["tokenreview", "jwks"])
+def world(request, tmp_path_factory):
+    kube = KubeAPI().start()
+    kube.add_namespace("shop-prod")
+    kube.add_namespace("bank")
+    kube.add_service("shop-prod", "cart", {"app": "cart"})
+    kube.add_service("shop-prod", "payments", {"app": "payments"})
+    issuer = IssuerRun(tmp_path_factory.mktemp(request.param), kube, CONFIG, verifier=request.param).start()
+    yield kube, issuer
+    issuer.stop()
+    kube.stop()
+    assert "PRIVATE KEY" not in issuer.log.read_text()
+
+
+def sign(issuer: IssuerRun, token: str | None, name: str, key=None, csr: str | None = None) -> tuple[int, dict]:
+    return issuer.post("/v1/certificates", {"name": name, "csr": csr or csr_pem(key or new_key("ec"), name)}, token)
+
+
+def leaf_of(out: dict) -> x509.Certificate:
+    return x509.load_pem_x509_certificates(out["certificate_chain"].encode())[0]
+
+
+def sans(cert: x509.Certificate) -> tuple[list[str], list[str], list[str]]:
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return (san.get_values_for_type(x509.UniformResourceIdentifier), san.get_values_for_type(x509.DNSName),
+            [str(i) for i in san.get_values_for_type(x509.IPAddress)])
+
+
+def test_identity_comes_from_the_cluster(world):
+    kube, issuer = world
+    pod = kube.add_pod("shop-prod", "cart-1", "cart", {"app": "cart"}, PROD, ip="10.0.0.7")
+    key = new_key("ec")
+    status, out = sign(issuer, kube.mint(pod), "retail-service-cert", key)
+    assert status == 200, out
+    cert = leaf_of(out)
+    uris, dns, ips = sans(cert)
+    assert uris == ["spiffe://cluster.local/ns/shop-prod/sa/cart"]
+    assert dns == ["cart", "cart.shop-prod", "cart.shop-prod.svc", "cart.shop-prod.svc.cluster.local"]
+    assert ips == ["10.0.0.7"]
+    assert cert.public_key().public_numbers() == key.public_key().public_numbers()  # our key, never theirs
+    chain = x509.load_pem_x509_certificates(out["certificate_chain"].encode())
+    prod_ca = x509.load_pem_x509_certificate(out["trust_bundle"].encode())
+    cert.verify_directly_issued_by(prod_ca)
+    assert chain[1] == prod_ca and "prod" in prod_ca.subject.rfc4514_string()
+    aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    assert aki == prod_ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc <= dt.timedelta(hours=1)
+
+
+def test_annotation_cannot_choose_identity(world):
+    """A pod running as SA `rogue`, annotated service: payments, gets neither payments' SANs
+    nor its SPIFFE ID: only Services that select the pod name it."""
+    kube, issuer = world
+    pod = kube.add_pod("shop-prod", "rogue-1", "rogue", {"app": "rogue"},
+                       {"sds-injector.io/env": "prod", "sds-injector.io/service": "payments"})
+    status, out = sign(issuer, kube.mint(pod), "payments-prod-cert")
+    assert status == 200, out
+    uris, dns, _ = sans(leaf_of(out))
+    assert uris == ["spiffe://cluster.local/ns/shop-prod/sa/rogue"]
+    assert not any("payments" in d for d in dns) and dns == []
+    assert "payments" not in leaf_of(out).subject.rfc4514_string()
+
+
+def test_csr_asking_for_extra_names_gets_none(world):
+    kube, issuer = world
+    pod = kube.add_pod("shop-prod", "cart-2", "cart", {"app": "cart"}, PROD)
+    key = ec.generate_private_key(ec.SECP256R1())
+    greedy = (x509.CertificateSigningRequestBuilder()
+              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "payments")]))
+              .add_extension(x509.SubjectAlternativeName([
+                  x509.DNSName("payments.shop-prod.svc"), x509.DNSName("*.shop-prod.svc"),
+                  x509.UniformResourceIdentifier("spiffe://cluster.local/ns/shop-prod/sa/payments")]), False)
+              .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+              .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode())
+    status, out = sign(issuer, kube.mint(pod), "retail-service-cert", csr=greedy)
+    assert status == 200, out
+    cert = leaf_of(out)
+    uris, dns, _ = sans(cert)
+    assert uris == ["spiffe://cluster.local/ns/shop-prod/sa/cart"]
+    assert not any("payments" in d or "*" in d for d in dns)
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+
+
+def test_forged_stale_and_foreign_tokens_are_refused(world):
+    kube, issuer = world
+    pod = kube.add_pod("shop-prod", "cart-3", "cart", {"app": "cart"}, PROD)
+    gone = kube.add_pod("shop-prod", "cart-gone", "cart", {"app": "cart"}, PROD)
+    gone_token = kube.mint(gone)
+    kube.delete_pod("shop-prod", "cart-gone")
+    # Same name, new pod: a token of the previous incarnation must not serve the new one.
+    old = kube.add_pod("shop-prod", "cart-again", "cart", {"app": "cart"}, PROD)
+    old_token = kube.mint(old)
+    kube.delete_pod("shop-prod", "cart-again")
+    kube.add_pod("shop-prod", "cart-again", "cart", {"app": "cart"}, PROD)
+    other_key = rsa.generate_private_key(65537, 2048)
+    cases = {
+        "expired": kube.mint(pod, ttl=-120),
+        "wrong audience": kube.mint(pod, audience="vault"),
+        "not yet valid": kube.mint(pod, nbf=int(dt.datetime.now().timestamp()) + 600),
+        "deleted pod": gone_token,
+        "previous pod of that name": old_token,
+        "signed by another key": kube.mint(pod, key=other_key),
+        "unsigned": kube.mint(pod).rsplit(".", 1)[0] + ".",
+        "not a JWT": "hello",
+        "none": None,
+    }
+    for what, token in cases.items():
+        status, out = sign(issuer, token, "retail-service-cert")
+        assert status in (401, 403), (what, status, out)
+        assert "certificate_chain" not in out and out["reason"] and out["error"], what
+    assert sign(issuer, kube.mint(pod), "retail-service-cert")[0] == 200  # the genuine one still works
+
+
+def test_policy_is_enforced_at_issuance_for_pods_that_skipped_the_webhook(world):
+    """A pod that opted out of injection, in the dev-only namespace `bank`, annotated prod,
+    asks the issuer directly: refused, with the reason."""
+    kube, issuer = world
+    pod = kube.add_pod("bank", "sneaky-1", "ledger", {"app": "ledger"},
+                       {"sds-injector.io/inject": "false", "sds-injector.io/env": "prod",
+                        "sds-injector.io/business-line": "retail"})
+    status, out = sign(issuer, kube.mint(pod), "retail-service-cert")
+    assert status == 403 and out["reason"] == "policy" and "prod" in out["error"], out
+    status, out = issuer.post("/v1/trust-bundles", {"name": "retail-trust-bundle"}, kube.mint(pod))
+    assert status == 403 and out["reason"] == "policy"
+
+
+def test_names_outside_the_pods_selection_are_refused(world):
+    kube, issuer = world
+    pod = kube.add_pod("shop-prod", "cart-4", "cart", {"app": "cart"}, PROD)
+    token = kube.mint(pod)
+    status, out = sign(issuer, token, "serviceA-prod-cert")
+    assert status == 403 and out["reason"] == "name_not_allowed", out
+    status, out = issuer.post("/v1/trust-bundles", {"name": "prod-trust-bundle"}, token)
+    assert status == 403 and out["reason"] == "name_not_allowed", out
+    status, out = issuer.post("/v1/trust-bundles", {"name": "retail-trust-bundle"}, token)
+    assert status == 200 and "BEGIN CERTIFICATE" in out["trust_bundle"]
+
+
+def test_each_environment_has_its_own_trust_root(world):
+    """A dev pod's certificate does not chain to what a prod pod trusts (and back)."""
+    kube, issuer = world
+    prod = kube.add_pod("shop-prod", "cart-5", "cart", {"app": "cart"}, PROD)
+    dev = kube.add_pod("bank", "ledger-1", "ledger", {"app": "ledger"},
+                       {"sds-injector.io/env": "dev", "sds-injector.io/business-line": "corporate"})
+    _, p = sign(issuer, kube.mint(prod), "retail-service-cert")
+    status, d = sign(issuer, kube.mint(dev), "corporate-service-cert")
+    assert status == 200, d
+    prod_bundle = x509.load_pem_x509_certificates(p["trust_bundle"].encode())
+    dev_bundle = x509.load_pem_x509_certificates(d["trust_bundle"].encode())
+    assert len(prod_bundle) == len(dev_bundle) == 1 and prod_bundle != dev_bundle
+    with pytest.raises(Exception):
+        leaf_of(d).verify_directly_issued_by(prod_bundle[0])
+    with pytest.raises(Exception):
+        leaf_of(p).verify_directly_issued_by(dev_bundle[0])
+    # Neither bundle is a root that could also vouch for the other environment.
+    for ca in prod_bundle + dev_bundle:
+        assert ca.issuer != ca.subject
+
+
+def test_bad_requests_get_clear_errors(world):
+    kube, issuer = world
+    pod = kube.add_pod("shop-prod", "cart-6", "cart", {"app": "cart"}, PROD)
+    token = kube.mint(pod)
+    weak = rsa.generate_private_key(65537, 1024)
+    weak_csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+                .sign(weak, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode())
+    good = csr_pem(new_key("ec"), "x")
+    tampered = good.replace(good.splitlines()[3], good.splitlines()[3][:-4] + "AAAA")
+    for body, reason in [(b"{not json", "bad_request"), (b"[]", "bad_request"), ({"name": "retail-service-cert"},
+                         "bad_request"), ({"name": "retail-service-cert", "csr": "-----BEGIN nonsense"}, "bad_csr"),
+                         ({"name": "retail-service-cert", "csr": weak_csr}, "weak_key"),
+                         ({"name": "retail-service-cert", "csr": tampered}, "bad_csr")]:
+        status, out = issuer.post("/v1/certificates", body, token)
+        assert status in (400, 413) and out["reason"] == reason, (body, status, out)
+    assert sign(issuer, token, "retail-service-cert", new_key("rsa"))[0] == 200  # RSA 2048 is fine
+
+
+def test_inventory_metrics_and_audit(world):
+    kube, issuer = world
+    pod = kube.add_pod("shop-prod", "cart-7", "cart", {"app": "cart"}, PROD)
+    _, out = sign(issuer, kube.mint(pod), "retail-service-cert")
+    items = json.loads(issuer.get("/inventory")[1])
+    mine = [i for i in items if i["pod"] == "cart-7"]
+    assert mine and mine[0]["serial"] == out["serial"] and mine[0]["name"] == "retail-service-cert"
+    assert mine[0]["spiffe_id"] == "spiffe://cluster.local/ns/shop-prod/sa/cart"
+    metrics = issuer.get("/metrics")[1].decode()
+    assert 'sds_issuer_certificate_not_after_seconds{name="retail-service-cert",namespace="shop-prod"}' in metrics
+    assert "sds_issuer_requests_refused_total" in metrics
+    records = [json.loads(line) for line in issuer.audit_file.read_text().splitlines()]
+    issued = [r for r in records if r.get("serial") == out["serial"]]
+    assert issued and issued[0]["decision"] == "issued" and issued[0]["pod"] == "cart-7"
+    assert {"time", "namespace", "service_account", "spiffe_id", "name", "sha256", "not_after", "prev",
+            "hash", "replica"} <= set(issued[0])
+    assert any(r["decision"] == "refused" and r["reason"] for r in records)
+    assert verify(issuer.audit_file.read_bytes()) == (len(records), [])
+    # The same records went to stdout (here: the process log) for the log collector.
+    assert out["serial"] in issuer.log.read_text()
+
+
+def test_audit_chain_detects_edits_deletions_and_reordering(tmp_path, capsys):
+    path = tmp_path / "audit.jsonl"
+    for replica in ("a", "b"):
+        log = AuditLog(replica, path)
+        for i in range(4):
+            log.record("issued", namespace="shop", serial=f"{replica}{i}")
+    AuditLog("a", path).record("refused", "policy")  # a restarted replica continues its chain
+    lines = path.read_text().splitlines()
+    assert verify(path.read_bytes()) == (9, [])
+
+    def problems(changed: list[str]) -> list[str]:
+        return verify(("\n".join(changed) + "\n").encode())[1]
+
+    edited = list(lines)
+    edited[2] = edited[2].replace('"serial":"a2"', '"serial":"ff"')
+    deleted = lines[:1] + lines[2:]
+    reordered = [lines[1], lines[0], *lines[2:]]
+    for case in (edited, deleted, reordered):
+        assert problems(case)
+    cli = [sys.executable, "-m", "webhook", "audit", "verify"]
+    assert subprocess.run([*cli, str(path)], capture_output=True, cwd=ROOT).returncode == 0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(reordered) + "\n")
+    r = subprocess.run([*cli, str(bad)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1 and "reordered" in r.stdout
+
+
+def test_replicas_starting_together_share_one_ca(tmp_path):
+    """Two issuer replicas on a fresh cluster: one creates the CA Secret, the other reads it;
+    each keeps its own audit chain; no leader."""
+    kube = KubeAPI().start()
+    runs = []
+    for i in range(2):
+        (tmp_path / f"r{i}").mkdir()
+        runs.append(IssuerRun(tmp_path / f"r{i}", kube, CONFIG, replica=f"issuer-{i}"))
+    try:
+        for r in runs:
+            r.launch()
+        for r in runs:
+            r.wait_ready()
+        pod = kube.add_pod("shop-prod", "cart-r", "cart", {"app": "cart"}, PROD)
+        bundles = {r.post("/v1/trust-bundles", {"name": "retail-trust-bundle"}, kube.mint(pod))[1]["trust_bundle"]
+                   for r in runs}
+        assert len(bundles) == 1
+        creates = [p for m, p in kube.requests if m == "POST" and p.endswith("/secrets")]
+        assert len([s for s in kube.objects["secrets"]]) == 1 and creates
+        for r in runs:
+            sign(r, kube.mint(pod), "retail-service-cert")
+            recs = [json.loads(x) for x in r.audit_file.read_text().splitlines()]
+            assert {x["replica"] for x in recs} == {r.env["ISSUER_REPLICA"]}
+    finally:
+        for r in runs:
+            r.stop()
+        kube.stop()
