@@ -31,7 +31,9 @@ MATRIX = {
                   "--set", "config.agent.vault.addresses={https://vault:8200}"],
     "classic-sidecars": ["--set", "config.nativeSidecars=false"],
     "extras": ["--set", "metrics.serviceMonitor.enabled=true", "--set", "networkPolicy.enabled=true",
-               "--set", "localCA.namespaces={shop,bank}", "--set", "webhook.failurePolicy=Ignore"],
+               "--set", "webhook.failurePolicy=Ignore"],
+    "jwks": ["--set", "issuer.tokenVerifier=jwks", "--set", "issuer.certTTLSeconds=7200"],
+    "files": ["--set", "config.agent.source=files"],
 }
 
 
@@ -65,7 +67,9 @@ def test_rendered_manifests_validate_strictly(case):
     assert mwc["sideEffects"] == "None" and mwc["admissionReviewVersions"] == ["v1"]
     assert mwc["reinvocationPolicy"] == "IfNeeded" and mwc["timeoutSeconds"] == 5
     assert mwc["rules"] == [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
-                             "resources": ["pods"], "scope": "Namespaced"}]
+                             "resources": ["pods"], "scope": "Namespaced"},
+                            {"operations": ["UPDATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                             "resources": ["pods/ephemeralcontainers"], "scope": "Namespaced"}]
     excluded = next(e for e in mwc["namespaceSelector"]["matchExpressions"] if e["operator"] == "NotIn")["values"]
     assert {"kube-system", "kube-public", "kube-node-lease", "sds-system"} <= set(excluded)
     assert mwc["objectSelector"]["matchExpressions"][0]["values"] == ["webhook"]
@@ -75,13 +79,64 @@ def test_rendered_manifests_validate_strictly(case):
         assert "caBundle" not in mwc["clientConfig"]
         assert next(d for d in docs if d["kind"] == "MutatingWebhookConfiguration")["metadata"]["annotations"][
             "cert-manager.io/inject-ca-from"] == "sds-system/rel-sds-injector"
-    rbac = [d for d in docs if d["kind"].startswith("ClusterRole")]
-    assert not rbac, "the default name-based policy needs no API access"
+    rbac = {d["kind"]: d for d in docs if d["kind"] in ("ClusterRole", "Role")}
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    if case.startswith("vault") or case == "files":
+        assert not rbac, "without the issuer, the name-based policy needs no API access"
+        assert "WEBHOOK_ISSUER" not in env
+        return
+    # The issuer: read-only watches, token reviews (or the issuer keys), one Secret of its own.
+    assert env["WEBHOOK_ISSUER"]["value"] == "true" and env["ISSUER_CONFIG"]["value"] == env["WEBHOOK_CONFIG"]["value"]
+    rules = rbac["ClusterRole"]["rules"]
+    assert rules[0] == {"apiGroups": [""], "resources": ["namespaces", "pods", "services"],
+                        "verbs": ["get", "list", "watch"]}
+    assert rules[1] == ({"nonResourceURLs": ["/.well-known/openid-configuration", "/openid/v1/jwks"], "verbs": ["get"]}
+                        if case == "jwks" else
+                        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]})
+    assert all("secrets" not in r.get("resources", []) for r in rules), "no Secret access cluster-wide"
+    assert rbac["Role"]["metadata"].get("namespace") in (None, "sds-system")
+    assert {"get", "update"} == set(rbac["Role"]["rules"][1]["verbs"])
+    assert rbac["Role"]["rules"][1]["resourceNames"] == ["rel-sds-injector-ca"]
+    agent = yaml.safe_load(cm["data"]["config.yaml"])["agent"]
+    assert agent["issuer"]["address"] == "https://rel-sds-injector.sds-system.svc:15012"
+    svc = next(d for d in docs if d["kind"] == "Service")
+    assert {"name": "issuer", "port": 15012, "targetPort": "issuer", "protocol": "TCP"} in svc["spec"]["ports"]
+
+
+def _pem_blocks(text: str, label: str) -> list[bytes]:
+    import re
+
+    return [m.group(0).encode() for m in re.finditer(
+        rf"-----BEGIN {label}-----[A-Za-z0-9+/=\s]+?-----END {label}-----", text)]
+
+
+@pytest.mark.parametrize("case", list(MATRIX))
+def test_no_ca_key_is_rendered_and_no_secret_leaves_the_release_namespace(case):
+    """Whatever the values: the only private key Helm renders is the webhook's serving key,
+    never a CA's; every Secret is in the release namespace."""
+    from cryptography.hazmat.primitives import serialization
+
+    docs = render(*MATRIX[case])
+    text = yaml.safe_dump_all(docs)
+    for d in docs:  # Secret data is base64: decode it so nothing hides there
+        if d["kind"] == "Secret":
+            assert d["metadata"].get("namespace", "sds-system") == "sds-system", d["metadata"]
+            text += "\n".join(base64.b64decode(v).decode(errors="replace") for v in (d.get("data") or {}).values())
+    certs = [x509.load_pem_x509_certificate(b) for b in _pem_blocks(text, "CERTIFICATE")]
+    ca_keys = {c.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+               for c in certs if c.extensions.get_extension_for_class(x509.BasicConstraints).value.ca}
+    keys = _pem_blocks(text, "(?:RSA |EC )?PRIVATE KEY")
+    for k in keys:
+        pub = serialization.load_pem_private_key(k, None).public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        assert pub not in ca_keys, "a CA private key is rendered"
+    assert len(keys) == (1 if case != "cert-manager" else 0)  # the webhook's own serving key only
+    assert not [d for d in docs if d["kind"] == "Secret" and "ca" in d["metadata"]["name"].split("-")[-1:]]
 
 
 def test_label_policy_gets_only_namespace_read_rbac(tmp_path):
     values = tmp_path / "v.yaml"
-    values.write_text(yaml.safe_dump({"config": {"namespacePolicy": {"rules": [
+    values.write_text(yaml.safe_dump({"config": {"agent": {"source": "vault"}, "namespacePolicy": {"rules": [
         {"namespaceSelector": {"matchLabels": {"tier": "prod"}}, "environments": ["prod"]}]}}}))
     docs = render("-f", str(values))
     role = next(d for d in docs if d["kind"] == "ClusterRole")

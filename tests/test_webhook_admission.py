@@ -300,3 +300,66 @@ def test_injected_agent_env_is_understood_by_the_agent(monkeypatch):
     assert s.source == "vault" and s.vault_addresses == ["https://vault-a:8200", "https://vault-b:8200"]
     assert s.vault_mode == "kv" and s.vault_crl and s.business_line == "retail" and s.env == "dev"
     assert s.certificates == ["retail-service-cert"] and str(s.vault_token_file).endswith("/token")
+
+
+@pytest.mark.parametrize("where", ["containers", "initContainers"])
+@pytest.mark.parametrize("volume", ["sds-socket", "sds-token", "sds-admin", "sds-files-0"])
+def test_a_container_of_the_pod_may_not_mount_the_injectors_volumes(where, volume):
+    """Attack: the app names `sds-socket` in its volumeMounts without defining it; once
+    injected it would reach the agent (FetchSecrets hands out every private key)."""
+    p = pod({"sds-injector.io/env": "dev"})
+    thief = {"name": "thief", "image": "x", "volumeMounts": [{"name": volume, "mountPath": "/steal"}]}
+    p["spec"].setdefault(where, []).append(thief)
+    _, out = call(review(p))
+    resp = out["response"]
+    assert not resp["allowed"] and resp["status"]["code"] == 403
+    assert volume in resp["status"]["message"] and "thief" in resp["status"]["message"]
+
+
+def test_an_ephemeral_container_may_not_mount_the_injectors_volumes():
+    injected = jsonpatch.apply_patch(pod({"sds-injector.io/env": "dev"}),
+                                     decode_patch(call(review(pod({"sds-injector.io/env": "dev"})))[1]))
+    debug = {"name": "debugger", "image": "busybox", "volumeMounts": [{"name": "sds-socket", "mountPath": "/s"}]}
+    r = review({**injected, "spec": {**injected["spec"], "ephemeralContainers": [debug]}}, operation="UPDATE")
+    r["request"]["subResource"] = "ephemeralcontainers"
+    _, out = call(r)
+    assert not out["response"]["allowed"] and "sds-socket" in out["response"]["status"]["message"]
+    debug["volumeMounts"] = []
+    _, out = call(r)
+    assert out["response"]["allowed"] and "patch" not in out["response"]
+
+
+def test_sidecars_get_no_api_token_and_envoy_admin_is_private():
+    _, out = call(review(pod({"sds-injector.io/env": "dev", "sds-injector.io/inbound": "8443:8080"})))
+    patched = jsonpatch.apply_patch(pod({"sds-injector.io/env": "dev"}), decode_patch(out))
+    sidecars = {c["name"]: c for c in patched["spec"]["initContainers"]}
+    volumes = {v["name"]: v for v in patched["spec"]["volumes"]}
+    for c in sidecars.values():
+        # The API server's ServiceAccount plugin skips containers that mount this path already.
+        masked = [m for m in c["volumeMounts"] if m["mountPath"] == planning.SA_TOKEN_DIR]
+        assert masked and "emptyDir" in volumes[masked[0]["name"]]
+    agent_env = {e["name"]: e.get("value") for e in sidecars["sds-agent"]["env"]}
+    assert agent_env["SDS_HTTP_HOST"] == "127.0.0.1" and "ports" not in sidecars["sds-agent"]
+    token = volumes["sds-token"]["projected"]["sources"][0]["serviceAccountToken"]
+    assert token["audience"] == "sds-injector" and token["expirationSeconds"] <= 3600
+    bootstrap = json.loads(sidecars["sds-envoy"]["args"][1])
+    assert "pipe" in bootstrap["admin"]["address"]
+    # Only Envoy mounts the admin socket's volume; the app container mounts nothing of ours.
+    assert [n for n, c in sidecars.items() if any(m["name"] == "sds-admin" for m in c["volumeMounts"])] == ["sds-envoy"]
+    inbound = next(ls for ls in bootstrap["static_resources"]["listeners"] if ls["name"] == "inbound-8443")
+    ctx = inbound["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+    matchers = ctx["combined_validation_context"]["default_validation_context"]["match_typed_subject_alt_names"]
+    assert matchers == [{"san_type": "URI", "matcher": {"prefix": "spiffe://cluster.local/ns/shop/sa/"}}]
+
+
+def test_certificate_and_trust_bundle_names_are_limited_to_the_templates():
+    """`certificates: serviceA-prod-cert` in a dev-only namespace was admitted while
+    certificatePrefixes defaulted to [""]; trust-bundle names were checked by no rule."""
+    for annotations, what in [
+        ({"sds-injector.io/env": "dev", "sds-injector.io/certificates": "servicea-prod-cert"}, "servicea-prod-cert"),
+        ({"sds-injector.io/env": "dev", "sds-injector.io/trust-bundles": "prod-trust-bundle"}, "prod-trust-bundle"),
+    ]:
+        _, out = call(review(pod(annotations)))
+        assert not out["response"]["allowed"] and what in out["response"]["status"]["message"], annotations
+    _, out = call(review(pod({"sds-injector.io/env": "dev", "sds-injector.io/certificates": "web-dev-cert"})))
+    assert out["response"]["allowed"]

@@ -259,11 +259,12 @@ def strip(pod: dict) -> dict:
     return pod
 
 
-def check_owned_mounts(pod: dict) -> None:
-    """A container of the pod's own mounting a volume the injector adds would, once injected,
-    read the agent's socket (every private key it serves) or its token: deny, naming both."""
+def check_owned_mounts(pod: dict, keys=("containers", "initContainers", "ephemeralContainers")) -> None:
+    """A container of the pod's own (in `keys` of a pod without our sidecars) mounting a volume
+    the injector adds would read the agent's socket (every private key it serves) or its
+    token: deny, naming both."""
     spec = pod.get("spec") or {}
-    for key in ("containers", "initContainers", "ephemeralContainers"):
+    for key in keys:
         for c in spec.get(key) or []:
             if not isinstance(c, dict):
                 continue

@@ -33,6 +33,12 @@ webhooks:
         apiVersions: [v1]
         resources: [pods]
         scope: Namespaced
+      # kubectl debug: an ephemeral container may not mount the sidecars' volumes.
+      - operations: [UPDATE]
+        apiGroups: [""]
+        apiVersions: [v1]
+        resources: [pods/ephemeralcontainers]
+        scope: Namespaced
     namespaceSelector:
       matchExpressions:
         - key: sds-injector.io/injection
