@@ -192,6 +192,7 @@ def tls_get(port: int, ca_pem: bytes, server_name: str = "localhost", client: tu
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.load_verify_locations(cadata=ca_pem.decode())
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # an environment's CA is an intermediate
     if client:
         ctx.load_cert_chain(str(client[0]), str(client[1]))
 
@@ -218,6 +219,7 @@ def peer_cert(port: int, ca_pem: bytes, server_name: str = "localhost", timeout:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.load_verify_locations(cadata=ca_pem.decode())
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
         with ctx.wrap_socket(raw, server_hostname=server_name) as s:
             return x509.load_der_x509_certificate(s.getpeercert(binary_form=True))

