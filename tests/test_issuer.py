@@ -279,3 +279,53 @@ def test_replicas_starting_together_share_one_ca(tmp_path):
         for r in runs:
             r.stop()
         kube.stop()
+
+
+def test_webhook_and_issuer_run_in_one_process_as_the_chart_runs_them(tmp_path):
+    """`python -m webhook serve` with WEBHOOK_ISSUER=true (the chart's Deployment): both ports
+    answer, injected agents get the issuer's serving CA, the issuer signs for the pod."""
+    import base64
+    import os
+    import ssl
+    import urllib.request
+
+    import jsonpatch
+
+    from tests.harness import free_port, wait_for
+    from tests.webhook_util import pod, review
+
+    kube = KubeAPI().start()
+    run = IssuerRun(tmp_path, kube, CONFIG)  # reuse its files and ISSUER_* environment
+    (tmp_path / "ca.crt").write_bytes(run.ca_pem)
+    port = free_port()
+    env = {**run.env, "WEBHOOK_ISSUER": "true", "WEBHOOK_ISSUER_CA_FILE": str(tmp_path / "ca.crt"),
+           "WEBHOOK_PORT": str(port), "WEBHOOK_HOST": "127.0.0.1", "WEBHOOK_CONFIG": str(CONFIG),
+           "WEBHOOK_CERT_FILE": run.env["ISSUER_CERT_FILE"], "WEBHOOK_KEY_FILE": run.env["ISSUER_KEY_FILE"]}
+    log = open(tmp_path / "serve.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "webhook", "serve"], stdout=log, stderr=subprocess.STDOUT,
+                            env=env, cwd=ROOT)
+    try:
+        run.proc = proc
+        run.wait_ready()
+        ctx = ssl.create_default_context(cadata=run.ca_pem.decode())
+        body = json.dumps(review(pod({"sds-injector.io/env": "dev"}))).encode()
+        req = urllib.request.Request(f"https://localhost:{port}/mutate", data=body, method="POST",
+                                     headers={"content-type": "application/json"})
+        out = wait_for(lambda: json.loads(urllib.request.urlopen(req, timeout=5, context=ctx).read()),
+                       what="webhook answering")
+        patched = jsonpatch.apply_patch(pod({"sds-injector.io/env": "dev"}),
+                                        json.loads(base64.b64decode(out["response"]["patch"])))
+        env_of = {e["name"]: e.get("value") for e in patched["spec"]["initContainers"][0]["env"]}
+        assert env_of["SDS_SOURCE"] == "issuer" and env_of["SDS_ISSUER_CA"] == run.ca_pem.decode()
+        stored = kube.add_pod("bank", "ledger-9", "ledger", {"app": "ledger"},
+                              {"sds-injector.io/env": "dev", "sds-injector.io/business-line": "corporate"})
+        assert sign(run, kube.mint(stored), "corporate-service-cert")[0] == 200
+        proc.send_signal(__import__("signal").SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+        kube.stop()
+    text = (tmp_path / "serve.log").read_text()
+    assert '"webhook serving"' in text and '"issuer serving"' in text and "PRIVATE KEY" not in text
