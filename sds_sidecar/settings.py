@@ -93,7 +93,7 @@ class AgentSettings(BaseSettings):
     # Each round costs a CRL (and CA chain) read per mount: 30 s keeps 5,000 pods near 330 cheap
     # reads/s on Vault, and bounds how long a revocation or a new KV version takes to arrive.
     vault_poll_seconds: float = Field(30.0, gt=0, description="KV versions, CRL and CA chain checks")
-    vault_pki_path: str = "pki_{business_line}/issue/{env}"
+    vault_pki_path: str = "pki_{business_line}/sign/{env}"  # sign: our CSR; issue: Vault makes the key
     vault_pki_ttl: str = "24h"
     vault_ca_overlap_seconds: float = Field(48 * 3600, ge=0, description="old CA kept after a rollover")
     vault_crl: bool = Field(False, description="serve the PKI CRL in validation contexts")

@@ -53,7 +53,7 @@ def k8s_login(d: VaultDouble, tmp_path, policies=("*",), jwt="jwt-1", ttl=3600):
 def test_kubernetes_auth_pki_issue_with_spiffe_and_dns_sans(vault, tmp_path):
     d = vault()
     d.add_pki("pki_retail", {"prod": {}})
-    k8s_login(d, tmp_path, ["pki_retail/issue/prod"])
+    k8s_login(d, tmp_path, ["pki_retail/sign/prod"])
     src = VaultSource(settings([d], tmp_path, vault_pki_ttl="60s"))
     m = asyncio.run(src.fetch(CERT))
     from cryptography import x509
@@ -107,7 +107,7 @@ def test_failover_to_standby_and_back_to_primary(vault, tmp_path, caplog):
     s = settings([primary, standby], tmp_path, vault_auth="token", vault_token=tok_p, vault_down_seconds=1)
     src = VaultSource(s)
     asyncio.run(src.fetch(CERT))
-    assert primary.requests_to("/v1/pki_retail/issue") == 1
+    assert primary.requests_to("/v1/pki_retail/sign") == 1
     primary.mode = "hang"  # unresponsive: only the 500 ms timeout tells
     t0 = time.monotonic()
     asyncio.run(src.fetch(CERT))
@@ -115,18 +115,18 @@ def test_failover_to_standby_and_back_to_primary(vault, tmp_path, caplog):
     switch = total - s.vault_timeout_seconds
     print(f"failover: primary timed out after {s.vault_timeout_seconds * 1000:.0f} ms, standby answered "
           f"{switch * 1000:.0f} ms later ({total * 1000:.0f} ms in all)")
-    assert standby.requests_to("/v1/pki_retail/issue") == 1
+    assert standby.requests_to("/v1/pki_retail/sign") == 1
     assert switch <= 0.2, f"the switch added {switch * 1000:.0f} ms"
     assert any(r.getMessage() == "vault address switched" for r in caplog.records)
     # While the primary is marked down, requests go straight to the standby.
     asyncio.run(src.fetch(CERT))
-    assert standby.requests_to("/v1/pki_retail/issue") == 2
+    assert standby.requests_to("/v1/pki_retail/sign") == 2
     primary.mode = "ok"
     time.sleep(1.1)
     asyncio.run(src.fetch(CERT))
     # 1 before, 1 that hung (logged on arrival), 1 now: back on the primary once it is healthy.
-    assert primary.requests_to("/v1/pki_retail/issue") == 3, "back on the primary once it is healthy"
-    assert standby.requests_to("/v1/pki_retail/issue") == 2
+    assert primary.requests_to("/v1/pki_retail/sign") == 3, "back on the primary once it is healthy"
+    assert standby.requests_to("/v1/pki_retail/sign") == 2
     assert primary.requests_to("/v1/sys/health") >= 1
 
 
@@ -271,3 +271,19 @@ def test_kv_trust_bundle(vault, tmp_path, ca):
     assert m.trusted_ca == ca.cert_pem and src.kv_versions["trust"] == 1
     d.kv_put("secret", "shop/trust", {"ca_chain": ca.cert_pem.decode(), "note": "v2"})
     assert src._poll([TRUST]) == ["trust"]
+
+
+def test_pki_sign_keeps_the_key_in_the_agent_and_issue_still_works(vault, tmp_path):
+    """Default `MOUNT/sign/ROLE`: the agent sends a CSR; Vault never makes or sees the key.
+    A path naming `issue` keeps the old behaviour for roles that only allow it."""
+    d = vault()
+    d.add_pki("pki_retail", {"prod": {}})
+    k8s_login(d, tmp_path, ["pki_retail/sign/prod", "pki_retail/issue/prod"])
+    m = asyncio.run(VaultSource(settings([d], tmp_path)).fetch(CERT))
+    assert d.requests_to("/v1/pki_retail/sign/prod") == 1 and d.requests_to("/v1/pki_retail/issue") == 0
+    assert m.private_key and m.serial
+    legacy = VaultSource(settings([d], tmp_path, vault_pki_path="pki_{business_line}/issue/{env}"))
+    assert asyncio.run(legacy.fetch(CERT)).serial and d.requests_to("/v1/pki_retail/issue/prod") == 1
+    bad = VaultSource(settings([d], tmp_path, vault_pki_path="pki_retail/prod"))
+    with pytest.raises(Exception, match="MOUNT/sign/ROLE"):
+        asyncio.run(bad.fetch(CERT))

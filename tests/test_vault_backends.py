@@ -120,7 +120,7 @@ def test_kv_certificate_and_permission_denied(backend, ca):
 def test_pki_issue_trust_bundle_and_revocation_seen_in_crl(backend):
     mount = f"pki_{uuid.uuid4().hex[:6]}"
     ca_pem = backend.pki(mount, "prod")
-    src = source(backend, backend.token([f"{mount}/issue/prod"]), business_line=mount[4:],
+    src = source(backend, backend.token([f"{mount}/sign/prod"]), business_line=mount[4:],
                  vault_crl=True, vault_pki_ttl="1h")
     cert = asyncio.run(src.fetch(SecretSpec("web-cert", material.TLS_CERTIFICATE)))
     trust = asyncio.run(src.fetch(SecretSpec("trust", material.VALIDATION_CONTEXT)))

@@ -40,7 +40,7 @@ def serial_at(port, ca_pem, client=None) -> int:
 
 def test_pki_certificate_served_and_renewed_ahead_of_expiry(procs, vault):
     pki = vault.add_pki("pki_retail", {"prod": {"not_before_duration": "1s"}})
-    agent = vault_agent(procs, vault, vault.add_token(["pki_retail/issue/prod"]), vault_pki_ttl="6s")
+    agent = vault_agent(procs, vault, vault.add_token(["pki_retail/sign/prod"]), vault_pki_ttl="6s")
     port = free_port()
     procs.envoy(cfg.tls_server(agent.socket, port, "server-cert")).wait_live()
     first = serial_at(port, pki.ca.cert_pem)

@@ -216,6 +216,8 @@ class VaultDouble:
         for mount, pki in self.pki.items():
             if rel.startswith(f"{mount}/issue/") and method == "POST":
                 return self._issue(h, pki, rel[len(f"{mount}/issue/"):], body)
+            if rel.startswith(f"{mount}/sign/") and method == "POST":
+                return self._issue(h, pki, rel[len(f"{mount}/sign/"):], body, csr=body.get("csr", ""))
             if rel == f"{mount}/revoke" and method == "POST":
                 serial = body.get("serial_number", "")
                 if serial not in pki.issued:
@@ -253,7 +255,7 @@ class VaultDouble:
             return self._send(h, 404, {"data": {"data": None, "metadata": meta}})
         return self._send(h, 200, {"data": {"data": v["data"], "metadata": meta}})
 
-    def _issue(self, h, pki: PkiMount, role_name: str, body: dict):
+    def _issue(self, h, pki: PkiMount, role_name: str, body: dict, csr: str | None = None):
         role = pki.roles.get(role_name)
         if role is None:
             return self._errors(h, 400, f"unknown role: {role_name}")
@@ -266,13 +268,22 @@ class VaultDouble:
         # Like Vault, back-date not_before by the role's not_before_duration (default 30 s).
         back = _ttl_seconds(role.get("not_before_duration", 30))
         now = dt.datetime.now(dt.timezone.utc)
-        issued = pki.ca.issue(cn, dns_names=[cn, *alt], uris=uris, ttl=dt.timedelta(seconds=ttl + back),
-                              not_before=now - dt.timedelta(seconds=back))
-        serial = colon_hex(issued.certificate.serial_number)
-        pki.issued[serial] = issued.certificate
+        span = dict(ttl=dt.timedelta(seconds=ttl + back), not_before=now - dt.timedelta(seconds=back))
+        if csr is None:
+            issued = pki.ca.issue(cn, dns_names=[cn, *alt], uris=uris, **span)
+            cert, key = issued.certificate, {"private_key": issued.key_pem.decode().strip(), "private_key_type": "ec"}
+        else:  # pki/sign: only the CSR's key is used, as with Vault's default use_csr_sans=false
+            try:
+                request = x509.load_pem_x509_csr(csr.encode())
+            except ValueError:
+                return self._errors(h, 400, "certificate request could not be parsed")
+            if not request.is_signature_valid:
+                return self._errors(h, 400, "certificate request signature is invalid")
+            cert, key = pki.ca.sign(request.public_key(), cn, [cn, *alt], uris, **span), {}
+        serial = colon_hex(cert.serial_number)
+        pki.issued[serial] = cert
         ca_pem = pki.ca.cert_pem.decode()
         return self._send(h, 200, {"lease_id": "", "renewable": False, "lease_duration": 0, "data": {
-            "certificate": issued.chain_pem.decode().strip(), "issuing_ca": ca_pem.strip(),
-            "ca_chain": [ca_pem.strip()], "private_key": issued.key_pem.decode().strip(),
-            "private_key_type": "ec", "serial_number": serial,
-            "expiration": int(issued.certificate.not_valid_after_utc.timestamp())}})
+            "certificate": cert.public_bytes(serialization.Encoding.PEM).decode().strip(),
+            "issuing_ca": ca_pem.strip(), "ca_chain": [ca_pem.strip()], **key, "serial_number": serial,
+            "expiration": int(cert.not_valid_after_utc.timestamp())}})

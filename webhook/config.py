@@ -114,7 +114,7 @@ class VaultAgentConfig(Strict):
     mode: Literal["kv", "pki"] = "pki"
     kv_mount: str = Field("secret", alias="kvMount")
     kv_path: str = Field("{namespace}/{name}", alias="kvPath")
-    pki_path: str = Field("pki_{business_line}/issue/{env}", alias="pkiPath")
+    pki_path: str = Field("pki_{business_line}/sign/{env}", alias="pkiPath")
     pki_ttl: str = Field("24h", alias="pkiTTL")
     crl: bool = False
     ca_overlap_seconds: int = Field(48 * 3600, alias="caOverlapSeconds")

@@ -23,6 +23,11 @@ def new_key(kind: str):
     return rsa.generate_private_key(65537, 2048) if kind == "rsa" else ec.generate_private_key(ec.SECP256R1())
 
 
+def private_pem(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
 def csr_pem(key, name: str) -> str:
     # Only the key matters to the issuer: it ignores any name or SAN a CSR asks for.
     csr = x509.CertificateSigningRequestBuilder().subject_name(
@@ -79,6 +84,4 @@ class IssuerSource(Source):
         key = new_key(self.settings.key_type)
         out = await asyncio.to_thread(self._post, "/v1/certificates",
                                       {"name": spec.name, "csr": csr_pem(key, spec.name)}, spec.name)
-        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-        return material.tls_certificate(str(out.get("certificate_chain", "")).encode(), key_pem)
+        return material.tls_certificate(str(out.get("certificate_chain", "")).encode(), private_pem(key))

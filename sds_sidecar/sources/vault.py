@@ -44,11 +44,18 @@ class VaultSource(Source):
         return self.s.vault_kv_path.format(**self.s.template_values(name))
 
     def pki_mount_role(self) -> tuple[str, str]:
+        return self._pki_path()[0::2]
+
+    def _pki_path(self) -> tuple[str, str, str]:
+        """(mount, operation, role): `sign` sends our CSR (the key never leaves the pod);
+        `issue` has Vault make the key (kept for roles that only allow issue)."""
         path = self.s.vault_pki_path.format(**self.s.template_values())
-        mount, sep, role = path.partition("/issue/")
-        if not sep or not role:
-            raise SourceError("config", f"vault_pki_path {self.s.vault_pki_path!r} must look like MOUNT/issue/ROLE")
-        return mount, role
+        for op in ("sign", "issue"):
+            mount, sep, role = path.partition(f"/{op}/")
+            if sep and mount and role:
+                return mount, op, role
+        raise SourceError("config", f"vault_pki_path {self.s.vault_pki_path!r} must look like MOUNT/sign/ROLE "
+                                    "(or MOUNT/issue/ROLE)")
 
     # -- fetch ------------------------------------------------------------------------------
     async def fetch(self, spec: SecretSpec) -> material.SecretMaterial:
@@ -111,15 +118,26 @@ class VaultSource(Source):
 
     def _pki_cert(self, name: str) -> material.SecretMaterial:
         s = self.s
-        mount, role = self.pki_mount_role()
+        mount, op, role = self._pki_path()
         dns = s.dns_sans()
         params = {"alt_names": ",".join(dns), "uri_sans": s.spiffe_id, "ttl": s.vault_pki_ttl}
         cn = dns[0] if dns else name
-        where = f"{mount}/issue/{role}"
-        resp = self._call(name, where, lambda c: c.secrets.pki.generate_certificate(
-            role, cn, extra_params=dict(params), mount_point=mount))
-        d = resp.get("data") or {}
-        cert, key = self._fields(name, where, d, "certificate", "private_key")
+        where = f"{mount}/{op}/{role}"
+        if op == "sign":
+            from .issuer import csr_pem, new_key, private_pem
+
+            own_key = new_key(s.key_type)
+            csr = csr_pem(own_key, cn)
+            resp = self._call(name, where, lambda c: c.secrets.pki.sign_certificate(
+                role, csr, cn, extra_params=dict(params), mount_point=mount))
+            d = resp.get("data") or {}
+            (cert,) = self._fields(name, where, d, "certificate")
+            key = private_pem(own_key).decode()
+        else:
+            resp = self._call(name, where, lambda c: c.secrets.pki.generate_certificate(
+                role, cn, extra_params=dict(params), mount_point=mount))
+            d = resp.get("data") or {}
+            cert, key = self._fields(name, where, d, "certificate", "private_key")
         cas = d.get("ca_chain") or ([d["issuing_ca"]] if d.get("issuing_ca") else [])
         chain = "\n".join([cert.strip(), *[c.strip() for c in cas]]) + "\n"
         m = _validated(where, lambda: material.tls_certificate(chain.encode(), key.encode()))
