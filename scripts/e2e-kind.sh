@@ -24,7 +24,6 @@ kind load docker-image "$IMAGE" --name "$CLUSTER"
 helm install sds charts/sds-injector --namespace "$NS" --create-namespace --wait --timeout 180s \
   --set image.repository="${IMAGE%:*}" --set image.tag=e2e --set image.pullPolicy=Never \
   --set config.images.agent="$IMAGE" --set config.images.pullPolicy=Never \
-  --set-json 'localCA.namespaces=["shop-prod","bank"]' \
   --set-json 'config.namespacePolicy.rules=[{"namespaces":["shop-prod"],"environments":["prod"]},{"namespaces":["bank"],"environments":["dev"]}]'
 helm test sds --namespace "$NS"
 
@@ -44,12 +43,20 @@ names=$(kubectl -n shop-prod get pod "$pod" -o jsonpath='{.spec.initContainers[*
 [ "$names" = "sds-agent sds-envoy" ] || { echo "not injected: $names" >&2; exit 1; }
 kubectl -n shop-prod wait --for=condition=Ready "pod/$pod" --timeout=120s
 
-# A TLS request from inside the cluster: the agent container has Python and the CA.
+# A TLS handshake from inside the pod: Envoy presents the issuer-signed certificate (SPIFFE ID
+# from the service account, DNS names from the Service). Its trust anchor is the prod CA only.
 kubectl -n shop-prod exec "$pod" -c sds-agent -- python -c '
 import socket, ssl
-ctx = ssl.create_default_context(cafile="/etc/sds/local-ca/tls.crt"); ctx.check_hostname = False
+from cryptography import x509
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
 s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", 8443)), server_hostname="cart")
-print("TLS handshake ok, peer", s.getpeercert()["subjectAltName"])'
+cert = x509.load_der_x509_certificate(s.getpeercert(binary_form=True))
+uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+    x509.UniformResourceIdentifier)
+assert uris == ["spiffe://cluster.local/ns/shop-prod/sa/cart"], uris
+print("TLS handshake ok, issuer", cert.issuer.rfc4514_string(), "peer", uris)'
+# The issuer audited that issuance on its stdout.
+kubectl -n "$NS" logs -l app.kubernetes.io/name=sds-injector --tail=-1 | grep -q '"decision":"issued"'
 
 # Cross-namespace isolation: bank may not have prod certificates.
 if kubectl -n bank run intruder --image=python:3.11-slim --restart=Never \

@@ -169,6 +169,7 @@ def test_rendered_webhook_certificate_serves_admission_over_https(procs, tmp_pat
     assert bundle == base64.b64decode(secret["data"]["ca.crt"])
     crt, key = tmp_path / "tls.crt", tmp_path / "tls.key"
     crt.write_bytes(base64.b64decode(secret["data"]["tls.crt"]))
+    (tmp_path / "ca.crt").write_bytes(base64.b64decode(secret["data"]["ca.crt"]))  # WEBHOOK_ISSUER_CA_FILE
     key.write_bytes(base64.b64decode(secret["data"]["tls.key"]))
     from tests.conftest import remember_key
 
@@ -178,7 +179,8 @@ def test_rendered_webhook_certificate_serves_admission_over_https(procs, tmp_pat
     assert "rel-sds-injector.sds-system.svc" in dns
     port = free_port()
     procs.add(Proc([sys.executable, "-m", "webhook", "serve", "--port", str(port), "--cert-file", str(crt),
-                    "--key-file", str(key), "--config", str(ROOT / "examples" / "config.yaml")],
+                    "--key-file", str(key), "--config", str(ROOT / "examples" / "config.yaml"),
+                    "--issuer-ca-file", str(tmp_path / "ca.crt")],
                    tmp_path / "webhook.log").start())
     import ssl
 

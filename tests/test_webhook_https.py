@@ -15,6 +15,7 @@ import yaml
 from tests.conftest import remember_key
 from tests.harness import Proc, free_port, issue, wait_for
 from tests.webhook_util import decode_patch, pod, review
+from sds_sidecar.ca import LocalCA
 
 ROOT = Path(__file__).parent.parent
 CONFIG = ROOT / "examples" / "config.yaml"
@@ -28,7 +29,8 @@ def start_webhook(procs, tmp_path, ca, name="webhook-svc"):
     key.write_bytes(served.key_pem)
     port = free_port()
     p = procs.add(Proc([sys.executable, "-m", "webhook", "serve", "--port", str(port), "--cert-file", str(crt),
-                        "--key-file", str(key), "--config", str(CONFIG)], tmp_path / "webhook.log").start())
+                        "--key-file", str(key), "--config", str(CONFIG), "--issuer-ca-file", str(crt)],
+                       tmp_path / "webhook.log").start())
     ctx = ssl.create_default_context(cadata=ca.cert_pem.decode())
     # Loopback address, but the service name as SNI and for the hostname check.
     client = httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=ctx, timeout=5, headers={"Host": name})
@@ -143,8 +145,13 @@ spec:
           restartPolicy: OnFailure
           containers: [{name: report, image: report:1}]
 """)
-    run = subprocess.run([sys.executable, "-m", "webhook", "inject", "-f", str(manifest), "--config", str(CONFIG)],
-                         capture_output=True, text=True, check=True)
+    ca = tmp_path / "issuer-ca.crt"
+    ca.write_bytes(LocalCA.generate("issuer serving CA").cert_pem)
+    no_ca = subprocess.run([sys.executable, "-m", "webhook", "inject", "-f", str(manifest), "--config", str(CONFIG)],
+                           capture_output=True, text=True)
+    assert no_ca.returncode == 1 and "--issuer-ca FILE" in no_ca.stderr, "agents that cannot start are refused"
+    inject = [sys.executable, "-m", "webhook", "inject", "--config", str(CONFIG), "--issuer-ca", str(ca), "-f"]
+    run = subprocess.run([*inject, str(manifest)], capture_output=True, text=True, check=True)
     docs = list(yaml.safe_load_all(run.stdout))
     assert [d["kind"] for d in docs] == ["ConfigMap", "Deployment", "CronJob"]
     assert 'data: {key: "value  # kept exactly"}' in run.stdout, "unchanged documents pass through untouched"
@@ -154,10 +161,9 @@ spec:
     cron_env = {e["name"]: e.get("value") for e in cron[0]["env"]}
     assert cron_env["SDS_CERTIFICATES"] == "corporate-service-cert"
     # Injecting the output again changes nothing (idempotent).
-    again = subprocess.run([sys.executable, "-m", "webhook", "inject", "-f", "-", "--config", str(CONFIG)],
-                           input=run.stdout, capture_output=True, text=True, check=True)
+    assert cron_env["SDS_ISSUER_CA"] == ca.read_text()
+    again = subprocess.run([*inject, "-"], input=run.stdout, capture_output=True, text=True, check=True)
     assert list(yaml.safe_load_all(again.stdout)) == docs
 
-    denied = subprocess.run([sys.executable, "-m", "webhook", "inject", "-f", str(manifest), "--config",
-                             str(CONFIG), "--namespace", "default"], capture_output=True, text=True)
+    denied = subprocess.run([*inject, str(manifest), "--namespace", "default"], capture_output=True, text=True)
     assert denied.returncode == 1 and "namespace 'default' may not use" in denied.stderr

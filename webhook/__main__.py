@@ -29,12 +29,20 @@ def _inject(args, parser, rest) -> int:
         cfg = load_config(args.config)
         if args.issuer_ca:
             cfg = with_issuer_ca(cfg, args.issuer_ca.read_text())
+        _require_issuer_ca(cfg, "--issuer-ca FILE")
         text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
         sys.stdout.write(inject_text(text, cfg, args.namespace, lambda m: print(m, file=sys.stderr)))
     except (InjectError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _require_issuer_ca(cfg, how: str) -> None:
+    """Agents of the issuer source must be told which CA serves the issuer, else they cannot start."""
+    if cfg.agent.source == "issuer" and not cfg.agent.issuer.ca_bundle.strip():
+        raise ValueError(f"agent.source is issuer but the issuer's serving CA is unknown: give {how} "
+                         "(or agent.issuer.caBundle in the configuration)")
 
 
 def _audit(args) -> int:
@@ -100,6 +108,7 @@ def _serve(rest: list[str]) -> int:
             "configuration reload failed, previous kept: %s", e),
             overlay=(lambda cfg: with_issuer_ca(cfg, ca)) if ca else None)
         issuer_settings = _issuer_settings([]) if settings.issuer else None
+        _require_issuer_ca(store.get(), "WEBHOOK_ISSUER_CA_FILE / --issuer-ca-file")
     except (ValidationError, ValueError, OSError) as e:
         print(f"webhook: invalid configuration:\n{e}", file=sys.stderr)
         return 2
