@@ -55,28 +55,30 @@ class Issuer:
         labels = self.cluster.namespace_labels(caller.namespace)
         return caller, grant(caller, pod, services, labels, self.config(), self.cluster_domain)
 
-    def _refuse(self, e: Refused, name: str, caller: Caller | None) -> None:
-        REFUSED.labels(e.reason).inc()
-        who = {"namespace": caller.namespace, "service_account": caller.service_account,
-               "pod": caller.pod_name} if caller else {}
-        self.audit.record("refused", e.reason, name=name, message=e.message, **who)
-
-    def sign(self, token: str, name: str, csr_pem: str) -> dict:
+    def _authorize(self, token: str, name: str, kind: str, csr_pem: str | None = None):
+        """(grant, the environment's CA, the CSR's key) — or a Refused, audited."""
         caller = None
         try:
             caller, g = self._grant(token)
-            if name not in g.certificates:
-                raise Refused("name_not_allowed", f"certificate {name!r} is not one this pod may have "
-                              f"(its annotations and the namespace policy give {list(g.certificates)})")
-            key = public_key_of(csr_pem)
-            ca = self.authority.ca(g.env)
+            allowed = g.certificates if kind == "certificate" else g.trust_bundles
+            if name not in allowed:
+                raise Refused("name_not_allowed", f"{kind} {name!r} is not one this pod may have (its "
+                              f"annotations and the namespace policy give {list(allowed)})")
+            key = public_key_of(csr_pem) if csr_pem is not None else None
+            try:
+                ca = self.authority.ca(g.env)
+            except KeyError as e:
+                raise Refused("no_ca", f"{e.args[0]}; add it to the issuer's environments", 503) from None
         except Refused as e:
-            self._refuse(e, name, caller)
+            REFUSED.labels(e.reason).inc()
+            who = {"namespace": caller.namespace, "service_account": caller.service_account,
+                   "pod": caller.pod_name} if caller else {}
+            self.audit.record("refused", e.reason, name=name, message=e.message, **who)
             raise
-        except KeyError as e:
-            err = Refused("no_ca", f"{e.args[0]}; add it to the issuer's environments", 503)
-            self._refuse(err, name, caller)
-            raise err from None
+        return g, ca, key
+
+    def sign(self, token: str, name: str, csr_pem: str) -> dict:
+        g, ca, key = self._authorize(token, name, "certificate", csr_pem)
         cert = ca.sign(key, g.common_name, g.dns_names, [g.spiffe_id], g.ips, ttl=self.cert_ttl)
         fingerprint = cert.fingerprint(hashes.SHA256()).hex()
         serial = format(cert.serial_number, "x")
@@ -93,18 +95,5 @@ class Issuer:
                 "serial": serial, "not_after": not_after.isoformat()}
 
     def trust_bundle(self, token: str, name: str) -> dict:
-        caller = None
-        try:
-            caller, g = self._grant(token)
-            if name not in g.trust_bundles:
-                raise Refused("name_not_allowed", f"trust bundle {name!r} is not one this pod may have "
-                              f"(its annotations and the namespace policy give {list(g.trust_bundles)})")
-            bundle = self.authority.bundle(g.env)
-        except Refused as e:
-            self._refuse(e, name, caller)
-            raise
-        except KeyError as e:
-            err = Refused("no_ca", f"{e.args[0]}; add it to the issuer's environments", 503)
-            self._refuse(err, name, caller)
-            raise err from None
-        return {"trust_bundle": bundle.decode(), "env": g.env}
+        g, ca, _ = self._authorize(token, name, "trust bundle")
+        return {"trust_bundle": self.authority.bundle(g.env).decode(), "env": g.env}
