@@ -20,14 +20,14 @@ log = logging.getLogger("sds.renewal")
 
 
 def renew_delay(m: SecretMaterial, s: AgentSettings, at: dt.datetime, rng: random.Random) -> float:
-    """Seconds until `m` should be renewed: when its remaining lifetime falls below
-    fraction*lifetime or below the floor, whichever comes first, with jitter so that
-    thousands of pods issued together do not renew in the same second."""
+    """Seconds until `m` should be renewed: at `fraction` of its lifetime for short-lived
+    certificates, and when `floor` (7 days) remains for long-lived ones — whichever threshold is
+    smaller. Both move smoothly with the lifetime, so Vault's 30 s back-dating cannot switch rules.
+    Jitter spreads thousands of pods issued together."""
     lifetime = m.lifetime.total_seconds()
     threshold = lifetime * s.rotation_fraction
-    # A floor at or above the lifetime would mean "renew at once, forever": ignore it then.
-    if s.rotation_floor_seconds < lifetime:
-        threshold = max(threshold, s.rotation_floor_seconds)
+    if s.rotation_floor_seconds > 0:
+        threshold = min(threshold, s.rotation_floor_seconds)
     threshold *= 1 + rng.uniform(-s.rotation_jitter, s.rotation_jitter)
     threshold = min(threshold, lifetime * 0.95)
     renew_at = m.not_after - dt.timedelta(seconds=threshold)

@@ -48,10 +48,11 @@ class AgentSettings(BaseSettings):
     trust_domain: str = "cluster.local"
     dns_names: NameList = Field(default_factory=list)
 
-    # Rotation: renew when remaining lifetime < fraction*lifetime (jittered) or < floor.
+    # Rotation: renew when the remaining lifetime falls below min(fraction*lifetime, floor),
+    # jittered: half-life for short-lived certificates, 7 days before expiry for long-lived ones.
     rotation_fraction: float = Field(0.5, gt=0, lt=1)
     rotation_jitter: float = Field(0.1, ge=0, lt=0.5)
-    rotation_floor_seconds: float = Field(86400, ge=0)
+    rotation_floor_seconds: float = Field(7 * 86400, ge=0, description="0: fraction only")
     min_refresh_seconds: float = Field(1.0, gt=0)
     static_refresh_seconds: float = Field(300, gt=0, description="re-read of sources that do not issue")
     retry_initial_seconds: float = Field(0.5, gt=0)

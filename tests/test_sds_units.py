@@ -86,10 +86,12 @@ def test_trust_bundle_drops_expired_cas_and_checks_crl(ca):
 
 
 @pytest.mark.parametrize("lifetime_h,floor_h,expect_h", [
-    (48, 24, 24),      # half the lifetime and the floor agree
-    (30, 24, 6),       # the floor comes first: renew 24 h before expiry
-    (1, 24, 0.5),      # floor longer than the lifetime is ignored, not a renewal loop
-    (240, 24, 120),    # half the lifetime comes first
+    (48, 24, 24),              # half the lifetime and the floor agree
+    (30, 24, 15),              # short-lived: at half the lifetime
+    (1, 168, 0.5),             # a floor longer than the lifetime never causes a renewal loop
+    (240, 24, 216),            # long-lived: when the floor (24 h) remains
+    (90 * 24, 168, 83 * 24),   # the seed: 90-day certificates renew 7 days before expiry
+    (24 + 30 / 3600, 168, 12 + 15 / 3600),  # Vault's 30 s back-dating changes nothing
 ])
 def test_rotation_rule(lifetime_h, floor_h, expect_h):
     s = AgentSettings(rotation_floor_seconds=floor_h * 3600, rotation_jitter=0)

