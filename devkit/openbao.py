@@ -94,13 +94,16 @@ class OpenBao:
     def kv(self, mount: str) -> None:
         self.client().sys.enable_secrets_engine("kv", path=mount, options={"version": "2"})
 
-    def token(self, rules: list[str] | str, ttl: str = "1h", renewable: bool = True) -> str:
+    def token(self, rules: list[str] | str, ttl: str = "1h", renewable: bool = True, token_id: str | None = None) -> str:
+        """A policy-limited token; `token_id` makes the same token on several servers (as a
+        replicated Vault cluster would have it)."""
         name = f"p-{secrets.token_hex(4)}"
         hcl = rules if isinstance(rules, str) else "\n".join(
             f'path "{p}" {{ capabilities = ["read", "create", "update", "list"] }}' for p in rules)
         admin = self.client()
         admin.sys.create_or_update_acl_policy(name, hcl)
-        return admin.auth.token.create(policies=[name], ttl=ttl, renewable=renewable)["auth"]["client_token"]
+        return admin.auth.token.create(id=token_id, policies=[name], ttl=ttl,
+                                       renewable=renewable)["auth"]["client_token"]
 
     def pause(self) -> None:  # unresponsive, as a hung server
         os.killpg(self.proc.pid, signal.SIGSTOP)

@@ -83,6 +83,8 @@ class AgentSettings(BaseSettings):
     vault_role: str = "{namespace}-{service_account}"
     vault_token_file: Path = Path("/var/run/secrets/sds-injector/token")  # projected SA token (JWT)
     vault_token: SecretStr | None = None  # token auth, for local use
+    vault_ca_cert: str = Field("", description="CA of Vault's TLS certificate: a file path or the PEM itself")
+    vault_allow_http: bool = Field(False, description="allow http:// addresses (development only)")
     vault_timeout_seconds: float = Field(0.5, gt=0)
     vault_down_seconds: float = Field(5.0, gt=0, description="how long a failed address is skipped")
     vault_mode: Literal["kv", "pki"] = "pki"

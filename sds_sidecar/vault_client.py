@@ -24,13 +24,56 @@ _UNAVAILABLE = (requests.exceptions.Timeout, requests.exceptions.ConnectionError
                 vexc.InternalServerError, vexc.BadGateway, vexc.RateLimitExceeded)
 
 
+def _session(ca_cert: str) -> requests.Session:
+    """One HTTP session for hvac and the health probe alike, trusting `ca_cert` (a file or the
+    PEM itself: a pod gets it inline, with no file to mount) on top of nothing else."""
+    session = requests.Session()
+    if not ca_cert:
+        return session
+    import ssl
+
+    from requests.adapters import HTTPAdapter
+
+    pem = ca_cert if ca_cert.lstrip().startswith("-----BEGIN") else None
+    try:
+        ctx = ssl.create_default_context(cadata=pem) if pem else ssl.create_default_context(cafile=ca_cert)
+    except (ssl.SSLError, OSError, ValueError) as e:
+        raise ValueError(f"vault_ca_cert: not a readable PEM CA certificate ({type(e).__name__})") from None
+
+    class _Adapter(HTTPAdapter):
+        def init_poolmanager(self, *args, **kwargs):
+            kwargs["ssl_context"] = ctx
+            return super().init_poolmanager(*args, **kwargs)
+
+    session.mount("https://", _Adapter())
+    return session
+
+
+def _why(address: str, e: Exception) -> tuple[str, str]:
+    """(reason, what to tell the operator) for an address that could not be used."""
+    if isinstance(e, requests.exceptions.SSLError):
+        return "tls", (f"{address}: TLS verification failed; set SDS_VAULT_CA_CERT (chart: "
+                       "config.agent.vault.caCert) to the CA that signed Vault's certificate")
+    if isinstance(e, vexc.VaultDown):
+        return "sealed", f"{address}: Vault is sealed; unseal it (vault/bao operator unseal)"
+    if isinstance(e, requests.exceptions.Timeout):
+        return "unavailable", f"{address}: no answer within the timeout"
+    return "unavailable", f"{address}: {type(e).__name__}"
+
+
 class VaultClient:
     def __init__(self, settings: AgentSettings, on_switch: Callable[[str, str], None] | None = None):
         if not settings.vault_addresses:
             raise ValueError("the vault source needs vault_addresses")
+        plain = [a for a in settings.vault_addresses if not a.startswith("https://")]
+        if plain and not settings.vault_allow_http:
+            raise ValueError(f"Vault addresses must be https:// (got {plain}); plain http only with "
+                             "SDS_VAULT_ALLOW_HTTP=true, for development")
         self.s = settings
         self.addresses = list(settings.vault_addresses)
-        self.clients = [hvac.Client(url=a, timeout=settings.vault_timeout_seconds) for a in self.addresses]
+        self.session = _session(settings.vault_ca_cert)
+        self.clients = [hvac.Client(url=a, timeout=settings.vault_timeout_seconds, session=self.session)
+                        for a in self.addresses]
         self.down_until = [0.0] * len(self.addresses)
         self.current = 0
         self.token = ""
@@ -42,7 +85,7 @@ class VaultClient:
     # -- failover ----------------------------------------------------------------------------
     def _healthy(self, i: int) -> bool:
         try:
-            r = requests.get(f"{self.addresses[i]}/v1/sys/health", timeout=self.s.vault_timeout_seconds)
+            r = self.session.get(f"{self.addresses[i]}/v1/sys/health", timeout=self.s.vault_timeout_seconds)
             return r.status_code == 200
         except requests.exceptions.RequestException:
             return False
@@ -61,7 +104,7 @@ class VaultClient:
 
     def call(self, what: str, fn: Callable[[hvac.Client], T], auth: bool = True) -> T:
         """Run `fn` against the first usable address, moving down the list on unavailability."""
-        tried = []
+        tried: list[tuple[str, str]] = []
         for i in self._order():
             client = self.clients[i]
             started = time.monotonic()
@@ -72,7 +115,7 @@ class VaultClient:
                 result = fn(client)
             except _UNAVAILABLE as e:
                 self.down_until[i] = time.monotonic() + self.s.vault_down_seconds
-                tried.append(f"{self.addresses[i]}: {type(e).__name__}")
+                tried.append(_why(self.addresses[i], e))
                 log.warning("vault address unavailable, trying the next", extra=logs.kv(
                     address=self.addresses[i], error=type(e).__name__, what=what,
                     ms=round(1000 * (time.monotonic() - started))))
@@ -86,7 +129,10 @@ class VaultClient:
                                                                   to=self.addresses[i]))
                 self.current = i
             return result
-        raise SourceError("unavailable", f"no Vault address answered for {what}: {'; '.join(tried) or 'all marked down'}")
+        reasons = {r for r, _ in tried}
+        reason = reasons.pop() if len(reasons) == 1 else "unavailable"
+        raise SourceError(reason, f"no Vault address answered for {what}: "
+                                  f"{'; '.join(t for _, t in tried) or 'all marked down (retrying when healthy)'}")
 
     # -- auth -------------------------------------------------------------------------------
     def _ensure_token(self, client: hvac.Client) -> None:

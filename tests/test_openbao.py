@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
+import time
 
 import pytest
 
@@ -14,7 +15,7 @@ from devkit.openbao import OpenBao
 from sds_sidecar import material
 from sds_sidecar.renewal import renew_delay
 from sds_sidecar.settings import AgentSettings
-from sds_sidecar.sources.base import SecretSpec
+from sds_sidecar.sources.base import SecretSpec, SourceError
 from sds_sidecar.sources.vault import VaultSource
 
 pytestmark = pytest.mark.vault_real
@@ -39,7 +40,7 @@ def settings(servers, token: str | None = None, **kw) -> AgentSettings:
     servers = servers if isinstance(servers, list) else [servers]
     base = dict(source="vault", vault_addresses=[s.addr for s in servers], vault_auth="token", vault_token=token,
                 namespace="shop", service_account="web", service="web", env="prod", business_line="retail",
-                vault_timeout_seconds=0.5)
+                vault_timeout_seconds=0.5, vault_allow_http=True)
     base.update(kw)
     return AgentSettings(**base)
 
@@ -59,3 +60,39 @@ def test_backdating_does_not_make_a_24h_certificate_renew_early(bao):
     long = m.__class__(**{**m.__dict__, "not_after": m.not_before + dt.timedelta(days=90)})
     d = renew_delay(long, s, long.not_before, random.Random(1))
     assert 80 * 86400 <= d <= 84 * 86400, d / 86400
+
+
+def test_vault_over_tls_with_its_ca_and_https_required(bao, tmp_path):
+    b = bao(tls=True)
+    b.pki("pki_retail")
+    token = b.token(["pki_retail/sign/prod"])
+    # Without Vault's CA: a clear TLS error naming the setting, not "SSLError".
+    with pytest.raises(SourceError) as e:
+        asyncio.run(VaultSource(settings(b, token)).fetch(CERT))
+    assert e.value.reason == "tls" and "SDS_VAULT_CA_CERT" in str(e.value), e.value
+    # With it (a file path or the PEM itself), every request verifies against it.
+    for ca in (str(b.ca_file), b.ca_file.read_text()):
+        assert asyncio.run(VaultSource(settings(b, token, vault_ca_cert=ca)).fetch(CERT)).serial
+    # Plain http only when explicitly allowed.
+    with pytest.raises(Exception, match="https"):
+        VaultSource(settings(b, token, vault_addresses=["http://vault.example:8200"], vault_allow_http=False))
+
+
+def test_https_address_comes_back_after_a_hang(bao):
+    """The /sys/health probe must use Vault's CA too, else an https address never returns."""
+    a, c = bao(tls=True), bao(tls=True)
+    for s in (a, c):
+        s.pki("pki_retail")
+        s.token(["pki_retail/sign/prod"], token_id="replicated-token")
+    ca = a.ca_file.read_text() + c.ca_file.read_text()
+    src = VaultSource(settings([a, c], "replicated-token", vault_ca_cert=ca, vault_down_seconds=0.5))
+    assert asyncio.run(src.fetch(CERT)).serial and src.vault.current == 0
+    a.pause()
+    try:
+        asyncio.run(src.fetch(CERT))
+        assert src.vault.current == 1
+    finally:
+        a.resume()
+    time.sleep(0.6)
+    asyncio.run(src.fetch(CERT))
+    assert src.vault.current == 0, "back on the primary once its health answers over TLS"

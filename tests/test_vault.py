@@ -39,7 +39,7 @@ def vault():
 
 def settings(addresses, tmp_path, **kw) -> AgentSettings:
     base = dict(vault_addresses=[d.addr for d in addresses], namespace="shop", service_account="web",
-                service="web", env="prod", business_line="retail", vault_timeout_seconds=0.5,
+                service="web", env="prod", business_line="retail", vault_timeout_seconds=0.5, vault_allow_http=True,
                 vault_token_file=tmp_path / "token", source="vault")
     base.update(kw)
     return AgentSettings(**base)

@@ -85,7 +85,8 @@ def backend(request, tmp_path):
 def source(backend, token, **kw) -> VaultSource:
     s = AgentSettings(source="vault", vault_addresses=[backend.addr], vault_auth="token", vault_token=token,
                       namespace="shop", service_account="web", service="web", env="prod",
-                      business_line=kw.pop("business_line", "retail"), vault_timeout_seconds=2, **kw)
+                      business_line=kw.pop("business_line", "retail"), vault_timeout_seconds=2,
+                      vault_allow_http=True, **kw)
     return VaultSource(s)
 
 

@@ -29,7 +29,7 @@ def vault_agent(procs, d: VaultDouble, token: str, certificates="server-cert", t
     env = dict(source="vault", certificates=certificates, trust_bundles=trust_bundles, vault_addresses=d.addr,
                vault_auth="token", vault_token=token, namespace="shop", service_account="web", service="web",
                env="prod", business_line="retail", dns_names="localhost", vault_poll_seconds=0.3,
-               retry_initial_seconds=0.2, retry_max_seconds=1, rotation_floor_seconds=0)
+               retry_initial_seconds=0.2, retry_max_seconds=1, rotation_floor_seconds=0, vault_allow_http="true")
     env.update(extra)
     return procs.agent(name, **env)
 

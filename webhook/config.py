@@ -109,6 +109,7 @@ class NamespacePolicy(Strict):
 
 class VaultAgentConfig(Strict):
     addresses: list[str] = Field(default_factory=list)
+    ca_cert: str = Field("", alias="caCert")  # PEM of the CA of Vault's TLS certificate (public)
     auth_mount: str = Field("kubernetes", alias="authMount")
     role: str = "{namespace}-{service_account}"
     mode: Literal["kv", "pki"] = "pki"

@@ -125,6 +125,7 @@ def _vault_parts(sel: Selection, a: AgentConfig) -> Parts:
     _, mounts, volumes = _token_volume(v.token_audience)
     env = [
         {"name": "SDS_VAULT_ADDRESSES", "value": ",".join(v.addresses)},
+        {"name": "SDS_VAULT_CA_CERT", "value": v.ca_cert},
         {"name": "SDS_VAULT_AUTH_MOUNT", "value": v.auth_mount},
         {"name": "SDS_VAULT_ROLE", "value": v.role},
         {"name": "SDS_VAULT_MODE", "value": v.mode},
