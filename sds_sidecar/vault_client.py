@@ -134,6 +134,19 @@ class VaultClient:
         raise SourceError(reason, f"no Vault address answered for {what}: "
                                   f"{'; '.join(t for _, t in tried) or 'all marked down (retrying when healthy)'}")
 
+    def token_policies(self) -> list[str] | None:
+        """The current token's policies, or None when Vault does not accept the token (which
+        also drops it, so the next call logs in again at once)."""
+        try:
+            client = self.clients[self.current]
+            client.token = self.token
+            return list(client.auth.token.lookup_self()["data"].get("policies") or [])
+        except vexc.Forbidden:
+            self.token, self.token_expires = "", 0.0
+            return None
+        except (vexc.VaultError, requests.exceptions.RequestException):
+            return []
+
     # -- auth -------------------------------------------------------------------------------
     def _ensure_token(self, client: hvac.Client) -> None:
         with self._lock:
@@ -180,7 +193,9 @@ class VaultClient:
             from . import metrics
 
             metrics.VAULT_AUTH_FAILURES.inc()
-            raise SourceError("auth_failed", f"Vault kubernetes login as role {role!r} at auth/"
-                                             f"{s.vault_auth_mount} failed: {type(e).__name__}") from None
+            said = "; ".join(str(x)[:300] for x in (e.errors or [])) or type(e).__name__
+            raise SourceError("auth_failed", f"Vault login as role {role!r} at auth/{s.vault_auth_mount} failed: "
+                                             f"{said} (check the role's bound service account and namespace, "
+                                             "its audience, and the auth method's TokenReview access)") from None
         self._took(resp["auth"])
         log.info("vault login", extra=logs.kv(role=role, ttl=self.token_ttl))

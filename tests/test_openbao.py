@@ -96,3 +96,37 @@ def test_https_address_comes_back_after_a_hang(bao):
     time.sleep(0.6)
     asyncio.run(src.fetch(CERT))
     assert src.vault.current == 0, "back on the primary once its health answers over TLS"
+
+
+def test_each_failure_names_what_is_wrong_and_what_to_change(bao, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    b = bao()
+    b.pki("pki_retail", role_params={"max_ttl": "1h"})
+    b.client().sys.enable_secrets_engine("pki", path="pki_empty")  # a mount with no CA yet
+    good = b.token(["pki_retail/sign/prod"])
+
+    def failure(token, **kw) -> SourceError:
+        with pytest.raises(SourceError) as e:
+            asyncio.run(VaultSource(settings(b, token, **kw)).fetch(kw.pop("spec", CERT)))
+        return e.value
+
+    e = failure("not-a-token")
+    assert e.reason == "auth_failed" and "token" in str(e) and "invalid or expired" in str(e), e
+    e = failure(b.token(["pki_other/sign/prod"]))
+    assert e.reason == "permission_denied" and "pki_retail/sign/prod" in str(e) and "policies" in str(e), e
+    e = failure(b.token(["pki_nothing/sign/prod"]), vault_pki_path="pki_nothing/sign/{env}")
+    assert e.reason == "missing" and "pki_nothing" in str(e), e
+    with pytest.raises(SourceError) as err:
+        asyncio.run(VaultSource(settings(b, good, vault_pki_path="pki_empty/sign/{env}")).fetch(TRUST))
+    assert err.value.reason == "no_ca" and "pki_empty" in str(err.value) and "root" in str(err.value), err.value
+    # A TTL capped by the role's max_ttl is said, with the role to change.
+    caplog.clear()
+    m = asyncio.run(VaultSource(settings(b, good, vault_pki_ttl="24h")).fetch(CERT))
+    assert m.lifetime.total_seconds() < 2 * 3600
+    assert any("max_ttl" in r.getMessage() and "pki_retail" in r.getMessage() for r in caplog.records)
+    # Sealed: not "VaultDown".
+    b.cli("operator", "seal")
+    e = failure(good)
+    assert e.reason == "sealed" and "unseal" in str(e), e

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Iterable
 
@@ -14,7 +15,7 @@ from hvac import exceptions as vexc
 
 from .. import logs, material
 from ..settings import AgentSettings
-from ..validation import InvalidSecret, parse_certificates
+from ..validation import InvalidSecret, now, parse_certificates
 from ..vault_client import VaultClient
 from .base import SecretSpec, Source, SourceError
 
@@ -35,6 +36,7 @@ class VaultSource(Source):
         self.served_serial: dict[str, int] = {}
         self.seen: dict[str, str] = {}  # trust bundle name -> CA chain + CRL text last served
         self.ca_history: dict[str, dict[str, tuple[bytes, float | None]]] = {}  # fp -> (pem, retired_at)
+        self._capped_warned: dict[str, int] = {}
 
     def issues(self, spec: SecretSpec) -> bool:
         return self.s.vault_mode == "pki" and spec.kind == material.TLS_CERTIFICATE
@@ -70,15 +72,27 @@ class VaultSource(Source):
         try:
             return self.vault.call(where, fn, auth)
         except vexc.Forbidden:
-            raise SourceError("permission_denied", f"{name}: Vault denied access to {where}; the role's policy "
-                                                   "does not allow this path (namespace isolation)") from None
+            raise self._forbidden(name, where) from None
         except vexc.InvalidPath:
-            raise SourceError("missing", f"{name}: nothing at {where}") from None
+            raise SourceError("missing", f"{name}: {where} does not exist in Vault (no such mount, role or "
+                                         "entry); create it or fix the path setting") from None
         except vexc.InvalidRequest as e:
             raise SourceError("rejected", f"{name}: Vault rejected the request to {where}: "
                                           f"{'; '.join(e.errors or []) or 'invalid request'}") from None
         except vexc.VaultError as e:
             raise SourceError("vault_error", f"{name}: Vault error {type(e).__name__} at {where}") from None
+
+    def _forbidden(self, name: str, where: str) -> SourceError:
+        """Vault says "permission denied" for a bad token and for a missing policy alike: ask
+        which one it is, so the message sends the operator to the right place."""
+        policies = self.vault.token_policies()
+        if policies is None:
+            return SourceError("auth_failed", f"{name}: Vault refused the token at {where}: it is invalid or "
+                                              "expired (token auth: set a valid SDS_VAULT_TOKEN; kubernetes "
+                                              "auth: the agent logs in again)")
+        return SourceError("permission_denied", f"{name}: Vault denied access to {where}: the token's policies "
+                                                f"{policies} do not allow this path (namespace isolation); "
+                                                "grant it in the role's policy if this pod should have it")
 
     def _kv_read(self, name: str) -> tuple[dict, int, str]:
         mount, path = self.s.vault_kv_mount, self.kv_path(name)
@@ -142,7 +156,19 @@ class VaultSource(Source):
         chain = "\n".join([cert.strip(), *[c.strip() for c in cas]]) + "\n"
         m = _validated(where, lambda: material.tls_certificate(chain.encode(), key.encode()))
         self.served_serial[name] = int(m.serial, 16)
+        self._check_ttl(name, where, m)
         return m
+
+    def _check_ttl(self, name: str, where: str, m: material.SecretMaterial) -> None:
+        """Vault silently caps a TTL at the role's or mount's max_ttl: say so, once."""
+        asked = _duration_seconds(self.s.vault_pki_ttl)
+        got = (m.not_after - now()).total_seconds()
+        if asked and got < asked - 60 and self._capped_warned.get(name) != int(got // 60):
+            self._capped_warned[name] = int(got // 60)
+            mount, _, role = self._pki_path()
+            log.warning("Vault issued a shorter certificate than asked: the TTL is capped by max_ttl of %s/roles/%s "
+                        "(or of the mount); raise it or lower pkiTTL", mount, role,
+                        extra=logs.kv(name=name, path=where, asked_seconds=asked, got_seconds=round(got)))
 
     def _crl(self, name: str, mount: str, memo: dict | None = None) -> bytes:
         if memo is not None and mount in memo:
@@ -161,6 +187,9 @@ class VaultSource(Source):
         mount, _ = self.pki_mount_role()
         ca = self._call(name, f"{mount}/ca_chain",
                         lambda c: c.secrets.pki.read_ca_certificate_chain(mount_point=mount), auth=False)
+        if not isinstance(ca, str) or not ca.strip():
+            raise SourceError("no_ca", f"{name}: PKI mount {mount} has no CA certificate yet; generate or import "
+                                       f"one ({mount}/root/generate/internal, or {mount}/intermediate/set-signed)")
         crl = self._crl(name, mount, crl_memo) if self.s.vault_crl else b""
         return ca.encode(), crl, f"{mount}/ca_chain"
 
@@ -227,6 +256,14 @@ class VaultSource(Source):
                 # The fetch path reports failures with full context; polling just skips this round.
                 log.debug("vault poll skipped", extra=logs.kv(name=spec.name, error=type(e).__name__))
         return out
+
+
+def _duration_seconds(text: str) -> float:
+    """Vault's duration strings ("24h", "90m", "1h30m", "3600s", "3600")."""
+    if text.isdigit():
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([dhms])", text)
+    return sum(float(n) * {"d": 86400, "h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
 
 
 def _validated(where: str, build):
