@@ -206,6 +206,10 @@ class VaultDouble:
             return self._send(h, 200, {"auth": {"client_token": h.headers["X-Vault-Token"],
                                                 "lease_duration": token.ttl, "renewable": True,
                                                 "policies": ["default"]}})
+        if rel == "auth/token/lookup-self" and method == "GET":
+            # Vault lists policy names; the double's policies are the path globs themselves.
+            return self._send(h, 200, {"data": {"policies": list(token.policies), "ttl": token.ttl,
+                                                "renewable": True}})
         if not any(fnmatch.fnmatchcase(rel, p) for p in token.policies):
             return self._errors(h, 403, "1 error occurred:\n\t* permission denied\n\n")
         for mount, paths in self.kv.items():
