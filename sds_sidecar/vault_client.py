@@ -176,8 +176,18 @@ class VaultClient:
         if s.vault_auth == "token":
             if s.vault_token is None:
                 raise SourceError("auth_failed", "vault_auth=token but no vault_token is set")
-            self.token, self.token_ttl = s.vault_token.get_secret_value(), 10**9
-            self.token_expires = time.monotonic() + self.token_ttl
+            # A given token has a TTL too: learn it, so it is renewed like a login's.
+            client.token = s.vault_token.get_secret_value()
+            try:
+                data = client.auth.token.lookup_self()["data"]
+            except vexc.Forbidden:
+                raise SourceError("auth_failed", "Vault refused SDS_VAULT_TOKEN: it is invalid or expired") from None
+            ttl = float(data.get("ttl") or 0)
+            self.token = client.token
+            self.token_ttl = ttl if ttl > 0 and data.get("renewable") else 10**9  # 0: never expires
+            self.token_expires = time.monotonic() + (ttl if ttl > 0 else 10**9)
+            if ttl > 0 and not data.get("renewable"):
+                log.warning("SDS_VAULT_TOKEN is not renewable and expires in %.0f s", ttl)
             return
         role = s.vault_role.format(**s.template_values())
         try:

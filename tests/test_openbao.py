@@ -130,3 +130,58 @@ def test_each_failure_names_what_is_wrong_and_what_to_change(bao, caplog):
     b.cli("operator", "seal")
     e = failure(good)
     assert e.reason == "sealed" and "unseal" in str(e), e
+
+
+def test_token_auth_is_renewed_before_it_expires(bao):
+    b = bao()
+    b.pki("pki_retail")
+    token = b.token(["pki_retail/sign/prod"], ttl="4s")
+    src = VaultSource(settings(b, token))
+    asyncio.run(src.fetch(CERT))
+    time.sleep(3.0)  # past two thirds of the token's 4 s
+    asyncio.run(src.fetch(CERT))
+    time.sleep(2.5)  # past the original expiry: only a renewed token still works
+    assert asyncio.run(src.fetch(CERT)).serial
+    assert b.client(token).auth.token.lookup_self()["data"]["ttl"] > 0
+
+
+@pytest.fixture
+def kube_auth(bao, tmp_path):
+    """OpenBao's kubernetes auth, reviewing tokens against the Kubernetes API double."""
+    from devkit.kube_api import API_TOKEN, KubeAPI
+
+    kube = KubeAPI().start()
+    b = bao()
+    b.pki("pki_retail")
+    admin = b.client()
+    admin.sys.enable_auth_method("kubernetes")
+    from sds_sidecar.ca import LocalCA
+
+    admin.write("auth/kubernetes/config", kubernetes_host=kube.url, token_reviewer_jwt=API_TOKEN,
+                disable_local_ca_jwt=True, kubernetes_ca_cert=LocalCA.generate().cert_pem.decode())
+    admin.sys.create_or_update_acl_policy("shop-web", 'path "pki_retail/sign/prod" { capabilities = ["update"] }')
+    admin.write("auth/kubernetes/role/shop-web", bound_service_account_names="web",
+                bound_service_account_namespaces="shop", audience="vault", token_policies="shop-web", token_ttl="6s")
+    pod = kube.add_pod("shop", "web-1", "web")
+    yield b, kube, pod, tmp_path / "token"
+    kube.stop()
+
+
+def test_kubernetes_login_and_fresh_login_when_renewal_is_refused(kube_auth):
+    """The kubelet rotates the projected token; Vault reviews the *old* one on renewal and
+    refuses it: the agent must log in again at once with the new file, not back off."""
+    b, kube, pod, token_file = kube_auth
+    token_file.write_text(kube.mint(pod, audience="vault", ttl=3))
+    src = VaultSource(settings(b, vault_auth="kubernetes", vault_token_file=token_file))
+    assert asyncio.run(src.fetch(CERT)).serial
+    time.sleep(4.2)  # the first token has expired; the Vault token is past 2/3 of its 6 s
+    token_file.write_text(kube.mint(pod, audience="vault", ttl=600))
+    t0 = time.monotonic()
+    assert asyncio.run(src.fetch(CERT)).serial
+    assert time.monotonic() - t0 < 1.5
+    # A refused login says why, with Vault's own words.
+    token_file.write_text(kube.mint(pod, audience="not-vault"))
+    src.vault.token = ""
+    with pytest.raises(SourceError) as e:
+        asyncio.run(src.fetch(CERT))
+    assert e.value.reason == "auth_failed" and "shop-web" in str(e.value) and "audience" in str(e.value).lower()
