@@ -90,6 +90,14 @@ class VaultClient:
         except requests.exceptions.RequestException:
             return False
 
+    def any_healthy(self) -> bool:
+        """True once any address reports itself active (it is then usable again at once)."""
+        for i in range(len(self.addresses)):
+            if self._healthy(i):
+                self.down_until[i] = 0.0
+                return True
+        return False
+
     def _order(self) -> list[int]:
         now = time.monotonic()
         usable = [i for i in range(len(self.addresses)) if self.down_until[i] <= now]

@@ -185,3 +185,38 @@ def test_kubernetes_login_and_fresh_login_when_renewal_is_refused(kube_auth):
     with pytest.raises(SourceError) as e:
         asyncio.run(src.fetch(CERT))
     assert e.value.reason == "auth_failed" and "shop-web" in str(e.value) and "audience" in str(e.value).lower()
+
+
+def test_recovery_follows_vaults_return_within_two_seconds(bao):
+    """With the shipped retry settings, the agent's backoff had grown to tens of seconds by the
+    time Vault came back; a health probe while failing brings it back at once."""
+    from sds_sidecar.cache import SecretCache
+    from sds_sidecar.renewal import Renewer
+
+    b = bao()
+    b.pki("pki_retail")
+    s = settings(b, b.token(["pki_retail/sign/prod"]), vault_pki_ttl="1h")
+    src = VaultSource(s)
+
+    async def scenario() -> float:
+        r = Renewer(s, SecretCache(), [CERT], {CERT.name: src}, rng=random.Random(7))
+        await r.start()
+        try:
+            while r.cache.get(CERT.name) is None:
+                await asyncio.sleep(0.05)
+            b.pause()
+            r.trigger(CERT.name)  # a renewal falls into the outage
+            await asyncio.sleep(8)
+            assert r.failing, "the outage was noticed"
+            b.resume()
+            t0 = time.monotonic()
+            while r.failing:
+                await asyncio.sleep(0.05)
+                assert time.monotonic() - t0 < 30
+            return time.monotonic() - t0
+        finally:
+            b.resume()
+            await r.stop()
+
+    recovered = asyncio.run(scenario())
+    assert recovered < 2.0, f"recovered {recovered:.1f} s after Vault came back"

@@ -22,6 +22,10 @@ from .base import SecretSpec, Source, SourceError
 log = logging.getLogger("sds.vault")
 
 
+PROBE_SECONDS = 1.0  # health probe period during an outage
+_OUTAGE = ("unavailable", "sealed")
+
+
 def _serial_int(serial: str) -> int:
     return int(serial.replace(":", "").replace("-", ""), 16)
 
@@ -37,6 +41,8 @@ class VaultSource(Source):
         self.seen: dict[str, str] = {}  # trust bundle name -> CA chain + CRL text last served
         self.ca_history: dict[str, dict[str, tuple[bytes, float | None]]] = {}  # fp -> (pem, retired_at)
         self._capped_warned: dict[str, int] = {}
+        self.pending: set[str] = set()  # names whose last fetch met an outage
+        self._outage = asyncio.Event()
 
     def issues(self, spec: SecretSpec) -> bool:
         return self.s.vault_mode == "pki" and spec.kind == material.TLS_CERTIFICATE
@@ -61,7 +67,16 @@ class VaultSource(Source):
 
     # -- fetch ------------------------------------------------------------------------------
     async def fetch(self, spec: SecretSpec) -> material.SecretMaterial:
-        return await asyncio.to_thread(self._fetch, spec)
+        try:
+            m = await asyncio.to_thread(self._fetch, spec)
+        except SourceError as e:
+            if e.reason in _OUTAGE:
+                # Retried when a health probe sees Vault back, not when the backoff runs out.
+                self.pending.add(spec.name)
+                self._outage.set()
+            raise
+        self.pending.discard(spec.name)
+        return m
 
     def _fetch(self, spec: SecretSpec) -> material.SecretMaterial:
         if spec.kind == material.VALIDATION_CONTEXT:
@@ -220,11 +235,26 @@ class VaultSource(Source):
 
     # -- change detection -------------------------------------------------------------------
     async def changes(self, specs: Iterable[SecretSpec]) -> AsyncIterator[str]:
+        """Names to fetch again: those the periodic poll finds changed, and — probed every
+        second during an outage — those that failed, as soon as an address is healthy again."""
         specs = list(specs)
+        next_poll = time.monotonic() + self.s.vault_poll_seconds
         while True:
-            await asyncio.sleep(self.s.vault_poll_seconds)
-            for name in await asyncio.to_thread(self._poll, specs):
-                yield name
+            wait = max(0.0, next_poll - time.monotonic())
+            if self.pending:
+                wait = min(wait, PROBE_SECONDS)
+            try:
+                await asyncio.wait_for(self._outage.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+            self._outage.clear()
+            if self.pending and await asyncio.to_thread(self.vault.any_healthy):
+                for name in sorted(self.pending):
+                    yield name
+            if time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + self.s.vault_poll_seconds
+                for name in await asyncio.to_thread(self._poll, specs):
+                    yield name
 
     def _poll(self, specs: list[SecretSpec]) -> list[str]:
         out = []
