@@ -189,7 +189,7 @@ class VaultClient:
             try:
                 data = client.auth.token.lookup_self()["data"]
             except vexc.Forbidden:
-                raise SourceError("auth_failed", "Vault refused SDS_VAULT_TOKEN: it is invalid or expired") from None
+                raise SourceError("auth_failed", "Vault refused the token (SDS_VAULT_TOKEN): it is invalid or expired") from None
             ttl = float(data.get("ttl") or 0)
             self.token = client.token
             self.token_ttl = ttl if ttl > 0 and data.get("renewable") else 10**9  # 0: never expires
