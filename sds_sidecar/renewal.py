@@ -13,7 +13,7 @@ from . import logs, metrics
 from .cache import SecretCache
 from .material import SecretMaterial
 from .settings import AgentSettings
-from .sources.base import SecretSpec, Source, SourceError
+from .sources.base import WITHDRAWN, SecretSpec, Source, SourceError
 from .validation import InvalidSecret, now
 
 log = logging.getLogger("sds.renewal")
@@ -69,8 +69,10 @@ class Renewer:
                 missing.append(name)
             elif entry.material.not_after and entry.material.not_after <= at:
                 expired.append(name)
+        withdrawn = [n for n, reason in self.failing.items() if reason in WITHDRAWN]
         return {
-            "ready": not missing and not expired,
+            "ready": not missing and not expired and not withdrawn,
+            "withdrawn": withdrawn,
             "degraded": bool(self.failing),
             "missing": missing,
             "expired": expired,

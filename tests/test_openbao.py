@@ -220,3 +220,54 @@ def test_recovery_follows_vaults_return_within_two_seconds(bao):
 
     recovered = asyncio.run(scenario())
     assert recovered < 2.0, f"recovered {recovered:.1f} s after Vault came back"
+
+
+def test_kv_deletes_and_destroys_are_noticed_at_the_next_poll(bao, ca):
+    from sds_sidecar.cache import SecretCache
+    from sds_sidecar.renewal import Renewer
+    from tests.conftest import remember_key
+    from tests.harness import issue
+
+    b = bao()  # dev servers mount KV v2 at secret/
+    kv = b.client().secrets.kv.v2
+    pairs = [issue(ca) for _ in range(3)]
+    for p in pairs:
+        remember_key(p.key_pem)
+
+    def put(p):
+        kv.create_or_update_secret("shop/web-cert", {"certificate": p.chain_pem.decode(),
+                                                     "private_key": p.key_pem.decode()}, mount_point="secret")
+    put(pairs[0])
+    s = settings(b, b.token(["secret/data/shop/*", "secret/metadata/shop/*"]), vault_mode="kv",
+                 vault_poll_seconds=0.3)
+    src = VaultSource(s)
+
+    async def until(r, what, cond, timeout=5.0):
+        t0 = time.monotonic()
+        while not cond():
+            assert time.monotonic() - t0 < timeout, f"not seen within {timeout}s: {what}"
+            await asyncio.sleep(0.05)
+
+    async def scenario():
+        r = Renewer(s, SecretCache(), [CERT], {CERT.name: src})
+        await r.start()
+        try:
+            await until(r, "loaded", lambda: r.status()["ready"])
+            kv.delete_latest_version_of_secret("shop/web-cert", mount_point="secret")
+            await until(r, "soft delete", lambda: r.failing.get(CERT.name) == "deleted")
+            assert not r.status()["ready"] and r.cache.get(CERT.name), "not ready, but still serving"
+            put(pairs[1])
+            await until(r, "new version", lambda: r.status()["ready"])
+            version = kv.read_secret_metadata("shop/web-cert", mount_point="secret")["data"]["current_version"]
+            kv.destroy_secret_versions("shop/web-cert", [version], mount_point="secret")
+            await until(r, "destroy", lambda: r.failing.get(CERT.name) == "deleted")
+            put(pairs[2])
+            await until(r, "new version", lambda: r.status()["ready"])
+            kv.delete_metadata_and_all_versions("shop/web-cert", mount_point="secret")
+            await until(r, "metadata delete", lambda: r.failing.get(CERT.name) == "missing")
+            assert not r.status()["ready"] and r.cache.get(CERT.name).material.serial == format(
+                pairs[2].certificate.serial_number, "x")
+        finally:
+            await r.stop()
+
+    asyncio.run(scenario())

@@ -14,12 +14,18 @@ class SecretSpec:
     kind: str  # material.TLS_CERTIFICATE | material.VALIDATION_CONTEXT
 
 
+# Reasons meaning "the source says this secret no longer exists" (not an outage): the cached
+# version keeps being served, but the agent reports itself not ready.
+WITHDRAWN = ("deleted", "missing")
+
+
 class SourceError(Exception):
     """The source could not deliver; `reason` is a short metric label. Never carries key material."""
 
-    def __init__(self, reason: str, message: str):
+    def __init__(self, reason: str, message: str, detail: dict | None = None):
         super().__init__(message)
         self.reason = reason
+        self.detail = detail or {}  # the source's own answer, when the caller may need it
 
 
 class Source(abc.ABC):

@@ -88,9 +88,10 @@ class VaultSource(Source):
             return self.vault.call(where, fn, auth)
         except vexc.Forbidden:
             raise self._forbidden(name, where) from None
-        except vexc.InvalidPath:
+        except vexc.InvalidPath as e:
             raise SourceError("missing", f"{name}: {where} does not exist in Vault (no such mount, role or "
-                                         "entry); create it or fix the path setting") from None
+                                         "entry); create it or fix the path setting",
+                              detail=e.json if isinstance(e.json, dict) else None) from None
         except vexc.InvalidRequest as e:
             raise SourceError("rejected", f"{name}: Vault rejected the request to {where}: "
                                           f"{'; '.join(e.errors or []) or 'invalid request'}") from None
@@ -112,8 +113,15 @@ class VaultSource(Source):
     def _kv_read(self, name: str) -> tuple[dict, int, str]:
         mount, path = self.s.vault_kv_mount, self.kv_path(name)
         where = f"{mount}/data/{path}"
-        resp = self._call(name, where, lambda c: c.secrets.kv.v2.read_secret_version(
-            path=path, mount_point=mount, raise_on_deleted_version=False))
+        try:
+            resp = self._call(name, where, lambda c: c.secrets.kv.v2.read_secret_version(
+                path=path, mount_point=mount, raise_on_deleted_version=False))
+        except SourceError as e:
+            # A destroyed version is a 404 with its metadata, which hvac does not pass through.
+            meta = (e.detail.get("data") or {}).get("metadata") or {}
+            if e.reason != "missing" or not meta.get("destroyed"):
+                raise
+            resp = {"data": {"data": None, "metadata": meta}}
         data, meta = resp["data"].get("data"), resp["data"]["metadata"]
         if data is None or meta.get("deletion_time"):
             state = "destroyed" if meta.get("destroyed") else "deleted"
@@ -256,16 +264,26 @@ class VaultSource(Source):
                 for name in await asyncio.to_thread(self._poll, specs):
                     yield name
 
+    def _kv_changed(self, name: str) -> bool:
+        """A new version, or the served one deleted or destroyed, or the whole entry gone."""
+        mount, path = self.s.vault_kv_mount, self.kv_path(name)
+        try:
+            meta = self.vault.call(f"{mount}/metadata/{path}", lambda c: c.secrets.kv.v2.read_secret_metadata(
+                path=path, mount_point=mount))["data"]
+        except vexc.InvalidPath:
+            return True  # `kv metadata delete`: the fetch reports it as missing
+        current = int(meta["current_version"])
+        latest = (meta.get("versions") or {}).get(str(current)) or {}
+        gone = bool(latest.get("deletion_time")) or bool(latest.get("destroyed"))
+        return current != self.kv_versions.get(name) or gone
+
     def _poll(self, specs: list[SecretSpec]) -> list[str]:
         out = []
         crl_memo: dict[str, bytes] = {}  # one CRL read per mount and round, shared by all names
         for spec in specs:
             try:
                 if self.s.vault_mode == "kv":
-                    mount, path = self.s.vault_kv_mount, self.kv_path(spec.name)
-                    meta = self.vault.call(f"{mount}/metadata/{path}", lambda c: c.secrets.kv.v2.read_secret_metadata(
-                        path=path, mount_point=mount))
-                    if int(meta["data"]["current_version"]) != self.kv_versions.get(spec.name):
+                    if self._kv_changed(spec.name):
                         out.append(spec.name)
                     continue
                 mount, _ = self.pki_mount_role()
