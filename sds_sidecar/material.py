@@ -60,6 +60,9 @@ class SecretMaterial:
         ctx = common_pb2.CertificateValidationContext(trusted_ca={"inline_bytes": self.trusted_ca})
         if self.crl:
             ctx.crl.inline_bytes = self.crl
+            # Only the leaf's issuer's CRL: with a root + intermediate, the root's CRL lives on
+            # another mount and Envoy would refuse every peer for want of it.
+            ctx.only_verify_leaf_cert_crl = True
         return secret_pb2.Secret(name=name, validation_context=ctx)
 
 
@@ -101,7 +104,7 @@ def validation_context(ca_pem: bytes, crl_pem: bytes = b"", at: dt.datetime | No
     if not live:
         raise v.InvalidSecret("expired", "trust bundle: every CA has expired")
     if crl_pem:
-        v.check_crl(crl_pem, live)
+        crl_pem = v.check_crl(crl_pem, live)
     bundle = _pem(live)
     first = live[0]
     return SecretMaterial(

@@ -73,11 +73,21 @@ def to_pkcs8(key) -> bytes:
     )
 
 
-def check_crl(pem: bytes, issuers: list[x509.Certificate]) -> x509.CertificateRevocationList:
-    try:
-        crl = x509.load_pem_x509_crl(pem)
-    except ValueError:
-        raise InvalidSecret("bad_crl", "CRL: not a PEM CRL") from None
-    if not any(crl.issuer == ca.subject and crl.is_signature_valid(ca.public_key()) for ca in issuers):
+def check_crl(pem: bytes, issuers: list[x509.Certificate]) -> bytes:
+    """One or more PEM CRLs: each must parse; those signed by a trusted CA are kept (a mount's
+    retired issuers may have CRLs for CAs no longer trusted), at least one must be."""
+    end = b"-----END X509 CRL-----"
+    blocks = [b.strip() + b"\n" + end + b"\n" for b in pem.split(end) if b"-----BEGIN X509 CRL-----" in b]
+    if not blocks:
+        raise InvalidSecret("bad_crl", "CRL: not a PEM CRL")
+    kept = []
+    for block in blocks:
+        try:
+            crl = x509.load_pem_x509_crl(block)
+        except ValueError:
+            raise InvalidSecret("bad_crl", "CRL: not a PEM CRL") from None
+        if any(crl.issuer == ca.subject and crl.is_signature_valid(ca.public_key()) for ca in issuers):
+            kept.append(block)
+    if not kept:
         raise InvalidSecret("bad_crl", "CRL: not signed by any trusted CA")
-    return crl
+    return b"".join(kept)

@@ -90,6 +90,15 @@ class VaultClient:
         except requests.exceptions.RequestException:
             return False
 
+    def get_text(self, path: str) -> str | None:
+        """An unauthenticated GET on the address in use; None for any failure. For optional
+        reads (one issuer's CRL) whose failure says nothing about the address's health."""
+        try:
+            r = self.session.get(f"{self.addresses[self.current]}{path}", timeout=self.s.vault_timeout_seconds)
+        except requests.exceptions.RequestException:
+            return None
+        return r.text if r.status_code == 200 else None
+
     def any_healthy(self) -> bool:
         """True once any address reports itself active (it is then usable again at once)."""
         for i in range(len(self.addresses)):

@@ -264,7 +264,7 @@ def test_kv_deletes_and_destroys_are_noticed_at_the_next_poll(bao, ca):
             put(pairs[2])
             await until(r, "new version", lambda: r.status()["ready"])
             kv.delete_metadata_and_all_versions("shop/web-cert", mount_point="secret")
-            await until(r, "metadata delete", lambda: r.failing.get(CERT.name) == "missing")
+            await until(r, "metadata delete", lambda: r.failing.get(CERT.name) == "deleted")
             assert not r.status()["ready"] and r.cache.get(CERT.name).material.serial == format(
                 pairs[2].certificate.serial_number, "x")
         finally:

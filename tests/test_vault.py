@@ -193,7 +193,9 @@ def test_kv_errors_are_distinct_clear_and_keep_the_old_secret(vault, tmp_path, c
     assert any("denied access to secret/data/shop/web-cert" in rec.getMessage() for rec in caplog.records)
     d.kv["secret"].clear()
     d.tokens[src.s.vault_token.get_secret_value()].policies = ["*"]
-    assert not refresh() and r.failing == {CERT.name: "missing"}
+    # Served before, now gone with all its versions: deleted (the agent reports not ready).
+    assert not refresh() and r.failing == {CERT.name: "deleted"} and not r.status()["ready"]
+    assert any("deleted with all its versions" in rec.getMessage() for rec in caplog.records)
     assert cache.get(CERT.name).material.serial == format(good.certificate.serial_number, "x")
 
 

@@ -14,9 +14,9 @@ class SecretSpec:
     kind: str  # material.TLS_CERTIFICATE | material.VALIDATION_CONTEXT
 
 
-# Reasons meaning "the source says this secret no longer exists" (not an outage): the cached
-# version keeps being served, but the agent reports itself not ready.
-WITHDRAWN = ("deleted", "missing")
+# Reasons meaning "the source says this secret was deleted" (not an outage, not a transient
+# gap): the cached version keeps being served, but the agent reports itself not ready.
+WITHDRAWN = ("deleted",)
 
 
 class SourceError(Exception):

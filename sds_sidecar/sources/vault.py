@@ -119,6 +119,9 @@ class VaultSource(Source):
         except SourceError as e:
             # A destroyed version is a 404 with its metadata, which hvac does not pass through.
             meta = (e.detail.get("data") or {}).get("metadata") or {}
+            if e.reason == "missing" and name in self.kv_versions and not meta:
+                raise SourceError("deleted", f"{name}: the entry at {where}, served before, was deleted with all "
+                                             "its versions; the cached secret stays until it expires") from None
             if e.reason != "missing" or not meta.get("destroyed"):
                 raise
             resp = {"data": {"data": None, "metadata": meta}}
@@ -194,9 +197,23 @@ class VaultSource(Source):
                         extra=logs.kv(name=name, path=where, asked_seconds=asked, got_seconds=round(got)))
 
     def _crl(self, name: str, mount: str, memo: dict | None = None) -> bytes:
+        """The CRLs of every issuer of the mount (a mount in a CA rollover has two), concatenated:
+        `{mount}/crl/pem` is only the default issuer's."""
         if memo is not None and mount in memo:
             return memo[mount]
-        text = self._call(name, f"{mount}/crl/pem", lambda c: c.secrets.pki.read_crl(mount_point=mount), auth=False)
+        try:
+            listed = self._call(name, f"{mount}/issuers", lambda c: c.adapter.list(f"/v1/{mount}/issuers"),
+                                auth=False)
+            refs = list(((listed or {}).get("data") or {}).get("keys") or [])
+        except SourceError:
+            refs = []  # a Vault without multiple issuers
+        if refs:
+            # An issuer without a key (a root imported beside its intermediate) has no CRL: skip it.
+            crls = [self.vault.get_text(f"/v1/{mount}/issuer/{ref}/crl/pem") for ref in refs]
+            text = "".join(c.strip() + "\n" for c in crls if c and c.strip())
+        else:
+            text = self._call(name, f"{mount}/crl/pem", lambda c: c.secrets.pki.read_crl(mount_point=mount),
+                              auth=False)
         if memo is not None:
             memo[mount] = text.encode()
         return text.encode()
@@ -294,9 +311,8 @@ class VaultSource(Source):
                     if (ca + crl).decode() != self.seen.get(spec.name) or overlap_due:
                         out.append(spec.name)
                 elif spec.name in self.served_serial:
-                    text = self._crl(spec.name, mount, crl_memo)
-                    crl = x509.load_pem_x509_crl(text) if text.strip() else None
-                    if crl is not None and crl.get_revoked_certificate_by_serial_number(self.served_serial[spec.name]):
+                    crls = _pem_crls(self._crl(spec.name, mount, crl_memo))
+                    if any(c.get_revoked_certificate_by_serial_number(self.served_serial[spec.name]) for c in crls):
                         log.warning("served certificate was revoked; issuing a replacement now",
                                     extra=logs.kv(name=spec.name, serial=format(self.served_serial[spec.name], "x")))
                         out.append(spec.name)
@@ -304,6 +320,11 @@ class VaultSource(Source):
                 # The fetch path reports failures with full context; polling just skips this round.
                 log.debug("vault poll skipped", extra=logs.kv(name=spec.name, error=type(e).__name__))
         return out
+
+
+def _pem_crls(pem: bytes) -> list[x509.CertificateRevocationList]:
+    end = b"-----END X509 CRL-----"
+    return [x509.load_pem_x509_crl(block + end) for block in pem.split(end) if b"-----BEGIN X509 CRL-----" in block]
 
 
 def _duration_seconds(text: str) -> float:
