@@ -271,3 +271,34 @@ def test_kv_deletes_and_destroys_are_noticed_at_the_next_poll(bao, ca):
             await r.stop()
 
     asyncio.run(scenario())
+
+
+def test_jwt_auth_validates_service_account_tokens_offline(bao, tmp_path):
+    """The jwt auth method checks the projected token against the cluster's issuer keys: no
+    TokenReview (so no renewal-time review either). The agent's login body works unchanged."""
+    from cryptography.hazmat.primitives import serialization
+
+    from devkit.kube_api import ISSUER, KubeAPI
+
+    kube = KubeAPI()  # only its signing key and token format are used: OpenBao never calls it
+    b = bao()
+    b.pki("pki_retail")
+    admin = b.client()
+    admin.sys.enable_auth_method("jwt")
+    public = kube.key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    admin.write("auth/jwt/config", jwt_validation_pubkeys=[public], bound_issuer=ISSUER)
+    admin.sys.create_or_update_acl_policy("shop-web", 'path "pki_retail/sign/prod" { capabilities = ["update"] }')
+    admin.write("auth/jwt/role/shop-web", role_type="jwt", bound_audiences="vault", user_claim="sub",
+                bound_subject="system:serviceaccount:shop:web", token_policies="shop-web", token_ttl="1h")
+    pod = kube.add_pod("shop", "web-1", "web")
+    token_file = tmp_path / "token"
+    token_file.write_text(kube.mint(pod, audience="vault"))
+    src = VaultSource(settings(b, vault_auth="kubernetes", vault_auth_mount="jwt", vault_token_file=token_file))
+    assert asyncio.run(src.fetch(CERT)).serial
+    other = kube.add_pod("shop", "other-1", "other")  # another service account: refused by bound_subject
+    token_file.write_text(kube.mint(other, audience="vault"))
+    src.vault.token = ""
+    with pytest.raises(SourceError) as e:
+        asyncio.run(src.fetch(CERT))
+    assert e.value.reason == "auth_failed" and "shop-web" in str(e.value)

@@ -1,5 +1,13 @@
 """The Vault source through hvac over real HTTP to the Vault API test double (tests/vault_double.py).
-These are not tests against Vault itself: see the vault_real marker for that."""
+These are not tests against Vault itself. Real-server behaviour is proven against OpenBao
+(test_openbao.py, test_openbao_envoy.py, test_vault_envoy.py, test_vault_backends.py); what stays
+here needs what a real dev server cannot be made to do on command, and says so per test:
+- counting requests per path (logins, renewals, signs, failover order): OpenBao exposes no
+  per-path counters without an audit device;
+- a standby answering 429, an address answering 500 on demand, a login refused for one JWT
+  and accepted for the next: a single dev server has no standby and no fault switch;
+- KV content that fails validation (missing fields, key mismatch) and its exact error text;
+- CA overlap expiry with a CA swapped instantly under the same mount name."""
 from __future__ import annotations
 
 import asyncio
