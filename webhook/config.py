@@ -118,6 +118,7 @@ class VaultAgentConfig(Strict):
     pki_path: str = Field("pki_{business_line}/sign/{env}", alias="pkiPath")
     pki_ttl: str = Field("24h", alias="pkiTTL")
     crl: bool = False
+    poll_seconds: int = Field(600, alias="pollSeconds", gt=0)
     ca_overlap_seconds: int = Field(48 * 3600, alias="caOverlapSeconds")
     token_audience: str = Field("vault", alias="tokenAudience")
 

@@ -134,6 +134,7 @@ def _vault_parts(sel: Selection, a: AgentConfig) -> Parts:
         {"name": "SDS_VAULT_PKI_PATH", "value": v.pki_path},
         {"name": "SDS_VAULT_PKI_TTL", "value": v.pki_ttl},
         {"name": "SDS_VAULT_CRL", "value": "true" if v.crl else "false"},
+        {"name": "SDS_VAULT_POLL_SECONDS", "value": str(v.poll_seconds)},
         {"name": "SDS_VAULT_CA_OVERLAP_SECONDS", "value": str(v.ca_overlap_seconds)},
         {"name": "SDS_VAULT_TOKEN_FILE", "value": f"{TOKEN_DIR}/token"},
     ]

@@ -23,6 +23,7 @@ log = logging.getLogger("sds.vault")
 
 
 PROBE_SECONDS = 1.0  # health probe period during an outage
+ISSUERS_REFRESH_SECONDS = 3600.0
 _OUTAGE = ("unavailable", "sealed")
 
 
@@ -42,6 +43,8 @@ class VaultSource(Source):
         self.ca_history: dict[str, dict[str, tuple[bytes, float | None]]] = {}  # fp -> (pem, retired_at)
         self._capped_warned: dict[str, int] = {}
         self.pending: set[str] = set()  # names whose last fetch met an outage
+        self._issuers: dict[str, tuple[list[str], float]] = {}  # mount -> (issuer refs, listed at)
+        self._chains: dict[str, str] = {}  # mount -> CA chain last read
         self._outage = asyncio.Event()
 
     def issues(self, spec: SecretSpec) -> bool:
@@ -201,12 +204,7 @@ class VaultSource(Source):
         `{mount}/crl/pem` is only the default issuer's."""
         if memo is not None and mount in memo:
             return memo[mount]
-        try:
-            listed = self._call(name, f"{mount}/issuers", lambda c: c.adapter.list(f"/v1/{mount}/issuers"),
-                                auth=False)
-            refs = list(((listed or {}).get("data") or {}).get("keys") or [])
-        except SourceError:
-            refs = []  # a Vault without multiple issuers
+        refs = self._issuer_refs(name, mount)
         if refs:
             # An issuer without a key (a root imported beside its intermediate) has no CRL: skip it.
             crls = [self.vault.get_text(f"/v1/{mount}/issuer/{ref}/crl/pem") for ref in refs]
@@ -218,6 +216,21 @@ class VaultSource(Source):
             memo[mount] = text.encode()
         return text.encode()
 
+    def _issuer_refs(self, name: str, mount: str) -> list[str]:
+        """The mount's issuers, listed again hourly or when its CA chain changed (a rollover):
+        not every poll round, which 5,000 agents would turn into a steady load on Vault."""
+        cached = self._issuers.get(mount)
+        if cached and time.monotonic() - cached[1] < ISSUERS_REFRESH_SECONDS:
+            return cached[0]
+        try:
+            listed = self._call(name, f"{mount}/issuers", lambda c: c.adapter.list(f"/v1/{mount}/issuers"),
+                                auth=False)
+            refs = list(((listed or {}).get("data") or {}).get("keys") or [])
+        except SourceError:
+            refs = []  # a Vault without multiple issuers
+        self._issuers[mount] = (refs, time.monotonic())
+        return refs
+
     def _trust_source(self, name: str, crl_memo: dict | None = None) -> tuple[bytes, bytes, str]:
         if self.s.vault_mode == "kv":
             data, version, where = self._kv_read(name)
@@ -227,6 +240,9 @@ class VaultSource(Source):
         mount, _ = self.pki_mount_role()
         ca = self._call(name, f"{mount}/ca_chain",
                         lambda c: c.secrets.pki.read_ca_certificate_chain(mount_point=mount), auth=False)
+        if self._chains.get(mount) != ca:
+            self._chains[mount] = ca
+            self._issuers.pop(mount, None)  # a changed chain may mean a new issuer
         if not isinstance(ca, str) or not ca.strip():
             raise SourceError("no_ca", f"{name}: PKI mount {mount} has no CA certificate yet; generate or import "
                                        f"one ({mount}/root/generate/internal, or {mount}/intermediate/set-signed)")
@@ -262,8 +278,12 @@ class VaultSource(Source):
     async def changes(self, specs: Iterable[SecretSpec]) -> AsyncIterator[str]:
         """Names to fetch again: those the periodic poll finds changed, and — probed every
         second during an outage — those that failed, as soon as an address is healthy again."""
+        import random
+
         specs = list(specs)
-        next_poll = time.monotonic() + self.s.vault_poll_seconds
+        poll = self.s.vault_poll_seconds
+        # Agents started together (a scale-out) must not poll together: a random phase, then ±10 %.
+        next_poll = time.monotonic() + random.uniform(0.5, 1.0) * poll
         while True:
             wait = max(0.0, next_poll - time.monotonic())
             if self.pending:
@@ -277,7 +297,7 @@ class VaultSource(Source):
                 for name in sorted(self.pending):
                     yield name
             if time.monotonic() >= next_poll:
-                next_poll = time.monotonic() + self.s.vault_poll_seconds
+                next_poll = time.monotonic() + poll * random.uniform(0.9, 1.1)
                 for name in await asyncio.to_thread(self._poll, specs):
                     yield name
 
