@@ -13,6 +13,7 @@ import uvicorn
 from .config import ServerSettings
 
 log = logging.getLogger("webhook.server")
+SHUTDOWN_GRACE_SECONDS = 2
 
 
 def _stamp(*paths) -> tuple:
@@ -45,6 +46,8 @@ async def serve_app(app, host: str, port: int, cert_file, key_file, name: str,
         ssl_certfile=str(cert_file) if tls else None, ssl_keyfile=str(key_file) if tls else None,
         http="httptools" if _has("httptools") else "h11",
         lifespan="off",
+        # Requests take milliseconds; an idle TLS keep-alive connection must not hold a stop.
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )
     config.load()
     watcher = None
