@@ -177,7 +177,7 @@ def test_malformed_reviews_get_400_with_a_message(body):
 @pytest.mark.parametrize("mutate,fragment", [
     (lambda r: r["request"].update(kind={"group": "apps", "version": "v1", "kind": "Deployment"}), "only mutates pods"),
     (lambda r: r["request"].pop("object"), "request.object is missing"),
-    (lambda r: r["request"].update(object={"metadata": {}}), "has no spec"),
+    (lambda r: r["request"].update(object={"metadata": {}}), "request.object.spec must be an object"),
     (lambda r: r["request"].update(object=[1, 2]), "request.object is missing or not an object"),
     (lambda r: r["request"]["object"]["metadata"].update(annotations={"sds-injector.io/env": 5}), "must be a string"),
 ])

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import orjson
 
-from . import metrics
+from . import metrics, podshape
 from .config import InjectorConfig
 from .injector import decide
 from .plan import check_owned_mounts
@@ -85,7 +85,11 @@ def handle(body: bytes, config: Callable[[], InjectorConfig], namespace_labels=N
 
 
 def _review(req: dict, uid: str, cfg: InjectorConfig, namespace_labels) -> bytes:
-    kind = req.get("kind") or {}
+    kind = req.get("kind")
+    if not isinstance(kind, dict):
+        metrics.REQUESTS.labels("denied").inc()
+        metrics.DENIALS.labels("malformed_request").inc()
+        return _response(uid, False, "request.kind must be an object {group, version, kind}", 400)
     if (kind.get("group"), kind.get("kind")) != ("", "Pod"):
         metrics.REQUESTS.labels("denied").inc()
         metrics.DENIALS.labels("not_a_pod").inc()
@@ -101,6 +105,10 @@ def _review(req: dict, uid: str, cfg: InjectorConfig, namespace_labels) -> bytes
         metrics.REQUESTS.labels("denied").inc()
         metrics.DENIALS.labels("malformed_pod").inc()
         return _response(uid, False, "AdmissionReview request.object is missing or not an object", 400)
+    if (shape := podshape.problem(req)) is not None:
+        metrics.REQUESTS.labels("denied").inc()
+        metrics.DENIALS.labels("malformed_pod").inc()
+        return _response(uid, False, f"malformed pod: {shape}", 400)
     if ephemeral:
         return _ephemeral(uid, pod)
     namespace = req.get("namespace") or (pod.get("metadata") or {}).get("namespace") or "default"

@@ -25,7 +25,8 @@ def _bool(v: str) -> bool:
 
 
 def _port(v: str) -> int:
-    if not v.isdigit() or not 1 <= int(v) <= 65535:
+    # ASCII digits only: str.isdigit() accepts "²" (then int() raises) and fullwidth digits.
+    if not re.fullmatch(r"[0-9]{1,5}", v) or not 1 <= int(v) <= 65535:
         raise AnnotationError(f"{v!r} is not a port number (1-65535)")
     return int(v)
 

@@ -232,7 +232,7 @@ def _build(sel: Selection, cfg: InjectorConfig) -> Plan:
 
 
 def injected_status(pod: dict) -> dict | None:
-    raw = (pod.get("metadata", {}).get("annotations") or {}).get(STATUS)
+    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(STATUS)
     if not raw:
         return None
     try:
@@ -250,7 +250,12 @@ def strip(pod: dict) -> dict:
     pod = copy.deepcopy(pod)
     spec = pod.setdefault("spec", {})
     for key in ("containers", "initContainers", "volumes"):
-        gone = set(record.get(key) or [])
+        listed = record.get(key)
+        listed = listed if isinstance(listed, list) else []
+        # Only what this injector adds may go, whatever the annotation claims: a hand-written
+        # status must not delete the pod's own containers or volumes.
+        ours = (lambda n: n in (AGENT, PROXY)) if key != "volumes" else owned_volume
+        gone = {n for n in listed if isinstance(n, str) and ours(n)}
         if gone and key in spec:
             spec[key] = [c for c in spec[key] if c.get("name") not in gone]
             if not spec[key] and key != "containers":
@@ -278,7 +283,7 @@ def check_owned_mounts(pod: dict, keys=("containers", "initContainers", "ephemer
 
 
 def check_collisions(pod: dict, plan: Plan, sel: Selection, cfg: InjectorConfig) -> None:
-    spec = pod.get("spec", {})
+    spec = pod.get("spec") or {}
     existing = [c for key in ("containers", "initContainers") for c in spec.get(key) or []]
     names = {c.get("name") for c in existing}
     clash = [c["name"] for c in plan.containers if c["name"] in names]

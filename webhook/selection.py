@@ -2,6 +2,7 @@
 isolation policy. Pure: no I/O."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from . import annotations as ann
@@ -36,18 +37,19 @@ class Selection:
     template_names: tuple[str, str] = ("", "")
 
 
+def _dns_label(value: str) -> str:
+    """The closest DNS label to a label value (`my_app` -> `my-app`, `web.frontend` -> `web-frontend`)."""
+    return re.sub(r"[^a-z0-9]+", "-", value.lower()).strip("-")[:63].rstrip("-")
+
+
 def _service_name(pod: dict, annotated: str | None) -> str:
     if annotated:
         return annotated
-    labels = pod.get("metadata", {}).get("labels") or {}
+    labels = (pod.get("metadata") or {}).get("labels") or {}
     for key in ("app.kubernetes.io/name", "app"):
-        if labels.get(key):
-            try:
-                return ann._label(str(labels[key]).lower())
-            except ann.AnnotationError:
-                raise Denied("invalid_service", f"label {key}={labels[key]!r} cannot name a service; "
-                             f"set annotation {ann.PREFIX}service", 400) from None
-    return pod.get("spec", {}).get("serviceAccountName") or "default"
+        if isinstance(labels.get(key), str) and (name := _dns_label(labels[key])):
+            return name
+    return (pod.get("spec") or {}).get("serviceAccountName") or "default"
 
 
 def _render(template: str, **values) -> str:
@@ -62,7 +64,7 @@ def select(pod: dict, namespace: str, config: InjectorConfig, values: dict | Non
     """`values`: the parsed annotations, when the caller already has them."""
     if values is None:
         try:
-            values = ann.parse(pod.get("metadata", {}).get("annotations"))
+            values = ann.parse((pod.get("metadata") or {}).get("annotations"))
         except ann.AnnotationError as e:
             raise Denied("invalid_annotation", str(e), 400) from None
     env = values.get("env") or config.default_environment
@@ -95,7 +97,7 @@ def select(pod: dict, namespace: str, config: InjectorConfig, values: dict | Non
                       if k in values)
     return Selection(
         namespace=namespace, service=service,
-        service_account=pod.get("spec", {}).get("serviceAccountName") or "default",
+        service_account=(pod.get("spec") or {}).get("serviceAccountName") or "default",
         env=env, business_line=bl_name, certificates=certs, trust_bundles=trust,
         inbound=tuple(values.get("inbound", ())), outbound=tuple(values.get("outbound", ())),
         mtls=values.get("mtls", True), allowed_peers=tuple(values.get("allowed-peers", ())),

@@ -1,0 +1,105 @@
+"""Hostile and malformed AdmissionReviews: never a 500-coded or "internal error" answer, never a
+broken pod. Each case below was a crash or a wrong answer before."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import jsonpatch
+import pytest
+
+from webhook import admission
+from webhook.config import load_config
+from tests.webhook_util import decode_patch, pod, review
+
+CONFIG = load_config(Path(__file__).parent.parent / "examples" / "config.yaml")
+
+
+def call(body) -> tuple[int, dict]:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    status, out = admission.handle(raw, lambda: CONFIG)
+    return status, json.loads(out)
+
+
+def answer(r: dict) -> dict:
+    status, out = call(r)
+    assert status in (200, 400), status
+    if status == 400:
+        return {"allowed": False, "status": {"code": 400, "message": out["error"]}}
+    resp = out["response"]
+    assert resp.get("status", {}).get("code") != 500 and "internal error" not in json.dumps(resp), resp
+    return resp
+
+
+DEV = {"sds-injector.io/env": "dev"}
+
+
+def set_path(r: dict, path: list, value) -> dict:
+    r = copy.deepcopy(r)
+    node = r
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    return r
+
+
+@pytest.mark.parametrize("path,value,fragment", [
+    (["request", "kind"], "Pod", "kind"),
+    (["request", "namespace"], 42, "namespace"),
+    (["request", "object", "metadata"], None, None),  # schema-valid: null metadata
+    (["request", "object", "metadata", "annotations"], ["a", "b"], "annotations"),
+    (["request", "object", "metadata", "annotations"], {"sds-injector.io/env": 3}, "annotation"),
+    (["request", "object", "metadata", "labels"], "app=web", "labels"),
+    (["request", "object", "spec", "containers"], 7, "containers"),
+    (["request", "object", "spec", "containers"], [7], "containers"),
+    (["request", "object", "spec", "initContainers"], {"a": 1}, "initContainers"),
+    (["request", "object", "spec", "volumes"], "none", "volumes"),
+    (["request", "object", "spec", "serviceAccountName"], {"name": "x"}, "serviceAccountName"),
+    (["request", "object", "spec", "serviceAccountName"], "Not_A_Name", "serviceAccountName"),
+])
+def test_wrong_types_are_clear_denials(path, value, fragment):
+    resp = answer(set_path(review(pod(DEV)), path, value))
+    if fragment is None:
+        return  # answered without crashing is all a null metadata needs (injected or denied)
+    assert not resp["allowed"] and resp["status"]["code"] == 400 and fragment in resp["status"]["message"], resp
+
+
+@pytest.mark.parametrize("value", ["8443:²", "８４４３:8080", "8443:8080x", "99999:1"])
+def test_ports_are_ascii_digits_only(value):
+    resp = answer(review(pod({**DEV, "sds-injector.io/inbound": value})))
+    assert not resp["allowed"] and resp["status"]["code"] == 400 and "port" in resp["status"]["message"]
+
+
+@pytest.mark.parametrize("status", ['{"containers":1}', '{"revision":"0","volumes":"x"}', "[1,2]", "{{{"])
+def test_malformed_status_annotation_is_not_an_internal_error(status):
+    resp = answer(review(pod({**DEV, "sds-injector.io/status": status})))
+    if resp["allowed"]:
+        jsonpatch.apply_patch(pod({**DEV, "sds-injector.io/status": status}), decode_patch({"response": resp}))
+
+
+def test_a_hand_written_status_cannot_delete_the_pods_own_containers_or_volumes():
+    p = pod({**DEV, "sds-injector.io/status": json.dumps({"revision": "0", "containers": ["app"],
+                                                         "volumes": ["data"], "initContainers": ["setup"]})},
+            volumes=[{"name": "data", "emptyDir": {}}],
+            initContainers=[{"name": "setup", "image": "busybox"}])
+    p["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+    resp = answer(review(p))
+    assert resp["allowed"], resp
+    patched = jsonpatch.apply_patch(p, decode_patch({"response": resp}))
+    spec = patched["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["app"]
+    assert "setup" in [c["name"] for c in spec["initContainers"]]
+    assert "data" in [v["name"] for v in spec["volumes"]]
+
+
+def test_label_values_that_are_not_dns_labels_still_name_a_service():
+    for labels, service in [({"app": "my_app"}, "my-app"), ({"app.kubernetes.io/name": "web.frontend"}, "web-frontend"),
+                            ({"app": "___"}, "default")]:
+        p = pod(DEV)
+        p["metadata"]["labels"] = labels
+        resp = answer(review(p))
+        assert resp["allowed"], (labels, resp)
+        patched = jsonpatch.apply_patch(p, decode_patch({"response": resp}))
+        env = {e["name"]: e.get("value") for e in patched["spec"]["initContainers"][0]["env"]}
+        assert env["SDS_SERVICE"] == service, (labels, env["SDS_SERVICE"])
