@@ -103,3 +103,21 @@ def test_label_values_that_are_not_dns_labels_still_name_a_service():
         patched = jsonpatch.apply_patch(p, decode_patch({"response": resp}))
         env = {e["name"]: e.get("value") for e in patched["spec"]["initContainers"][0]["env"]}
         assert env["SDS_SERVICE"] == service, (labels, env["SDS_SERVICE"])
+
+
+@pytest.mark.parametrize("annotations,containers_port,fragments", [
+    ({"sds-injector.io/inbound": "15021:8080"}, None, ["15021", "proxy.statusPort", "inbound"]),
+    ({"sds-injector.io/inbound": "15090:8080"}, None, ["15090", "agent.httpPort"]),
+    ({"sds-injector.io/inbound": "8443:15021"}, None, ["15021", "not the app"]),
+    ({"sds-injector.io/outbound": "15001=a.b:443,15001=c.d:443"}, None, ["15001", "a.b:443", "c.d:443"]),
+    ({"sds-injector.io/inbound": "8443:8080", "sds-injector.io/outbound": "8443=a.b:443"}, None,
+     ["8443", "inbound", "outbound"]),
+    ({}, 15021, ["15021", "proxy.statusPort", "declared by a container"]),
+])
+def test_port_collisions_are_denied_naming_both_users(annotations, containers_port, fragments):
+    p = pod({**DEV, **annotations})
+    if containers_port:
+        p["spec"]["containers"][0]["ports"] = [{"containerPort": containers_port}]
+    resp = answer(review(p))
+    assert not resp["allowed"] and resp["status"]["code"] == 400, resp
+    assert all(f in resp["status"]["message"] for f in fragments), resp["status"]["message"]

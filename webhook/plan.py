@@ -6,6 +6,7 @@ import copy
 import json
 from dataclasses import dataclass
 
+from . import annotations as ann
 from .bootstrap import pod_bootstrap
 from .config import PREFIX, AgentConfig, InjectorConfig, Resources
 from .selection import Denied, Selection
@@ -291,17 +292,35 @@ def check_collisions(pod: dict, plan: Plan, sel: Selection, cfg: InjectorConfig)
     if clash:
         raise Denied("name_collision", f"the pod already has {clash}, names the injector needs; rename them "
                      "or opt the pod out", 400)
-    used = {p.get("containerPort") for c in existing for p in c.get("ports") or []}
-    ours = {cfg.proxy.status_port: "Envoy status", cfg.agent.http_port: "SDS agent metrics"}
-    ours.update({t: "inbound TLS" for t, _ in sel.inbound})
-    ours.update({lo: "outbound" for lo, _, _, _ in sel.outbound})
-    clash_ports = sorted(f"{p} ({ours[p]})" for p in set(ours) & used)
-    if clash_ports:
-        raise Denied("port_collision", f"ports {clash_ports} are needed by the sidecars but declared by the "
-                     "pod's containers; change the sds-injector.io/inbound or outbound annotation", 400)
-    apps = {a for _, a in sel.inbound}
-    if apps & {t for t, _ in sel.inbound}:
-        raise Denied("port_collision", "an inbound TLS port equals an app port", 400)
+    _check_ports(sel, cfg, {p.get("containerPort") for c in existing for p in c.get("ports") or []})
+
+
+def _check_ports(sel: Selection, cfg: InjectorConfig, declared: set) -> None:
+    """Every port a sidecar listens on is used once, and never one the sidecars reserve; the
+    denial names both users of the port and the setting that changes it."""
+    a = ann.PREFIX
+    users: dict[int, str] = {cfg.proxy.status_port: "the Envoy status port (proxy.statusPort in the injector "
+                                                    "configuration)",
+                             cfg.agent.http_port: "the SDS agent's health port (agent.httpPort in the injector "
+                                                  "configuration)"}
+
+    def claim(port: int, who: str) -> None:
+        if port in users:
+            raise Denied("port_collision", f"port {port} is used twice: by {users[port]} and by {who}; change "
+                         "one of them", 400)
+        users[port] = who
+
+    for tls, _ in sel.inbound:
+        claim(tls, f"the TLS port {tls} of annotation {a}inbound")
+    for local, host, port, _ in sel.outbound:
+        claim(local, f"the local port {local} of annotation {a}outbound ({host}:{port})")
+    for tls, app in sel.inbound:
+        if app in users:
+            raise Denied("port_collision", f"annotation {a}inbound sends TLS port {tls} to port {app}, which is "
+                         f"{users[app]}, not the app; name the app's port", 400)
+    for port in sorted(p for p in declared if p in users):
+        raise Denied("port_collision", f"port {port} is declared by a container of the pod and used by "
+                     f"{users[port]}; change one of them", 400)
 
 
 def apply(pod: dict, plan: Plan) -> dict:

@@ -16,16 +16,19 @@ def _str_map(value, where: str) -> str | None:
     return None
 
 
-def _objects(value, where: str, required: bool = False) -> str | None:
+def _objects(value, where: str, required: bool = False, named: bool = True) -> str | None:
+    """A list of objects; `named`: each has a string name (containers, volumes)."""
     if value is None and not required:
         return None
     if not isinstance(value, list) or (required and not value) or not all(isinstance(x, dict) for x in value):
         return f"{where} must be a {'non-empty ' if required else ''}list of objects"
+    if not named:
+        return None
     for i, x in enumerate(value):
         if not isinstance(x.get("name"), str):
             return f"{where}[{i}].name must be a string"
         for field in ("volumeMounts", "ports", "env"):
-            if (err := _objects(x.get(field), f"{where}[{i}].{field}")) is not None:
+            if (err := _objects(x.get(field), f"{where}[{i}].{field}", named=False)) is not None:
                 return err
     return None
 
