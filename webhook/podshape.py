@@ -16,20 +16,27 @@ def _str_map(value, where: str) -> str | None:
     return None
 
 
-def _objects(value, where: str, required: bool = False, named: bool = True) -> str | None:
-    """A list of objects; `named`: each has a string name (containers, volumes)."""
+# Fields the injector reads inside a container's lists, and their types (None: optional).
+_NESTED = {"volumeMounts": {"name": str, "mountPath": str}, "ports": {"containerPort": int},
+           "env": {"name": str}}
+
+
+def _objects(value, where: str, required: bool = False, fields: dict | None = None) -> str | None:
+    """A list of objects whose `fields` have the given types; by default each has a string
+    name and is a container or volume."""
     if value is None and not required:
         return None
     if not isinstance(value, list) or (required and not value) or not all(isinstance(x, dict) for x in value):
         return f"{where} must be a {'non-empty ' if required else ''}list of objects"
-    if not named:
-        return None
     for i, x in enumerate(value):
-        if not isinstance(x.get("name"), str):
-            return f"{where}[{i}].name must be a string"
-        for field in ("volumeMounts", "ports", "env"):
-            if (err := _objects(x.get(field), f"{where}[{i}].{field}", named=False)) is not None:
-                return err
+        for field, kind in (fields or {"name": str}).items():
+            v = x.get(field)
+            if (v is not None or fields is None) and (not isinstance(v, kind) or isinstance(v, bool)):
+                return f"{where}[{i}].{field} must be {'a string' if kind is str else 'an integer'}"
+        if fields is None:
+            for nested, types in _NESTED.items():
+                if (err := _objects(x.get(nested), f"{where}[{i}].{nested}", fields=types)) is not None:
+                    return err
     return None
 
 
