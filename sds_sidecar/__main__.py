@@ -17,12 +17,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     from . import logs
     from .agent import Agent
-    from .settings import AgentSettings
+    from .settings import AgentSettings, describe_errors
 
     try:
         settings = AgentSettings(_cli_parse_args=argv[1:], _cli_prog_name="python -m sds_sidecar serve")
     except ValidationError as e:
-        print(f"sds_sidecar: invalid configuration:\n{e}", file=sys.stderr)
+        print(f"sds_sidecar: invalid configuration:\n{describe_errors(e)}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level)
     try:
@@ -36,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:  # e.g. an unreadable local CA file, an unavailable source
         print(f"sds_sidecar: cannot start: {e}", file=sys.stderr)
         return 2
-    asyncio.run(agent.run_until_signalled())
+    try:
+        asyncio.run(agent.run_until_signalled())
+    except ValueError as e:  # found while starting (a busy port); everything started was stopped
+        print(f"sds_sidecar: cannot start: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -45,6 +45,22 @@ def specs_of(settings: AgentSettings) -> list[SecretSpec]:
     ]
 
 
+def _bind_tcp(host: str, port: int):
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ValueError(f"health port {host}:{port}: {e.strerror} (SDS_HTTP_PORT; 0 disables it)") from None
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock
+
+
 class Agent:
     def __init__(self, settings: AgentSettings, sources: dict[str, Source] | None = None):
         self.settings = settings
@@ -60,18 +76,23 @@ class Agent:
 
     async def start(self) -> None:
         s = self.settings
+        # Bind everything before announcing anything: a busy port is a clear error, and leaves
+        # no socket file behind.
+        http_socket = _bind_tcp(s.http_host, s.http_port) if s.http_port else None
         # Serve before the first fetch: Envoy may already be asking, and its requests are
         # held as pending until the secrets arrive (istio #22443).
         self.grpc = await start_grpc(self.cache, self.renewer.knows, s.socket_path, s.socket_mode_int)
         await self.renewer.start()
-        if s.http_port:
+        if http_socket is not None:
+            import contextlib
+
             import uvicorn
 
-            config = uvicorn.Config(health_app(self.renewer.status), host=s.http_host, port=s.http_port,
-                                    log_level="warning", access_log=False, lifespan="off")
+            config = uvicorn.Config(health_app(self.renewer.status), log_level="warning", access_log=False,
+                                    lifespan="off")
             self.http = uvicorn.Server(config)
-            self.http.install_signal_handlers = lambda: None
-            self._http_task = asyncio.create_task(self.http.serve())
+            self.http.capture_signals = contextlib.nullcontext  # this process's signals are the agent's
+            self._http_task = asyncio.create_task(self.http.serve(sockets=[http_socket]))
         log.info("SDS agent serving", extra={"fields": {
             "socket": str(s.socket_path), "names": list(self.renewer.specs), "http_port": s.http_port}})
 
@@ -82,6 +103,7 @@ class Agent:
         await self.renewer.stop()
         if self.grpc:
             await self.grpc.stop(grace)
+            self.grpc = None
         log.info("SDS agent stopped")
 
     async def run_until_signalled(self) -> None:
@@ -91,6 +113,8 @@ class Agent:
             loop.add_signal_handler(sig, stop.set)
         # SIGHUP: renew every secret now (an operator's forced rotation).
         loop.add_signal_handler(signal.SIGHUP, self.renewer.trigger_all)
-        await self.start()
-        await stop.wait()
-        await self.stop()
+        try:
+            await self.start()
+            await stop.wait()
+        finally:
+            await self.stop()

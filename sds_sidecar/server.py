@@ -24,9 +24,31 @@ from .cache import Entry, SecretCache
 
 TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 MAX_PER_RESPONSE = 1000  # keeps each message far below gRPC's 4 MiB default
+MAX_QUEUED_REQUESTS = 16  # a client that sends without reading is stopped here (flow control)
+SERVICE = "envoy.service.secret.v3.SecretDiscoveryService"
 log = logging.getLogger("sds.server")
+_WARN = logs.RateLimit(burst=20, per=60.0)
 
 _END = object()
+_UNDECODABLE = object()
+
+
+class BadRequest(Exception):
+    """The client sent something no SDS client may: the stream ends with INVALID_ARGUMENT."""
+
+
+def _warn(kind: str, message: str, **fields) -> None:
+    ok, dropped = _WARN.allow(kind)
+    if ok:
+        log.warning(message, extra=logs.kv(**fields, **({"suppressed_before": dropped} if dropped else {})))
+
+
+def _check_type(type_url: str) -> None:
+    # Envoy always names the type; a plain client may leave it empty. Anything else is another
+    # xDS resource type, which this server must not answer with Secrets.
+    if type_url and type_url != TYPE_URL:
+        raise BadRequest(f"this is the Secret Discovery Service: type_url must be {TYPE_URL}, "
+                         f"not {logs.clip(type_url, 120)}")
 
 
 def _version_of(entries: list[tuple[str, Entry]]) -> str:
@@ -50,6 +72,7 @@ class _Stream:
         self.sent: dict[str, str] = {}  # name -> version the client has from us
         self.pending: set[str] = set()
         self.inbox: asyncio.Queue = asyncio.Queue()
+        self.slots = asyncio.Semaphore(MAX_QUEUED_REQUESTS)
 
     def _set_pending(self, name: str, missing: bool) -> None:
         if missing and name not in self.pending:
@@ -59,8 +82,8 @@ class _Stream:
                 log.info("name pending until its source delivers", extra=logs.kv(name=name, node=self.node))
             else:
                 metrics.UNKNOWN.inc()
-                log.warning("name not configured in this agent; it stays pending",
-                            extra=logs.kv(name=name, node=self.node, reason="not_configured"))
+                _warn("unknown_name", "name not configured in this agent; it stays pending",
+                      name=logs.clip(name), node=logs.clip(self.node), reason="not_configured")
         elif not missing and name in self.pending:
             self.pending.discard(name)
             metrics.PENDING.dec()
@@ -84,6 +107,9 @@ class _Stream:
         async def pump():
             try:
                 async for req in requests:
+                    # Stop reading while requests pile up: gRPC flow control then holds the
+                    # sender, and memory stays bounded.
+                    await self.slots.acquire()
                     self.inbox.put_nowait(req)
             finally:
                 self.inbox.put_nowait(_END)
@@ -93,8 +119,14 @@ class _Stream:
         metrics.STREAMS.labels(self.api).inc()
         try:
             while (item := await self.inbox.get()) is not _END:
-                handler = handle_change if isinstance(item, str) else handle_request
-                for response in handler(item):
+                if isinstance(item, str):
+                    responses = handle_change(item)
+                else:
+                    self.slots.release()
+                    if item is _UNDECODABLE:
+                        raise BadRequest("the message is not a valid request of this service")
+                    responses = handle_request(item)
+                for response in responses:
                     yield response
         finally:
             self.cache.unwatch(self.inbox)
@@ -111,6 +143,7 @@ class _SotwStream(_Stream):
         self.nonce = ""
 
     def on_request(self, req: discovery_pb2.DiscoveryRequest):
+        _check_type(req.type_url)
         if req.node.id:
             self.node = req.node.id
         if req.response_nonce and req.response_nonce != self.nonce:
@@ -118,8 +151,8 @@ class _SotwStream(_Stream):
             return
         if _nacked(req):
             metrics.NACKS.labels(self.api).inc()
-            log.warning("Envoy rejected secrets; not resending", extra=logs.kv(
-                node=self.node, names=list(req.resource_names), error=req.error_detail.message))
+            _warn("nack", "Envoy rejected secrets; not resending", node=logs.clip(self.node),
+                  names=logs.clip(",".join(req.resource_names), 400), error=logs.clip(req.error_detail.message, 400))
         elif req.response_nonce:
             metrics.ACKS.labels(self.api).inc()
         names = set(req.resource_names)
@@ -158,12 +191,13 @@ class _DeltaStream(_Stream):
         self.first = True
 
     def on_request(self, req: discovery_pb2.DeltaDiscoveryRequest):
+        _check_type(req.type_url)
         if req.node.id:
             self.node = req.node.id
         if _nacked(req):
             metrics.NACKS.labels(self.api).inc()
-            log.warning("Envoy rejected secrets; not resending", extra=logs.kv(
-                node=self.node, error=req.error_detail.message))
+            _warn("nack", "Envoy rejected secrets; not resending", node=logs.clip(self.node),
+                  error=logs.clip(req.error_detail.message, 400))
         elif req.response_nonce:
             metrics.ACKS.labels(self.api).inc()
         if self.first:
@@ -211,33 +245,67 @@ class SecretDiscovery(sds_pb2_grpc.SecretDiscoveryServiceServicer):
         self.knows = knows
         self.streams: set[_Stream] = set()
 
-    async def _serve(self, s: _Stream, request_iterator):
+    async def _serve(self, s: _Stream, request_iterator, context):
         self.streams.add(s)
         try:
             async for response in s.run(request_iterator, s.on_request, s.on_change):
                 yield response
+        except BadRequest as e:
+            _warn("bad_request", "bad SDS request; stream ended", api=s.api, node=logs.clip(s.node), error=str(e))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         finally:
             self.streams.discard(s)
 
     async def StreamSecrets(self, request_iterator, context):
-        async for response in self._serve(_SotwStream(self.cache, self.knows), request_iterator):
+        async for response in self._serve(_SotwStream(self.cache, self.knows), request_iterator, context):
             yield response
 
     async def DeltaSecrets(self, request_iterator, context):
-        async for response in self._serve(_DeltaStream(self.cache, self.knows), request_iterator):
+        async for response in self._serve(_DeltaStream(self.cache, self.knows), request_iterator, context):
             yield response
 
     async def FetchSecrets(self, request, context):
+        try:
+            if request is _UNDECODABLE:
+                raise BadRequest("the message is not a valid request of this service")
+            _check_type(request.type_url)
+        except BadRequest as e:
+            _warn("bad_request", "bad SDS request", api="fetch", error=str(e))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         found = [(n, e) for n in request.resource_names if (e := self.cache.get(n)) is not None]
         if not found:
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"none of the requested secrets is available: {list(request.resource_names)}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, "none of the requested secrets is available: "
+                                f"{logs.clip(','.join(request.resource_names), 200)}")
         version = _version_of(found)
         metrics.PUSHES.labels("fetch").inc(len(found))
         return discovery_pb2.DiscoveryResponse(
             version_info=version, type_url=TYPE_URL, nonce=secrets.token_hex(8),
             resources=[e.resource for _, e in found],
         )
+
+
+def _safe(message_class):
+    """Deserialize, or hand the servicer a marker it answers with INVALID_ARGUMENT: gRPC's own
+    failure path logs a traceback per bad message and may end a stream with status OK."""
+    def parse(data: bytes):
+        try:
+            return message_class.FromString(data)
+        except Exception:  # noqa: BLE001 - any undecodable input
+            return _UNDECODABLE
+    return parse
+
+
+def _handlers(servicer: SecretDiscovery) -> grpc.GenericRpcHandler:
+    req, resp = discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse
+    dreq, dresp = discovery_pb2.DeltaDiscoveryRequest, discovery_pb2.DeltaDiscoveryResponse
+    return grpc.method_handlers_generic_handler(SERVICE, {
+        "StreamSecrets": grpc.stream_stream_rpc_method_handler(
+            servicer.StreamSecrets, request_deserializer=_safe(req), response_serializer=resp.SerializeToString),
+        "DeltaSecrets": grpc.stream_stream_rpc_method_handler(
+            servicer.DeltaSecrets, request_deserializer=_safe(dreq), response_serializer=dresp.SerializeToString),
+        "FetchSecrets": grpc.unary_unary_rpc_method_handler(
+            servicer.FetchSecrets, request_deserializer=_safe(req), response_serializer=resp.SerializeToString),
+    })
 
 
 class SdsServer:
@@ -248,7 +316,7 @@ class SdsServer:
         self.socket_path, self.mode = socket_path, mode
         self.servicer = SecretDiscovery(cache, knows)
         self.server = grpc.aio.server(options=[("grpc.max_send_message_length", -1)])
-        sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(self.servicer, self.server)
+        self.server.add_generic_rpc_handlers((_handlers(self.servicer),))
 
     async def start(self) -> "SdsServer":
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)

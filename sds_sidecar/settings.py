@@ -23,6 +23,16 @@ def _split(value: object) -> object:
     return value
 
 
+def describe_errors(error) -> str:
+    """A pydantic ValidationError as lines of `field: what is wrong`, never the value given (it
+    may be a Vault token)."""
+    lines = []
+    for e in error.errors(include_input=False, include_url=False):
+        where = ".".join(str(p) for p in e.get("loc", ())) or "settings"
+        lines.append(f"  {where}: {e.get('msg')}")
+    return "\n".join(lines)
+
+
 class AgentSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SDS_", extra="forbid", cli_kebab_case=True)
 

@@ -10,6 +10,12 @@ from pathlib import Path
 from pydantic import ValidationError
 
 
+def _describe(e: Exception) -> str:
+    from sds_sidecar.settings import describe_errors
+
+    return describe_errors(e) if isinstance(e, ValidationError) else f"  {e}"
+
+
 def _fast_loop() -> None:
     try:
         import uvloop  # optional fast path
@@ -76,7 +82,7 @@ def _run_issuer(rest: list[str]) -> int:
         store = ConfigStore(settings.config, on_error=lambda e: logging.getLogger("issuer").error(
             "configuration reload failed, previous kept: %s", e))
     except (ValidationError, ValueError) as e:
-        print(f"issuer: invalid configuration:\n{e}", file=sys.stderr)
+        print(f"issuer: invalid configuration:\n{_describe(e)}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level)
     _fast_loop()
@@ -110,7 +116,7 @@ def _serve(rest: list[str]) -> int:
         issuer_settings = _issuer_settings([]) if settings.issuer else None
         _require_issuer_ca(store.get(), "WEBHOOK_ISSUER_CA_FILE / --issuer-ca-file")
     except (ValidationError, ValueError, OSError) as e:
-        print(f"webhook: invalid configuration:\n{e}", file=sys.stderr)
+        print(f"webhook: invalid configuration:\n{_describe(e)}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level)
     labels = NamespaceLabels() if store.get().namespace_policy.uses_labels else None
