@@ -52,6 +52,7 @@ class KubeAPI:
         self.cond = threading.Condition()
         self.requests: list[tuple[str, str]] = []
         self.fail_watches = False
+        self.mode = "ok"  # "hang": never answer; "error": 500 to everything (an API server in trouble)
         self.server: ThreadingHTTPServer | None = None
 
     # --- objects ----------------------------------------------------------------------------
@@ -175,7 +176,17 @@ class KubeAPI:
                     return False
                 return True
 
+            def _trouble(self) -> bool:
+                if api.mode == "hang":
+                    time.sleep(3600)
+                if api.mode == "error":
+                    self._status(500, "InternalError", "etcdserver: request timed out")
+                    return True
+                return False
+
             def do_GET(self):  # noqa: N802
+                if self._trouble():
+                    return None
                 url = urlparse(self.path)
                 q = {k: v[0] for k, v in parse_qs(url.query).items()}
                 parts = [p for p in url.path.split("/") if p]

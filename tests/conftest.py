@@ -69,3 +69,16 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "envoy" in item.fixturenames or re.search(r"envoy", item.nodeid, re.I):
             item.add_marker(pytest.mark.envoy)
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(tmp_path_factory) -> Path:
+    """A kubeconfig pointing at the Kubernetes API double (devkit/kube_api.py), for processes
+    that read the cluster (label-based policy rules, the issuer)."""
+    from devkit.kube_api import KubeAPI
+
+    kube = KubeAPI().start()
+    path = tmp_path_factory.mktemp("kube") / "kubeconfig.json"
+    path.write_text(kube.kubeconfig())
+    yield path
+    kube.stop()

@@ -140,7 +140,7 @@ def test_label_policy_gets_only_namespace_read_rbac(tmp_path):
         {"namespaceSelector": {"matchLabels": {"tier": "prod"}}, "environments": ["prod"]}]}}}))
     docs = render("-f", str(values))
     role = next(d for d in docs if d["kind"] == "ClusterRole")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]}]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}]
 
 
 @pytest.mark.parametrize("args,message", [
@@ -157,7 +157,7 @@ def test_bad_values_are_rejected_with_readable_errors(args, message):
     assert "values don't meet the specifications of the schema" in r.stderr and message in r.stderr, r.stderr
 
 
-def test_rendered_webhook_certificate_serves_admission_over_https(procs, tmp_path):
+def test_rendered_webhook_certificate_serves_admission_over_https(procs, tmp_path, kubeconfig):
     import httpx
 
     from tests.webhook_util import pod, review
@@ -180,7 +180,7 @@ def test_rendered_webhook_certificate_serves_admission_over_https(procs, tmp_pat
     port = free_port()
     procs.add(Proc([sys.executable, "-m", "webhook", "serve", "--port", str(port), "--cert-file", str(crt),
                     "--key-file", str(key), "--config", str(ROOT / "examples" / "config.yaml"),
-                    "--issuer-ca-file", str(tmp_path / "ca.crt")],
+                    "--issuer-ca-file", str(tmp_path / "ca.crt"), "--kubeconfig", str(kubeconfig)],
                    tmp_path / "webhook.log").start())
     import ssl
 

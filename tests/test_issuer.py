@@ -300,6 +300,7 @@ def test_webhook_and_issuer_run_in_one_process_as_the_chart_runs_them(tmp_path):
     port = free_port()
     env = {**run.env, "WEBHOOK_ISSUER": "true", "WEBHOOK_ISSUER_CA_FILE": str(tmp_path / "ca.crt"),
            "WEBHOOK_PORT": str(port), "WEBHOOK_HOST": "127.0.0.1", "WEBHOOK_CONFIG": str(CONFIG),
+           "WEBHOOK_KUBECONFIG": run.env["ISSUER_KUBECONFIG"],
            "WEBHOOK_CERT_FILE": run.env["ISSUER_CERT_FILE"], "WEBHOOK_KEY_FILE": run.env["ISSUER_KEY_FILE"]}
     log = open(tmp_path / "serve.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "webhook", "serve"], stdout=log, stderr=subprocess.STDOUT,

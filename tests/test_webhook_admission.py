@@ -13,6 +13,7 @@ from webhook import admission
 from webhook import plan as planning
 from webhook.config import InjectorConfig, load_config
 from webhook.injector import decide
+from tests.harness import wait_for
 from tests.webhook_util import decode_patch, pod, review
 
 CONFIG = load_config(Path(__file__).parent.parent / "examples" / "config.yaml")
@@ -105,7 +106,7 @@ def test_policy_matrix(namespace, env, bl, denial):
         annotations["sds-injector.io/service"] = "default-web"
     if bl:
         annotations["sds-injector.io/business-line"] = bl
-    _, out = call(review(pod(annotations, namespace), namespace))
+    _, out = call(review(pod(annotations, namespace), namespace), labels=lambda ns: {})  # known: no labels
     resp = out["response"]
     if denial is None:
         assert resp["allowed"] and resp["patch"]
@@ -117,29 +118,59 @@ def test_policy_matrix(namespace, env, bl, denial):
             assert f"namespace {namespace!r}" in msg and "namespacePolicy.rules[" in msg and f"env={env}" in msg
 
 
-def test_label_selected_policy_uses_cached_namespace_labels():
-    calls = []
-
-    def labels(ns):
-        calls.append(ns)
-        return {"sds-injector.io/tier": "prod"}
-
-    p = pod({"sds-injector.io/env": "prod"}, "payments")
-    _, out = call(review(p, "payments"), labels=labels)
-    assert out["response"]["allowed"] and calls == ["payments"]
+def test_label_selected_policy_uses_cached_namespace_labels(tmp_path):
+    """Labels come from a watch-based cache of the API (the double, through the kubernetes
+    client): 50 admissions, one list; a label added later is seen through the watch."""
+    from devkit.kube_api import KubeAPI
+    from webhook.kube import api_client
     from webhook.namespaces import NamespaceLabels
 
-    class Api:
-        n = 0
+    kube = KubeAPI().start()
+    kube.add_namespace("payments", {"sds-injector.io/tier": "prod"})
+    (tmp_path / "kubeconfig").write_text(kube.kubeconfig())
+    labels = NamespaceLabels(api_client(tmp_path / "kubeconfig")).start()
+    try:
+        wait_for(lambda: labels.informer.synced.is_set(), what="namespace cache synced")
+        p = pod({"sds-injector.io/env": "prod"}, "payments")
+        for _ in range(50):
+            assert call(review(p, "payments"), labels=labels)[1]["response"]["allowed"]
+        assert [r for r in kube.requests if r[1] == "/api/v1/namespaces"] == [("GET", "/api/v1/namespaces")] * len(
+            [r for r in kube.requests if r[1] == "/api/v1/namespaces"]) and len(
+            [r for r in kube.requests if r[1] == "/api/v1/namespaces"]) <= 2, "one list (and a watch), not one per pod"
+        kube.add_namespace("ledger", {"sds-injector.io/tier": "prod"})
+        wait_for(lambda: call(review(pod({"sds-injector.io/env": "prod"}, "ledger"), "ledger"), labels=labels)[1][
+            "response"]["allowed"], what="a new namespace seen through the watch")
+    finally:
+        labels.stop()
+        kube.stop()
 
-        def read_namespace(self, name):
-            Api.n += 1
-            return type("NS", (), {"metadata": type("M", (), {"labels": {"sds-injector.io/tier": "prod"}})})
 
-    cached = NamespaceLabels(ttl=60, api=Api())
-    for _ in range(50):
-        assert call(review(p, "payments"), labels=cached)[1]["response"]["allowed"]
-    assert Api.n == 1, "namespace labels must be cached, not read per admission"
+@pytest.mark.parametrize("mode", ["hang", "error"])
+def test_an_api_server_in_trouble_never_freezes_admissions_and_label_rules_fail_closed(mode, tmp_path):
+    import time
+
+    from devkit.kube_api import KubeAPI
+    from webhook.kube import api_client
+    from webhook.namespaces import NamespaceLabels
+
+    kube = KubeAPI().start()
+    kube.mode = mode
+    (tmp_path / "kubeconfig").write_text(kube.kubeconfig())
+    labels = NamespaceLabels(api_client(tmp_path / "kubeconfig")).start()
+    try:
+        t0 = time.monotonic()
+        # "payments" matches no name rule; the label rule cannot be decided: denied, not let
+        # through to a later, wider rule, and answered at once.
+        _, out = call(review(pod({"sds-injector.io/env": "prod"}, "payments"), "payments"), labels=labels)
+        assert time.monotonic() - t0 < 1.0
+        resp = out["response"]
+        assert not resp["allowed"] and resp["status"]["code"] == 503 and "labels are not known" in resp["status"]["message"]
+        # Name rules before any label rule still decide.
+        assert call(review(pod({"sds-injector.io/env": "dev"}, "shop"), "shop"), labels=labels)[1]["response"]["allowed"]
+    finally:
+        labels.stop()
+        kube.mode = "ok"
+        kube.stop()
 
 
 @pytest.mark.parametrize("annotations,fragment", [

@@ -21,7 +21,7 @@ ROOT = Path(__file__).parent.parent
 CONFIG = ROOT / "examples" / "config.yaml"
 
 
-def start_webhook(procs, tmp_path, ca, name="webhook-svc"):
+def start_webhook(procs, tmp_path, ca, kubeconfig, name="webhook-svc"):
     served = issue(ca, name)
     remember_key(served.key_pem)
     crt, key = tmp_path / "tls.crt", tmp_path / "tls.key"
@@ -29,7 +29,8 @@ def start_webhook(procs, tmp_path, ca, name="webhook-svc"):
     key.write_bytes(served.key_pem)
     port = free_port()
     p = procs.add(Proc([sys.executable, "-m", "webhook", "serve", "--port", str(port), "--cert-file", str(crt),
-                        "--key-file", str(key), "--config", str(CONFIG), "--issuer-ca-file", str(crt)],
+                        "--key-file", str(key), "--config", str(CONFIG), "--issuer-ca-file", str(crt),
+                        "--kubeconfig", str(kubeconfig)],
                        tmp_path / "webhook.log").start())
     ctx = ssl.create_default_context(cadata=ca.cert_pem.decode())
     # Loopback address, but the service name as SNI and for the hostname check.
@@ -54,8 +55,8 @@ def peer_serial(port, ca_pem, name="webhook-svc"):
         return x509.load_der_x509_certificate(s.getpeercert(binary_form=True)).serial_number
 
 
-def test_admission_round_trip_over_https_and_certificate_reload(procs, tmp_path, ca):
-    p, client, port, crt, key, served = start_webhook(procs, tmp_path, ca)
+def test_admission_round_trip_over_https_and_certificate_reload(procs, tmp_path, ca, kubeconfig):
+    p, client, port, crt, key, served = start_webhook(procs, tmp_path, ca, kubeconfig)
     r = review(pod({"sds-injector.io/env": "dev", "sds-injector.io/inbound": "8443:8080"}))
     resp = post(client, r)
     assert resp.status_code == 200
@@ -96,8 +97,8 @@ def test_admission_round_trip_over_https_and_certificate_reload(procs, tmp_path,
     assert "sds_webhook_latency_seconds_bucket" in metrics
 
 
-def test_bad_input_over_https_never_500(procs, tmp_path, ca):
-    _, client, *_ = start_webhook(procs, tmp_path, ca)
+def test_bad_input_over_https_never_500(procs, tmp_path, ca, kubeconfig):
+    _, client, *_ = start_webhook(procs, tmp_path, ca, kubeconfig)
     bodies = [b"", b"{", b"[1]", json.dumps({"apiVersion": "v1", "kind": "Pod"}).encode(),
               json.dumps(review(None)).encode(), json.dumps(review({"spec": "x"})).encode(),
               json.dumps(review(pod({"sds-injector.io/nope": "1"}))).encode(), b"\x00" * 10,

@@ -119,7 +119,14 @@ def _serve(rest: list[str]) -> int:
         print(f"webhook: invalid configuration:\n{_describe(e)}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level)
-    labels = NamespaceLabels() if store.get().namespace_policy.uses_labels else None
+    try:
+        from .kube import api_client
+
+        labels = (NamespaceLabels(api_client(settings.kubeconfig)).start()
+                  if store.get().namespace_policy.uses_labels else None)
+    except Exception as e:  # noqa: BLE001 - no cluster credentials: say so, do not start half-way
+        print(f"webhook: label-based namespacePolicy rules need the Kubernetes API: {e}", file=sys.stderr)
+        return 2
     _fast_loop()
     app = create_app(store, labels, settings.max_body_bytes, settings.benchmark_baseline)
     also = []

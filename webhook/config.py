@@ -258,6 +258,7 @@ class ServerSettings(BaseSettings):
     config: Path | None = None
     max_body_bytes: int = 3 * 1024 * 1024  # the API server's own request limit
     issuer: bool = False  # also run the issuer in this process (ISSUER_* settings)
+    kubeconfig: Path | None = None  # default: in-cluster credentials (label-based policy rules read namespaces)
     issuer_ca_file: Path | None = None  # CA of the issuer's serving certificate, for the agents
     benchmark_baseline: bool = False  # adds POST /noop, for scripts/bench_webhook.py
     log_level: str = "INFO"

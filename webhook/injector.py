@@ -44,9 +44,7 @@ def decide(pod: dict, namespace: str, cfg: InjectorConfig,
         return Outcome("skip", "already_injected")
     try:
         sel = select(pod, namespace, cfg, values)
-        labels = None
-        if cfg.namespace_policy.uses_labels and namespace_labels is not None:
-            labels = namespace_labels(namespace)
+        labels = namespace_labels(namespace) if cfg.namespace_policy.uses_labels and namespace_labels else None
         check_policy(sel, cfg.namespace_policy, labels)
         plan = planning.build(sel, cfg)
         stripped = planning.strip(pod)

@@ -1,43 +1,35 @@
-"""Namespace labels for label-based policy rules, read through the kubernetes client with a
-TTL cache: never one API call per admission."""
+"""Namespace labels for label-based policy rules, from a watch-based cache: an admission reads
+memory, never the API (a hanging API server must not freeze admissions or /healthz). Until the
+cache has synced, or for a namespace it does not know, labels are None and label rules fail
+closed (selection.check_policy)."""
 from __future__ import annotations
 
-import logging
-import threading
-import time
+from .informer import Informer
 
-log = logging.getLogger("webhook.namespaces")
+
+def _slim(o: dict) -> dict:
+    m = o.get("metadata") or {}
+    return {"name": m.get("name"), "labels": m.get("labels") or {}}
 
 
 class NamespaceLabels:
-    def __init__(self, ttl: float = 30.0, api=None):
-        self.ttl = ttl
-        self._api = api
-        self._cache: dict[str, tuple[float, dict | None]] = {}
-        self._lock = threading.Lock()
+    def __init__(self, api_client=None, watch_seconds: int = 300):
+        from kubernetes import client
 
-    def _client(self):
-        if self._api is None:
-            from kubernetes import client, config
+        from .kube import api_client as make_client
 
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                config.load_kube_config()
-            self._api = client.CoreV1Api()
-        return self._api
+        core = client.CoreV1Api(api_client or make_client())
+        self.informer = Informer("namespaces", core.list_namespace, _slim, watch_seconds)
+
+    def start(self) -> "NamespaceLabels":
+        self.informer.start()
+        return self
+
+    def stop(self) -> None:
+        self.informer.stop()
 
     def __call__(self, namespace: str) -> dict | None:
-        now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(namespace)
-            if hit and now - hit[0] < self.ttl:
-                return hit[1]
-        try:
-            labels = self._client().read_namespace(namespace).metadata.labels or {}
-        except Exception as e:  # noqa: BLE001 - label rules then do not match; name rules still apply
-            log.warning("cannot read namespace labels: %s", type(e).__name__, extra={"fields": {"namespace": namespace}})
-            labels = hit[1] if hit else None
-        with self._lock:
-            self._cache[namespace] = (now, labels)
-        return labels
+        if not self.informer.synced.is_set():
+            return None
+        hit = self.informer.get("", namespace)
+        return None if hit is None else hit["labels"]

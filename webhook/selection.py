@@ -107,8 +107,17 @@ def select(pod: dict, namespace: str, config: InjectorConfig, values: dict | Non
 
 
 def check_policy(sel: Selection, policy: NamespacePolicy, labels: dict[str, str] | None) -> None:
-    """Deny unless the first rule matching the namespace allows everything the pod asks for."""
-    hit = next(((i, r) for i, r in enumerate(policy.rules) if r.matches(sel.namespace, labels)), None)
+    """Deny unless the first rule matching the namespace allows everything the pod asks for.
+    `labels` None means unknown: a label rule before the match cannot be decided, so deny (fail
+    closed) rather than fall through to a later, often wider, rule."""
+    hit = None
+    for i, r in enumerate(policy.rules):
+        if r.matches(sel.namespace, labels):
+            hit = (i, r)
+            break
+        if r.namespace_selector is not None and labels is None:
+            raise Denied("namespace_labels_unknown", f"namespace {sel.namespace!r}: its labels are not known yet, "
+                         f"so namespacePolicy.rules[{i}] (a label rule) cannot be decided; retry shortly", 503)
     asked = (f"asked for env={sel.env}, business-line={sel.business_line or '-'}, "
              f"certificates={list(sel.certificates)}, trust bundles={list(sel.trust_bundles)}")
     if hit is None:

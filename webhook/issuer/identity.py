@@ -58,10 +58,7 @@ def grant(caller: Caller, pod: dict | None, services: list[str], namespace_label
         raise Refused("system_namespace", f"namespace {namespace!r} is a system namespace; not issued")
     try:
         sel = select({"metadata": meta, "spec": spec}, namespace, cfg)
-        if cfg.namespace_policy.uses_labels and namespace_labels is None:
-            raise Denied("namespace_unknown", f"namespace {namespace!r} is not known yet; label-based policy "
-                         "cannot be decided (retry)", 503)
-        check_policy(sel, cfg.namespace_policy, namespace_labels)
+        check_policy(sel, cfg.namespace_policy, namespace_labels)  # unknown labels fail closed
     except Denied as d:
         raise Refused(d.reason, d.message, 503 if d.code == 503 else 403) from None
     ips = [p.get("ip") for p in status.get("podIPs") or [] if p.get("ip")] or (
