@@ -8,6 +8,7 @@ import signal
 from . import material
 from .cache import SecretCache
 from .health import health_app
+from .listen import bind_tcp
 from .renewal import Renewer
 from .server import start_grpc
 from .settings import AgentSettings
@@ -45,22 +46,6 @@ def specs_of(settings: AgentSettings) -> list[SecretSpec]:
     ]
 
 
-def _bind_tcp(host: str, port: int):
-    import socket
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise ValueError(f"health port {host}:{port}: {e.strerror} (SDS_HTTP_PORT; 0 disables it)") from None
-    sock.listen(64)
-    sock.setblocking(False)
-    return sock
-
-
 class Agent:
     def __init__(self, settings: AgentSettings, sources: dict[str, Source] | None = None):
         self.settings = settings
@@ -78,7 +63,7 @@ class Agent:
         s = self.settings
         # Bind everything before announcing anything: a busy port is a clear error, and leaves
         # no socket file behind.
-        http_socket = _bind_tcp(s.http_host, s.http_port) if s.http_port else None
+        http_socket = bind_tcp(s.http_host, s.http_port, "health port") if s.http_port else None
         # Serve before the first fetch: Envoy may already be asking, and its requests are
         # held as pending until the secrets arrive (istio #22443).
         self.grpc = await start_grpc(self.cache, self.renewer.knows, s.socket_path, s.socket_mode_int)

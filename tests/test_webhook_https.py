@@ -168,3 +168,27 @@ spec:
 
     denied = subprocess.run([*inject, str(manifest), "--namespace", "default"], capture_output=True, text=True)
     assert denied.returncode == 1 and "namespace 'default' may not use" in denied.stderr
+
+
+def test_tls12_cbc_suites_are_refused_and_a_busy_port_is_a_clear_error(procs, tmp_path, ca, kubeconfig):
+    import socket
+
+    _, client, port, crt, key, served = start_webhook(procs, tmp_path, ca, kubeconfig)
+
+    def handshake(ciphers: str) -> bool:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers(ciphers)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=3) as raw, ctx.wrap_socket(raw):
+                return True
+        except ssl.SSLError:
+            return False
+    assert handshake("ECDHE-ECDSA-AES128-GCM-SHA256")
+    assert not handshake("ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES256-SHA384:ECDHE-ECDSA-AES128-SHA")
+    r = subprocess.run([sys.executable, "-m", "webhook", "serve", "--port", str(port), "--cert-file", str(crt),
+                        "--key-file", str(key), "--config", str(CONFIG), "--issuer-ca-file", str(crt),
+                        "--kubeconfig", str(kubeconfig)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and f"webhook port 0.0.0.0:{port}" in r.stderr and "serving" not in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

@@ -140,7 +140,11 @@ def _serve(rest: list[str]) -> int:
     # full passes, which otherwise stall admissions (seen as p99 spikes under load).
     gc.collect()
     gc.freeze()
-    asyncio.run(serve(app, settings, also))
+    try:
+        asyncio.run(serve(app, settings, also))
+    except ValueError as e:  # a port in use: found before anything was announced
+        print(f"webhook: cannot start: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -14,6 +14,7 @@ from .config import ServerSettings
 
 log = logging.getLogger("webhook.server")
 SHUTDOWN_GRACE_SECONDS = 2
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
 def _stamp(*paths) -> tuple:
@@ -41,8 +42,11 @@ async def serve_app(app, host: str, port: int, cert_file, key_file, name: str,
     """One uvicorn server until `stop` is set; TLS (≥ 1.2, certificate re-read on change) when
     files are given."""
     tls = cert_file is not None
+    from sds_sidecar.listen import bind_tcp
+
+    sock = bind_tcp(host, port, f"{name} port")
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", access_log=False,
+        app, log_level="warning", access_log=False,
         ssl_certfile=str(cert_file) if tls else None, ssl_keyfile=str(key_file) if tls else None,
         http="httptools" if _has("httptools") else "h11",
         lifespan="off",
@@ -53,11 +57,13 @@ async def serve_app(app, host: str, port: int, cert_file, key_file, name: str,
     watcher = None
     if tls:
         config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+        # TLS 1.2: forward-secret AEAD suites only (no CBC); TLS 1.3's are all AEAD.
+        config.ssl.set_ciphers(TLS12_CIPHERS)
         watcher = asyncio.create_task(watch_certificate(config.ssl, cert_file, key_file))
     server = uvicorn.Server(config)
     # Several servers share one loop: the caller owns the signals, uvicorn must not take them.
     server.capture_signals = contextlib.nullcontext
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     stopper = asyncio.create_task((stop or asyncio.Event()).wait())
     try:
         while not server.started and not task.done():
