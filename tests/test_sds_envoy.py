@@ -207,3 +207,27 @@ def test_bad_update_is_rejected_and_previous_certificate_stays(procs, tmp_path, 
     for reason in bad:
         found = re.search(r'sds_secrets_rejected_total\{reason="%s"\} (\S+)' % reason, agent.metrics())
         assert found and float(found.group(1)) >= 1, reason
+
+
+def test_downstream_connection_limit_refuses_the_connection_past_it(procs, tmp_path, ca):
+    """The injected bootstrap's overload manager: one client cannot exhaust the proxy."""
+    import socket
+
+    server = issue(ca)
+    root, agent = serve_files(procs, tmp_path, ca, {"server-cert": server})
+    port = free_port()
+    config = cfg.tls_server(agent.socket, port, "server-cert")
+    config["overload_manager"] = b.overload_manager(3)
+    procs.envoy(config).wait_live()
+    held = [socket.create_connection(("127.0.0.1", port), timeout=2) for _ in range(3)]
+    try:
+        time.sleep(0.3)
+        extra = socket.create_connection(("127.0.0.1", port), timeout=2)
+        extra.settimeout(2)
+        assert extra.recv(1) == b"", "a connection past the limit must be closed at once"
+        extra.close()
+    finally:
+        for s in held:
+            s.close()
+    time.sleep(0.3)
+    assert serial(tls_get(port, ca.cert_pem)[0]) == server.certificate.serial_number  # below the limit again

@@ -154,6 +154,15 @@ def admin(port: int) -> dict:
     return {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}
 
 
+def overload_manager(max_connections: int) -> dict:
+    return {"resource_monitors": [{
+        "name": "envoy.resource_monitors.global_downstream_max_connections",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3."
+                     "DownstreamConnectionsConfig",
+            "max_active_downstream_connections": max_connections}}]}
+
+
 def admin_pipe(path: str) -> dict:
     # mode 0600: only Envoy's own user may connect, even where the volume is shared.
     return {"address": {"pipe": {"path": path, "mode": 0o600}}}
@@ -204,5 +213,6 @@ def pod_bootstrap(sel, cfg, admin_socket: str, agent_ready_path: str) -> dict:
                                   [http_manager(f"outbound_{local}", {"route": {"cluster": name}})]))
     return {
         "admin": admin_pipe(admin_socket),
+        "overload_manager": overload_manager(cfg.proxy.max_downstream_connections),
         "static_resources": {"listeners": listeners, "clusters": clusters},
     }

@@ -154,6 +154,9 @@ class ProxyConfig(Strict):
     # /quitquitquit); the status port exposes /ready alone.
     status_port: int = Field(15021, alias="statusPort")
     concurrency: int = 2
+    # One client must not exhaust the proxy: beyond this many open downstream connections
+    # (all listeners together) Envoy refuses new ones.
+    max_downstream_connections: int = Field(1024, alias="maxDownstreamConnections", gt=0)
     uid: int = 101
     resources: Resources = Field(default_factory=Resources)
     initial_fetch_timeout: str = Field("0s", alias="initialFetchTimeout")
