@@ -192,3 +192,45 @@ def test_tls12_cbc_suites_are_refused_and_a_busy_port_is_a_clear_error(procs, tm
                         "--kubeconfig", str(kubeconfig)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and f"webhook port 0.0.0.0:{port}" in r.stderr and "serving" not in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_idle_and_trickling_clients_are_cut_off_and_memory_returns(procs, tmp_path, ca, kubeconfig):
+    import os
+    import socket
+    import time
+
+    os.environ["WEBHOOK_READ_TIMEOUT_SECONDS"] = "1"
+    try:
+        p, client, port, *_ = start_webhook(procs, tmp_path, ca, kubeconfig)
+    finally:
+        del os.environ["WEBHOOK_READ_TIMEOUT_SECONDS"]
+
+    def rss() -> float:
+        return int(next(ln for ln in open(f"/proc/{p.p.pid}/status") if ln.startswith("VmRSS:")).split()[1]) / 1024
+
+    ctx = ssl.create_default_context(cadata=ca.cert_pem.decode())
+    ctx.check_hostname = False
+
+    def connect(first: bytes):
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="webhook-svc")
+        if first:
+            s.sendall(first)
+        return s
+    kinds = [b"", b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Ty",
+             b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{\"apiVersion\":"]
+    base = rss()
+    held = [connect(kinds[i % 3]) for i in range(300)]
+    peak = rss()
+    t0 = time.monotonic()
+    for s in held:
+        s.settimeout(5)
+        try:
+            assert s.recv(1) == b""
+        except (ssl.SSLError, ConnectionResetError):
+            pass
+        s.close()
+    assert time.monotonic() - t0 < 4, "idle and partial connections must be closed by the server within its timeout"
+    time.sleep(0.5)
+    assert client.get("/healthz", extensions={"sni_hostname": "webhook-svc"}).status_code == 200
+    print(f"RSS {base:.0f} -> {peak:.0f} MB with 300 slow connections -> {rss():.0f} MB after")
+    assert rss() - base < 25, "memory must return near its baseline"

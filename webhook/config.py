@@ -260,6 +260,8 @@ class ServerSettings(BaseSettings):
     key_file: Path | None = None
     config: Path | None = None
     max_body_bytes: int = 3 * 1024 * 1024  # the API server's own request limit
+    read_timeout_seconds: float = Field(10.0, gt=0)  # a whole request must arrive within this
+    max_concurrency: int = Field(1000, gt=0)  # connections and requests at once; beyond: 503
     issuer: bool = False  # also run the issuer in this process (ISSUER_* settings)
     kubeconfig: Path | None = None  # default: in-cluster credentials (label-based policy rules read namespaces)
     issuer_ca_file: Path | None = None  # CA of the issuer's serving certificate, for the agents

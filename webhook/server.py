@@ -11,6 +11,7 @@ import ssl
 import uvicorn
 
 from .config import ServerSettings
+from .deadline import with_timeout
 
 log = logging.getLogger("webhook.server")
 SHUTDOWN_GRACE_SECONDS = 2
@@ -38,7 +39,8 @@ async def watch_certificate(ctx: ssl.SSLContext, cert_file, key_file, interval: 
 
 
 async def serve_app(app, host: str, port: int, cert_file, key_file, name: str,
-                    stop: asyncio.Event | None = None) -> None:
+                    stop: asyncio.Event | None = None, read_timeout: float = 10.0,
+                    max_concurrency: int = 1000) -> None:
     """One uvicorn server until `stop` is set; TLS (≥ 1.2, certificate re-read on change) when
     files are given."""
     tls = cert_file is not None
@@ -48,8 +50,11 @@ async def serve_app(app, host: str, port: int, cert_file, key_file, name: str,
     config = uvicorn.Config(
         app, log_level="warning", access_log=False,
         ssl_certfile=str(cert_file) if tls else None, ssl_keyfile=str(key_file) if tls else None,
-        http="httptools" if _has("httptools") else "h11",
+        http=with_timeout(read_timeout) if _has("httptools") else "h11",
         lifespan="off",
+        # Beyond this many connections and requests at once, new requests get 503 at once
+        # instead of piling up in memory.
+        limit_concurrency=max_concurrency,
         # Requests take milliseconds; an idle TLS keep-alive connection must not hold a stop.
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )
@@ -89,7 +94,8 @@ async def serve(app, settings: ServerSettings, also=()) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     tasks = [asyncio.create_task(serve_app(app, settings.host, settings.port, settings.cert_file,
-                                           settings.key_file, "webhook", stop))]
+                                           settings.key_file, "webhook", stop, settings.read_timeout_seconds,
+                                           settings.max_concurrency))]
     tasks += [asyncio.create_task(run(stop)) for run in also]
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     stop.set()
