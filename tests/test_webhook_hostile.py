@@ -121,3 +121,40 @@ def test_port_collisions_are_denied_naming_both_users(annotations, containers_po
     resp = answer(review(p))
     assert not resp["allowed"] and resp["status"]["code"] == 400, resp
     assert all(f in resp["status"]["message"] for f in fragments), resp["status"]["message"]
+
+
+def test_inject_passes_untouched_documents_through_byte_for_byte_and_knows_more_kinds(tmp_path):
+    import subprocess
+    import sys
+
+    from sds_sidecar.ca import LocalCA
+
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(LocalCA.generate().cert_pem)
+    template = ("metadata:\n      labels: {app: web}\n      annotations: {sds-injector.io/env: dev}\n"
+                "    spec:\n      containers: [{name: web, image: web:1}]\n")
+    text = ("\n\n# a comment-only part\n---\n"
+            "apiVersion: v1\nkind: ReplicationController\nmetadata: {name: rc, namespace: shop}\nspec:\n"
+            "  replicas: 1\n  template:\n    " + template +
+            "---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: apps/v1\n  kind: Deployment\n"
+            "  metadata: {name: d, namespace: shop}\n  spec:\n    template:\n      metadata:\n"
+            "        annotations: {sds-injector.io/env: dev}\n      spec:\n        containers: [{name: a, image: a}]\n"
+            "---\napiVersion: argoproj.io/v1alpha1\nkind: Rollout\nmetadata: {name: ro}\nspec:\n  template:\n    "
+            + template +
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata:\n  script: |\n    echo hi\n    exit 0")
+    src = tmp_path / "in.yaml"
+    src.write_text(text)
+    r = subprocess.run([sys.executable, "-m", "webhook", "inject", "-f", str(src), "--config",
+                        str(Path(__file__).parent.parent / "examples" / "config.yaml"), "--issuer-ca", str(ca)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("\n\n# a comment-only part\n---\n")
+    last = text[text.rindex("---\napiVersion: v1\nkind: ConfigMap"):]
+    assert r.stdout.endswith(last), "the last document (no final newline, a | block) must be unchanged"
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(r.stdout) if d]
+    rc, lst = docs[0], docs[1]
+    assert [c["name"] for c in rc["spec"]["template"]["spec"]["initContainers"]] == ["sds-agent", "sds-envoy"]
+    assert lst["items"][0]["spec"]["template"]["spec"]["initContainers"][0]["name"] == "sds-agent"
+    assert "Rollout/ro" in r.stderr and "not injected" in r.stderr

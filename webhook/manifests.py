@@ -18,8 +18,10 @@ TEMPLATE_PATHS = {
     "StatefulSet": ("spec", "template"),
     "DaemonSet": ("spec", "template"),
     "ReplicaSet": ("spec", "template"),
+    "ReplicationController": ("spec", "template"),
     "Job": ("spec", "template"),
     "CronJob": ("spec", "jobTemplate", "spec", "template"),
+    "PodTemplate": ("template",),
 }
 
 
@@ -33,7 +35,7 @@ def split_documents(text: str) -> list[str]:
         parts.append(text[last:m.start()])
         last = m.start()
     parts.append(text[last:])
-    return [p for p in parts if p.strip()]
+    return [p for p in parts if p]  # whitespace-only parts too: their bytes are passed through
 
 
 def inject_text(text: str, cfg: InjectorConfig, namespace: str | None = None,
@@ -46,7 +48,8 @@ def inject_text(text: str, cfg: InjectorConfig, namespace: str | None = None,
             raise InjectError(f"document {index + 1}: not valid YAML: {e}") from None
         new = inject_document(doc, cfg, namespace, index, warn) if isinstance(doc, dict) else None
         if new is None:
-            out.append(doc_text if doc_text.endswith("\n") else doc_text + "\n")
+            # Exactly as it came: adding even a final newline changes a trailing `|` block.
+            out.append(doc_text)
         else:
             body = yaml.safe_dump(new, sort_keys=False, width=1 << 16)
             out.append(("---\n" if doc_text.lstrip().startswith("---") else "") + body)
@@ -54,8 +57,19 @@ def inject_text(text: str, cfg: InjectorConfig, namespace: str | None = None,
 
 
 def inject_document(doc: dict, cfg: InjectorConfig, namespace: str | None, index: int, warn) -> dict | None:
+    if doc.get("kind") == "List" or (isinstance(doc.get("kind"), str) and doc["kind"].endswith("List")
+                                     and isinstance(doc.get("items"), list)):
+        items = doc.get("items") or []
+        new_items = [inject_document(i, cfg, namespace, index, warn) if isinstance(i, dict) else None for i in items]
+        if all(n is None for n in new_items):
+            return None
+        return {**doc, "items": [n if n is not None else i for n, i in zip(new_items, items)]}
     path = TEMPLATE_PATHS.get(doc.get("kind"))
     if path is None:
+        template = (doc.get("spec") or {}).get("template") if isinstance(doc.get("spec"), dict) else None
+        if isinstance(template, dict) and isinstance((template.get("spec") or {}).get("containers"), list):
+            warn(f"document {index + 1} ({doc.get('kind')}/{(doc.get('metadata') or {}).get('name', '?')}): has a "
+                 "pod template at spec.template, but inject does not know this kind; not injected")
         return None
     node = doc
     for key in path:
