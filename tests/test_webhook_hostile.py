@@ -158,3 +158,38 @@ def test_inject_passes_untouched_documents_through_byte_for_byte_and_knows_more_
     assert [c["name"] for c in rc["spec"]["template"]["spec"]["initContainers"]] == ["sds-agent", "sds-envoy"]
     assert lst["items"][0]["spec"]["template"]["spec"]["initContainers"][0]["name"] == "sds-agent"
     assert "Rollout/ro" in r.stderr and "not injected" in r.stderr
+
+
+def kubelet_can_read(default_mode: int, fs_group: int | None, uid: int, gid: int) -> bool:
+    """A Secret volume file as the kubelet writes it: owner root; group fsGroup when the pod sets
+    one (then group-readable), else root; mode defaultMode. Can the container process read it?"""
+    owner, group = 0, fs_group if fs_group is not None else 0
+    mode = default_mode | (0o040 if fs_group is not None else 0)
+    groups = {gid} | ({fs_group} if fs_group is not None else set())  # fsGroup is a supplementary group
+    if uid == owner:
+        return bool(mode & 0o400)
+    if group in groups:
+        return bool(mode & 0o040)
+    return bool(mode & 0o004)
+
+
+@pytest.mark.parametrize("fs_group", [None, 2000])
+def test_the_agent_can_read_the_mounted_secrets_as_the_kubelet_writes_them(fs_group):
+    from webhook.config import InjectorConfig
+
+    cfg = InjectorConfig.model_validate({**CONFIG.model_dump(by_alias=True),
+                                        "agent": {**CONFIG.agent.model_dump(by_alias=True), "source": "files"}})
+    p = pod(DEV)
+    if fs_group is not None:
+        p["spec"]["securityContext"] = {"fsGroup": fs_group}
+    status, out = admission.handle(json.dumps(review(p)).encode(), lambda: cfg)
+    patched = jsonpatch.apply_patch(p, decode_patch(json.loads(out)))
+    agent = next(c for c in patched["spec"]["initContainers"] if c["name"] == "sds-agent")
+    sc = agent["securityContext"]
+    files = [v for v in patched["spec"]["volumes"] if v["name"].startswith("sds-files-")]
+    assert files
+    for v in files:
+        assert kubelet_can_read(v["secret"]["defaultMode"], fs_group, sc["runAsUser"], sc["runAsGroup"]), v
+        # ...and no container of the pod's own mounts it (enforced at admission).
+        assert not any(m["name"] == v["name"] for c in patched["spec"]["containers"] for m in c.get("volumeMounts", []))
+    assert not kubelet_can_read(0o440, None, sc["runAsUser"], sc["runAsGroup"]), "the old mode was unreadable"

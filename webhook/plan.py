@@ -22,6 +22,12 @@ ADMIN_DIR = "/var/run/sds-admin"
 SA_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
+# Without a pod fsGroup the kubelet writes Secret files as root:root, so the agent (uid 65532)
+# reads them through the "other" bits. Only the agent mounts these volumes (owned_volume() is
+# enforced at admission), so readable-by-all means readable by the agent alone.
+SECRET_FILE_MODE = 0o444
+
+
 def owned_volume(name: str) -> bool:
     """Volumes the injector adds: no container of the pod's own may mount one."""
     return name in (SOCKET_VOL, TOKEN_VOL, CA_VOL, ADMIN_VOL, NO_SA_TOKEN_VOL) or name.startswith(FILES_VOL_PREFIX)
@@ -107,7 +113,7 @@ def _local_ca_parts(sel: Selection, a: AgentConfig) -> Parts:
     env += [{"name": "SDS_LOCAL_CA_CERT_FILE", "value": f"{CA_DIR}/tls.crt"},
             {"name": "SDS_LOCAL_CA_KEY_FILE", "value": f"{CA_DIR}/tls.key"}]
     return (env, [{"name": CA_VOL, "mountPath": CA_DIR, "readOnly": True}],
-            [{"name": CA_VOL, "secret": {"secretName": a.local_ca_secret, "defaultMode": 0o440}}])
+            [{"name": CA_VOL, "secret": {"secretName": a.local_ca_secret, "defaultMode": SECRET_FILE_MODE}}])
 
 
 def _files_parts(sel: Selection, a: AgentConfig) -> Parts:
@@ -117,7 +123,7 @@ def _files_parts(sel: Selection, a: AgentConfig) -> Parts:
     for i, name in enumerate(sel.certificates + sel.trust_bundles):
         vol = f"{FILES_VOL_PREFIX}{i}"
         mounts.append({"name": vol, "mountPath": f"{FILES_DIR}/{name}", "readOnly": True})
-        volumes.append({"name": vol, "secret": {"secretName": name.lower(), "defaultMode": 0o440}})
+        volumes.append({"name": vol, "secret": {"secretName": name.lower(), "defaultMode": SECRET_FILE_MODE}})
     return [{"name": "SDS_FILES_ROOT", "value": FILES_DIR}], mounts, volumes
 
 
