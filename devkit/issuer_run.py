@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sds_sidecar.ca import LocalCA
 
+from . import process
 from .kube_api import KubeAPI
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,15 +88,8 @@ class IssuerRun:
         raise TimeoutError(f"issuer not ready after {timeout}s: {self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc:
-            self._fh.close()
+        if self.proc is not None:
+            process.stop(self.proc, self._fh)
 
     def _context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cadata=self.ca_pem.decode())

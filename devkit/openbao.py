@@ -15,6 +15,7 @@ from pathlib import Path
 import hvac
 import requests
 
+from . import process
 from .issuer_run import free_port
 
 BAO = shutil.which("bao", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
@@ -111,14 +112,18 @@ class OpenBao:
     def resume(self) -> None:
         os.killpg(self.proc.pid, signal.SIGCONT)
 
+    def peer(self, mount: str, role: str, stem: str, uri: str, tmp_path: Path) -> tuple[tuple[Path, Path], str]:
+        """A certificate for another workload, as Vault issues it (key made by Vault), written to
+        files a TLS client can present: ((cert file, key file), serial)."""
+        d = self.client().secrets.pki.generate_certificate(role, f"{stem}.shop", extra_params={
+            "uri_sans": uri, "ttl": "1h", "key_type": "ec", "key_bits": 256}, mount_point=mount)["data"]
+        crt, key = tmp_path / f"{stem}.crt", tmp_path / f"{stem}.key"
+        crt.write_text(d["certificate"] + "\n" + "\n".join(d.get("ca_chain") or [d["issuing_ca"]]) + "\n")
+        key.write_text(d["private_key"])
+        return (crt, key), d["serial_number"]
+
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.resume()
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc:
-            self._fh.close()
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.resume()
+            process.stop(self.proc, self._fh)

@@ -82,3 +82,13 @@ def kubeconfig(tmp_path_factory) -> Path:
     path.write_text(kube.kubeconfig())
     yield path
     kube.stop()
+
+
+@pytest.fixture
+def openbao(tmp_path):
+    """A real OpenBao dev server on loopback for one test (devkit/openbao.py)."""
+    from devkit.openbao import OpenBao
+
+    server = OpenBao(tmp_path).start()
+    yield server
+    server.stop()

@@ -285,7 +285,6 @@ def test_webhook_and_issuer_run_in_one_process_as_the_chart_runs_them(tmp_path):
     """`python -m webhook serve` with WEBHOOK_ISSUER=true (the chart's Deployment): both ports
     answer, injected agents get the issuer's serving CA, the issuer signs for the pod."""
     import base64
-    import os
     import ssl
     import urllib.request
 

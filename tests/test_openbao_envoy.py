@@ -12,23 +12,10 @@ from tests.harness import free_port, tls_get, wait_for
 pytestmark = pytest.mark.vault_real
 
 
-@pytest.fixture
-def bao(tmp_path):
-    b = OpenBao(tmp_path).start()
-    yield b
-    b.stop()
-
-
 def client_pair(b: OpenBao, mount: str, tmp_path, stem: str) -> tuple[tuple, str]:
-    """A peer's certificate as Vault issues it (the root token here stands for another workload)."""
-    d = b.client().secrets.pki.generate_certificate("prod", f"{stem}.shop", extra_params={
-        "uri_sans": f"spiffe://cluster.local/ns/shop/sa/{stem}", "ttl": "1h", "key_type": "ec", "key_bits": 256},
-        mount_point=mount)["data"]
-    remember_key(d["private_key"].encode())
-    crt, key = tmp_path / f"{stem}.crt", tmp_path / f"{stem}.key"
-    crt.write_text(d["certificate"] + "\n" + "\n".join(d.get("ca_chain") or [d["issuing_ca"]]) + "\n")
-    key.write_text(d["private_key"])
-    return (crt, key), d["serial_number"]
+    files, serial = b.peer(mount, "prod", stem, f"spiffe://cluster.local/ns/shop/sa/{stem}", tmp_path)
+    remember_key(files[1].read_bytes())
+    return files, serial
 
 
 def agent_and_envoy(procs, b: OpenBao, mount: str):
@@ -49,16 +36,16 @@ def answers(port: int, ca_pem: bytes, client) -> bool:
         return False
 
 
-def test_crl_during_ca_rollover_refuses_only_the_revoked_peer(procs, bao, tmp_path):
-    old_ca = bao.pki("pki_roll").encode()
-    old_peer, old_serial = client_pair(bao, "pki_roll", tmp_path, "old")
-    agent, port = agent_and_envoy(procs, bao, "pki_roll")
+def test_crl_during_ca_rollover_refuses_only_the_revoked_peer(procs, openbao, tmp_path):
+    old_ca = openbao.pki("pki_roll").encode()
+    old_peer, old_serial = client_pair(openbao, "pki_roll", tmp_path, "old")
+    agent, port = agent_and_envoy(procs, openbao, "pki_roll")
     assert wait_for(lambda: answers(port, old_ca, old_peer), what="old peer accepted")
     # Rollover: a second issuer becomes the default; the old one stays trusted for the overlap.
-    admin = bao.client()
+    admin = openbao.client()
     new = admin.write("pki_roll/root/rotate/internal", common_name="rolled CA", key_type="ec", ttl="8760h")["data"]
     admin.write("pki_roll/root/replace", default=new["issuer_id"])
-    new_peer, _ = client_pair(bao, "pki_roll", tmp_path, "new")
+    new_peer, _ = client_pair(openbao, "pki_roll", tmp_path, "new")
     both = old_ca + b"\n" + new["certificate"].encode()
     assert wait_for(lambda: answers(port, both, new_peer), what="new peer accepted after the rollover")
     assert answers(port, both, old_peer), "a good peer of the old issuer is refused during the overlap"
@@ -67,18 +54,18 @@ def test_crl_during_ca_rollover_refuses_only_the_revoked_peer(procs, bao, tmp_pa
     assert answers(port, both, new_peer)
 
 
-def test_crl_with_root_and_intermediate_refuses_only_the_revoked_peer(procs, bao, tmp_path):
-    root_pem = bao.pki("pki_root", "offline root", role=None).encode()
-    admin = bao.client()
+def test_crl_with_root_and_intermediate_refuses_only_the_revoked_peer(procs, openbao, tmp_path):
+    root_pem = openbao.pki("pki_root", "offline root", role=None).encode()
+    admin = openbao.client()
     admin.sys.enable_secrets_engine("pki", path="pki_int", config={"max_lease_ttl": "87600h"})
     csr = admin.write("pki_int/intermediate/generate/internal", common_name="prod intermediate",
                       key_type="ec")["data"]["csr"]
     signed = admin.write("pki_root/root/sign-intermediate", csr=csr, format="pem_bundle", ttl="8760h")["data"]
     admin.write("pki_int/intermediate/set-signed", certificate=signed["certificate"] + "\n" + root_pem.decode())
-    bao.role("pki_int", "prod")
-    good, _ = client_pair(bao, "pki_int", tmp_path, "good")
-    bad, bad_serial = client_pair(bao, "pki_int", tmp_path, "bad")
-    agent, port = agent_and_envoy(procs, bao, "pki_int")
+    openbao.role("pki_int", "prod")
+    good, _ = client_pair(openbao, "pki_int", tmp_path, "good")
+    bad, bad_serial = client_pair(openbao, "pki_int", tmp_path, "bad")
+    agent, port = agent_and_envoy(procs, openbao, "pki_int")
     assert wait_for(lambda: answers(port, root_pem, good), what="unrevoked peer accepted")
     assert answers(port, root_pem, bad)
     admin.secrets.pki.revoke_certificate(bad_serial, mount_point="pki_int")

@@ -386,11 +386,11 @@ def test_sidecars_get_no_api_token_and_envoy_admin_is_private():
 def test_certificate_and_trust_bundle_names_are_limited_to_the_templates():
     """`certificates: serviceA-prod-cert` in a dev-only namespace was admitted while
     certificatePrefixes defaulted to [""]; trust-bundle names were checked by no rule."""
-    for annotations, what in [
+    for annos, what in [
         ({"sds-injector.io/env": "dev", "sds-injector.io/certificates": "servicea-prod-cert"}, "servicea-prod-cert"),
         ({"sds-injector.io/env": "dev", "sds-injector.io/trust-bundles": "prod-trust-bundle"}, "prod-trust-bundle"),
     ]:
-        _, out = call(review(pod(annotations)))
-        assert not out["response"]["allowed"] and what in out["response"]["status"]["message"], annotations
+        _, out = call(review(pod(annos)))
+        assert not out["response"]["allowed"] and what in out["response"]["status"]["message"], annos
     _, out = call(review(pod({"sds-injector.io/env": "dev", "sds-injector.io/certificates": "web-dev-cert"})))
     assert out["response"]["allowed"]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-
 import datetime as dt
 from collections.abc import Callable
 
