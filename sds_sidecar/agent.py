@@ -73,8 +73,12 @@ class Agent:
 
             import uvicorn
 
+            from .deadline import with_timeout
+
+            # A kubelet probe is one small request: a client that idles or trickles is cut off.
             config = uvicorn.Config(health_app(self.renewer.status), log_level="warning", access_log=False,
-                                    lifespan="off")
+                                    lifespan="off", http=with_timeout(5.0), limit_concurrency=64,
+                                    timeout_keep_alive=2)
             self.http = uvicorn.Server(config)
             self.http.capture_signals = contextlib.nullcontext  # this process's signals are the agent's
             self._http_task = asyncio.create_task(self.http.serve(sockets=[http_socket]))

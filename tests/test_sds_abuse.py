@@ -169,3 +169,21 @@ def test_configuration_errors_never_echo_secret_values():
                            capture_output=True, text=True, timeout=30)
         assert r.returncode == 2 and fragment in r.stderr, r.stderr
         assert "SECRETTOKENVALUE" not in r.stderr + r.stdout, "the token (or part of it) is echoed"
+
+
+def test_health_port_cuts_off_idle_and_trickling_clients(agent):
+    import socket
+
+    a, _ = agent
+    held = []
+    for first in (b"", b"GET /readyz HTTP/1.1\r\nHo", b"GET /readyz HTTP/1.1\r\nHost: x\r\n"):
+        s = socket.create_connection(("127.0.0.1", a.http_port), timeout=10)
+        if first:
+            s.sendall(first)
+        held.append(s)
+    t0 = time.monotonic()
+    for s in held:
+        assert s.recv(1) == b""
+        s.close()
+    assert time.monotonic() - t0 < 8, "slow clients must be closed within the read deadline"
+    assert a.status()[0] == 200

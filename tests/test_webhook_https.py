@@ -190,7 +190,8 @@ def test_tls12_cbc_suites_are_refused_and_a_busy_port_is_a_clear_error(procs, tm
     r = subprocess.run([sys.executable, "-m", "webhook", "serve", "--port", str(port), "--cert-file", str(crt),
                         "--key-file", str(key), "--config", str(CONFIG), "--issuer-ca-file", str(crt),
                         "--kubeconfig", str(kubeconfig)], capture_output=True, text=True, timeout=30)
-    assert r.returncode == 2 and f"webhook port 0.0.0.0:{port}" in r.stderr and "serving" not in r.stderr, r.stderr
+    assert r.returncode == 2 and f"webhook port 0.0.0.0:{port}" in r.stderr and "serving" not in r.stderr, (
+        r.returncode, r.stderr)
     assert "Traceback" not in r.stderr
 
 

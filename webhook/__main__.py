@@ -119,6 +119,15 @@ def _serve(rest: list[str]) -> int:
         print(f"webhook: invalid configuration:\n{_describe(e)}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level)
+    from sds_sidecar.listen import bind_tcp
+
+    try:  # both ports before anything else starts: a busy port is a clean exit
+        sock = bind_tcp(settings.host, settings.port, "webhook port")
+        issuer_sock = (bind_tcp(issuer_settings.host, issuer_settings.port, "issuer port")
+                       if issuer_settings is not None else None)
+    except ValueError as e:
+        print(f"webhook: cannot start: {e}", file=sys.stderr)
+        return 2
     try:
         from .kube import api_client
 
@@ -133,7 +142,7 @@ def _serve(rest: list[str]) -> int:
     if issuer_settings is not None:
         from .issuer import run
 
-        also.append(lambda stop: run.serve(issuer_settings, store.get, stop))
+        also.append(lambda stop: run.serve(issuer_settings, store.get, stop, issuer_sock))
     import gc
 
     # Everything loaded so far lives as long as the process: keep it out of the collector's
@@ -141,7 +150,7 @@ def _serve(rest: list[str]) -> int:
     gc.collect()
     gc.freeze()
     try:
-        asyncio.run(serve(app, settings, also))
+        asyncio.run(serve(app, settings, also, sock))
     except ValueError as e:  # a port in use: found before anything was announced
         print(f"webhook: cannot start: {e}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ import ssl
 import uvicorn
 
 from .config import ServerSettings
-from .deadline import with_timeout
+from sds_sidecar.deadline import with_timeout
 
 log = logging.getLogger("webhook.server")
 SHUTDOWN_GRACE_SECONDS = 2
@@ -40,13 +40,13 @@ async def watch_certificate(ctx: ssl.SSLContext, cert_file, key_file, interval: 
 
 async def serve_app(app, host: str, port: int, cert_file, key_file, name: str,
                     stop: asyncio.Event | None = None, read_timeout: float = 10.0,
-                    max_concurrency: int = 1000) -> None:
+                    max_concurrency: int = 1000, sock=None) -> None:
     """One uvicorn server until `stop` is set; TLS (≥ 1.2, certificate re-read on change) when
     files are given."""
     tls = cert_file is not None
     from sds_sidecar.listen import bind_tcp
 
-    sock = bind_tcp(host, port, f"{name} port")
+    sock = sock or bind_tcp(host, port, f"{name} port")
     config = uvicorn.Config(
         app, log_level="warning", access_log=False,
         ssl_certfile=str(cert_file) if tls else None, ssl_keyfile=str(key_file) if tls else None,
@@ -84,7 +84,7 @@ async def serve_app(app, host: str, port: int, cert_file, key_file, name: str,
             watcher.cancel()
 
 
-async def serve(app, settings: ServerSettings, also=()) -> None:
+async def serve(app, settings: ServerSettings, also=(), sock=None) -> None:
     """The webhook, and the other servers of this process (`also`: functions of a stop event
     returning a coroutine), until SIGTERM/SIGINT; the first to end ends them all."""
     import signal
@@ -95,7 +95,7 @@ async def serve(app, settings: ServerSettings, also=()) -> None:
         loop.add_signal_handler(sig, stop.set)
     tasks = [asyncio.create_task(serve_app(app, settings.host, settings.port, settings.cert_file,
                                            settings.key_file, "webhook", stop, settings.read_timeout_seconds,
-                                           settings.max_concurrency))]
+                                           settings.max_concurrency, sock))]
     tasks += [asyncio.create_task(run(stop)) for run in also]
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     stop.set()

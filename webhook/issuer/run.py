@@ -33,7 +33,7 @@ def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tup
     return issuer, cluster
 
 
-async def serve(settings: IssuerSettings, config: Callable[[], InjectorConfig], stop=None) -> None:
+async def serve(settings: IssuerSettings, config: Callable[[], InjectorConfig], stop=None, sock=None) -> None:
     import logging
 
     from ..server import serve_app
@@ -44,7 +44,7 @@ async def serve(settings: IssuerSettings, config: Callable[[], InjectorConfig], 
     ready = lambda: all(i.synced.is_set() for i in (cluster.pods, cluster.services, cluster.namespaces))  # noqa: E731
     try:
         await serve_app(create_app(issuer, ready), settings.host, settings.port, settings.cert_file,
-                        settings.key_file, "issuer", stop)
+                        settings.key_file, "issuer", stop, sock=sock)
     finally:
         cluster.stop()
         logging.getLogger("issuer").info("issuer stopped")
