@@ -8,9 +8,13 @@ never rendered by Helm and never mounted into a tenant pod."""
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import logging
 import re
+from dataclasses import dataclass
+
+from cryptography import x509
 
 from cryptography.hazmat.primitives import serialization
 
@@ -18,7 +22,7 @@ from sds_sidecar.ca import LocalCA
 from sds_sidecar.validation import parse_certificates, parse_private_key
 
 log = logging.getLogger("issuer.authority")
-_KEY_SAFE = re.compile(r"^[-._a-zA-Z0-9]+$")
+_KEY_SAFE = re.compile(r"^[-_a-zA-Z0-9]+$")
 
 
 def _pem_key(key) -> bytes:
@@ -26,22 +30,39 @@ def _pem_key(key) -> bytes:
                              serialization.NoEncryption())
 
 
+@dataclass
+class Rotation:
+    """When an environment's CA is replaced: `before` its expiry a next CA joins the bundles;
+    after `propagation` (every agent has re-read its bundle) it signs; the old one stays trusted
+    for `overlap` (peers still hold certificates it signed)."""
+
+    before: float = 30 * 86400
+    propagation: float = 900
+    overlap: float = 48 * 3600
+    lifetime_days: float = 365
+
+
 class Authority:
-    def __init__(self, root: LocalCA, envs: dict[str, LocalCA]):
+    def __init__(self, root: LocalCA, envs: dict[str, LocalCA], nexts: dict | None = None,
+                 retired: dict | None = None):
         self.root = root
-        self.envs = envs
+        self.envs = envs  # env -> the CA that signs now
+        self.nexts: dict[str, tuple[LocalCA, dt.datetime]] = nexts or {}  # env -> (next CA, introduced at)
+        self.retired: dict[str, tuple[x509.Certificate, dt.datetime]] = retired or {}  # env -> (old CA, retired at)
 
     def __repr__(self) -> str:  # never show a key
         return f"Authority(envs={sorted(self.envs)})"
 
     @classmethod
-    def generate(cls, environments: list[str], trust_domain: str, days: float = 3650) -> "Authority":
+    def generate(cls, environments: list[str], trust_domain: str, days: float = 3650,
+                 rotation: Rotation | None = None) -> "Authority":
         root = LocalCA.generate("sds-injector root CA", days=days)
-        return cls(root, {e: cls._intermediate(root, e, trust_domain) for e in environments})
+        life = (rotation or Rotation()).lifetime_days
+        return cls(root, {e: cls._intermediate(root, e, trust_domain, life) for e in environments})
 
     @staticmethod
-    def _intermediate(root: LocalCA, env: str, trust_domain: str) -> LocalCA:
-        return root.intermediate(f"sds-injector {env} CA", days=365 * 5, permitted_uri_domains=[trust_domain])
+    def _intermediate(root: LocalCA, env: str, trust_domain: str, days: float = 365) -> LocalCA:
+        return root.intermediate(f"sds-injector {env} CA", days=days, permitted_uri_domains=[trust_domain])
 
     def ca(self, env: str) -> LocalCA:
         try:
@@ -49,15 +70,49 @@ class Authority:
         except KeyError:
             raise KeyError(f"no signing CA for environment {env!r}") from None
 
-    def bundle(self, env: str) -> bytes:
-        """What a pod of `env` trusts: its environment's CA, never the root or another env's."""
-        return self.ca(env).cert_pem
+    def bundle(self, env: str, overlap: float = Rotation.overlap, at: dt.datetime | None = None) -> bytes:
+        """What a pod of `env` trusts: its environment's CAs (the one signing now, the next one,
+        one retired within the overlap), never the root or another environment's."""
+        at = at or dt.datetime.now(dt.timezone.utc)
+        certs = [self.ca(env).cert]
+        if env in self.nexts:
+            certs.append(self.nexts[env][0].cert)
+        if env in self.retired:
+            old, since = self.retired[env]
+            if (at - since).total_seconds() < overlap and old.not_valid_after_utc > at:
+                certs.append(old)
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
-    # --- Secret form: data keys root.crt/root.key and <env>.crt/<env>.key (base64 as in the API).
+    def rotate(self, trust_domain: str, r: Rotation, at: dt.datetime | None = None) -> list[str]:
+        """Advance every environment's rotation by the clock; returns what changed."""
+        at = at or dt.datetime.now(dt.timezone.utc)
+        changed = []
+        for env, ca in list(self.envs.items()):
+            if env in self.retired and ((at - self.retired[env][1]).total_seconds() >= r.overlap
+                                        or self.retired[env][0].not_valid_after_utc <= at):
+                del self.retired[env]
+                changed.append(f"{env}: retired CA dropped after the overlap")
+            if env in self.nexts and (at - self.nexts[env][1]).total_seconds() >= r.propagation:
+                self.retired[env] = (ca.cert, at)
+                self.envs[env] = self.nexts.pop(env)[0]
+                changed.append(f"{env}: next CA now signs")
+            elif env not in self.nexts and (ca.cert.not_valid_after_utc - at).total_seconds() < r.before:
+                self.nexts[env] = (self._intermediate(self.root, env, trust_domain, r.lifetime_days), at)
+                changed.append(f"{env}: next CA introduced into the trust bundle")
+        return changed
+
+    # --- Secret form (base64 as in the API): root.crt/.key; <env>.crt/.key (signing now);
+    # <env>.next.crt/.key + <env>.next-at; <env>.retired.crt + <env>.retired-at.
     def to_secret_data(self) -> dict[str, str]:
         out = {"root.crt": self.root.cert_pem, "root.key": _pem_key(self.root.key)}
         for env, ca in self.envs.items():
             out[f"{env}.crt"], out[f"{env}.key"] = ca.cert_pem, _pem_key(ca.key)
+        for env, (ca, since) in self.nexts.items():
+            out[f"{env}.next.crt"], out[f"{env}.next.key"] = ca.cert_pem, _pem_key(ca.key)
+            out[f"{env}.next-at"] = since.isoformat().encode()
+        for env, (cert, since) in self.retired.items():
+            out[f"{env}.retired.crt"] = cert.public_bytes(serialization.Encoding.PEM)
+            out[f"{env}.retired-at"] = since.isoformat().encode()
         return {k: base64.b64encode(v).decode() for k, v in out.items()}
 
     @classmethod
@@ -68,20 +123,29 @@ class Authority:
             cert = parse_certificates(raw[f"{stem}.crt"], f"CA Secret entry {stem}.crt")[0]
             return LocalCA(cert, parse_private_key(raw[f"{stem}.key"]))
 
-        envs = {k[:-4]: load(k[:-4]) for k in raw if k.endswith(".crt") and k != "root.crt"}
-        return cls(load("root"), envs)
+        def when(key: str) -> dt.datetime:
+            return dt.datetime.fromisoformat(raw[key].decode())
+
+        stems = [k[:-4] for k in raw if k.endswith(".crt") and k != "root.crt" and "." not in k[:-4]]
+        envs = {e: load(e) for e in stems}
+        nexts = {e: (load(f"{e}.next"), when(f"{e}.next-at")) for e in stems if f"{e}.next.crt" in raw}
+        retired = {e: (parse_certificates(raw[f"{e}.retired.crt"], "retired CA")[0], when(f"{e}.retired-at"))
+                   for e in stems if f"{e}.retired.crt" in raw}
+        return cls(load("root"), envs, nexts, retired)
 
 
 def load_or_create(core, namespace: str, secret_name: str, environments: list[str], trust_domain: str,
-                   attempts: int = 5) -> Authority:
-    """The cluster's Authority, creating the Secret (or the missing environments' CAs) if needed.
-    Safe with any number of replicas starting at once: the API server's create and
-    resourceVersion-checked replace decide, the losers re-read."""
+                   attempts: int = 5, rotation: Rotation | None = None,
+                   at: dt.datetime | None = None) -> Authority:
+    """The cluster's Authority: the Secret created if absent, missing environments' CAs added,
+    rotations advanced by the clock. Safe with any number of replicas doing it at once: the API
+    server's create and resourceVersion-checked replace decide, the losers re-read."""
     from kubernetes.client.exceptions import ApiException
 
+    rotation = rotation or Rotation()
     for env in environments:
         if not _KEY_SAFE.match(env) or env == "root":
-            raise ValueError(f"environment name {env!r} cannot name a CA (letters, digits, '-', '_', '.'; not 'root')")
+            raise ValueError(f"environment name {env!r} cannot name a CA (letters, digits, '-', '_'; not 'root')")
     for _ in range(attempts):
         try:
             resp = core.read_namespaced_secret(secret_name, namespace, _preload_content=False, _request_timeout=10)
@@ -89,7 +153,7 @@ def load_or_create(core, namespace: str, secret_name: str, environments: list[st
         except ApiException as e:
             if e.status != 404:
                 raise
-            auth = Authority.generate(environments, trust_domain)
+            auth = Authority.generate(environments, trust_domain, rotation=rotation)
             body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                     "metadata": {"name": secret_name, "namespace": namespace,
                                  "labels": {"app.kubernetes.io/name": "sds-injector",
@@ -104,15 +168,16 @@ def load_or_create(core, namespace: str, secret_name: str, environments: list[st
                     raise
                 continue  # another replica won: read its Secret
         auth = Authority.from_secret_data(secret.get("data") or {})
-        missing = [e for e in environments if e not in auth.envs]
-        if not missing:
+        changes = [f"{env}: CA created" for env in environments if env not in auth.envs]
+        for env in environments:
+            auth.envs.setdefault(env, Authority._intermediate(auth.root, env, trust_domain, rotation.lifetime_days))
+        changes += auth.rotate(trust_domain, rotation, at)
+        if not changes:
             return auth
-        for env in missing:
-            auth.envs[env] = Authority._intermediate(auth.root, env, trust_domain)
         secret["data"] = auth.to_secret_data()  # carries metadata.resourceVersion: a stale replace fails
         try:
             core.replace_namespaced_secret(secret_name, namespace, secret, _request_timeout=10)
-            log.info("added signing CAs", extra={"fields": {"secret": secret_name, "envs": missing}})
+            log.info("signing CAs updated", extra={"fields": {"secret": secret_name, "changes": changes}})
             return auth
         except ApiException as e:
             if e.status != 409:

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import threading
 from collections.abc import Callable
 
 from ..config import InjectorConfig
 from .audit import AuditLog
-from .authority import load_or_create
+from .authority import Rotation, load_or_create
 from .cluster import ClusterCache
 from .service import Issuer
 from .settings import IssuerSettings
@@ -21,16 +22,40 @@ def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tup
 
     api = api_client(settings.kubeconfig)
     cfg = config()
-    authority = load_or_create(client.CoreV1Api(api), settings.namespace, settings.ca_secret, cfg.environments,
-                               cfg.agent.trust_domain)
+    rotation = Rotation(before=settings.ca_rotate_before_seconds, propagation=settings.ca_propagation_seconds,
+                        overlap=settings.ca_overlap_seconds, lifetime_days=settings.ca_lifetime_days)
+    core = client.CoreV1Api(api)
+
+    def settle():
+        c = config()
+        return load_or_create(core, settings.namespace, settings.ca_secret, c.environments, c.agent.trust_domain,
+                              rotation=rotation)
+    authority = settle()
     cluster = ClusterCache(api).start()
     if settings.token_verifier == "jwks":
         verifier = JwksVerifier(api, settings.audience, settings.jwks_issuer)
     else:
         verifier = TokenReviewVerifier(api, settings.audience)
     issuer = Issuer(authority, cluster, verifier, config, AuditLog(settings.replica, settings.audit_file),
-                    cert_ttl=dt.timedelta(seconds=settings.cert_ttl_seconds), cluster_domain=settings.cluster_domain)
+                    cert_ttl=dt.timedelta(seconds=settings.cert_ttl_seconds), cluster_domain=settings.cluster_domain,
+                    overlap_seconds=settings.ca_overlap_seconds)
+    threading.Thread(target=_refresh, args=(issuer, settle, settings.ca_refresh_seconds), name="ca-refresh",
+                     daemon=True).start()
     return issuer, cluster
+
+
+def _refresh(issuer: Issuer, settle, every: float) -> None:
+    """Rotations advance with the clock, and another replica may have advanced one (or added an
+    environment): re-settle the Secret periodically. A failure keeps the current CAs."""
+    import logging
+    import time
+
+    while True:
+        time.sleep(every)
+        try:
+            issuer.authority = settle()
+        except Exception as e:  # noqa: BLE001 - the API server unreachable: try again next round
+            logging.getLogger("issuer").warning("CA Secret refresh failed: %s", type(e).__name__)
 
 
 async def serve(settings: IssuerSettings, config: Callable[[], InjectorConfig], stop=None, sock=None) -> None:

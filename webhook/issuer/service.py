@@ -40,10 +40,10 @@ def public_key_of(csr_pem: str) -> object:
 class Issuer:
     def __init__(self, authority: Authority, cluster, verifier, config: Callable[[], InjectorConfig],
                  audit: AuditLog, inventory: Inventory | None = None, cert_ttl: dt.timedelta = dt.timedelta(hours=1),
-                 cluster_domain: str = "cluster.local"):
+                 cluster_domain: str = "cluster.local", overlap_seconds: float = 48 * 3600):
         self.authority, self.cluster, self.verifier, self.config = authority, cluster, verifier, config
         self.audit, self.inventory = audit, inventory or Inventory()
-        self.cert_ttl, self.cluster_domain = cert_ttl, cluster_domain
+        self.cert_ttl, self.cluster_domain, self.overlap = cert_ttl, cluster_domain, overlap_seconds
 
     def _grant(self, token: str) -> tuple[Caller, Grant]:
         try:
@@ -91,9 +91,10 @@ class Issuer:
                                                       "not_after": not_after.isoformat(),
                                                       "not_after_unix": not_after.timestamp()})
         leaf = cert.public_bytes(serialization.Encoding.PEM)
-        return {"certificate_chain": (leaf + ca.cert_pem).decode(), "trust_bundle": ca.cert_pem.decode(),
+        return {"certificate_chain": (leaf + ca.cert_pem).decode(),
+                "trust_bundle": self.authority.bundle(g.env, self.overlap).decode(),
                 "serial": serial, "not_after": not_after.isoformat()}
 
     def trust_bundle(self, token: str, name: str) -> dict:
         g, ca, _ = self._authorize(token, name, "trust bundle")
-        return {"trust_bundle": self.authority.bundle(g.env).decode(), "env": g.env}
+        return {"trust_bundle": self.authority.bundle(g.env, self.overlap).decode(), "env": g.env}

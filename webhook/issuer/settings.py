@@ -27,4 +27,12 @@ class IssuerSettings(BaseSettings):
     replica: str = Field(default_factory=socket.gethostname, description="tags this replica's audit chain")
     cert_ttl_seconds: int = Field(3600, ge=300, le=90 * 86400)
     cluster_domain: str = "cluster.local"
+    # Environment CA rotation (authority.Rotation): a next CA joins the bundles this long before
+    # the current one expires, signs after the propagation delay (agents re-read bundles every
+    # 5 min), and the old one stays trusted for the overlap.
+    ca_lifetime_days: float = Field(365, gt=0)
+    ca_rotate_before_seconds: float = Field(30 * 86400, gt=0)
+    ca_propagation_seconds: float = Field(900, ge=0)
+    ca_overlap_seconds: float = Field(48 * 3600, ge=0)
+    ca_refresh_seconds: float = Field(60, gt=0, description="re-read the CA Secret (other replicas' rotations)")
     log_level: str = "INFO"
