@@ -193,3 +193,12 @@ def test_the_agent_can_read_the_mounted_secrets_as_the_kubelet_writes_them(fs_gr
         # ...and no container of the pod's own mounts it (enforced at admission).
         assert not any(m["name"] == v["name"] for c in patched["spec"]["containers"] for m in c.get("volumeMounts", []))
     assert not kubelet_can_read(0o440, None, sc["runAsUser"], sc["runAsGroup"]), "the old mode was unreadable"
+
+
+def test_a_forged_status_cannot_leave_a_pod_without_containers():
+    """Found by the long fuzz run: the pod's only container named like a sidecar, plus a
+    status annotation claiming it, stripped everything."""
+    p = pod({**DEV, "sds-injector.io/status": json.dumps({"revision": "0", "containers": ["sds-envoy"]})})
+    p["spec"]["containers"][0]["name"] = "sds-envoy"
+    resp = answer(review(p))
+    assert not resp["allowed"] and resp["status"]["code"] == 400 and "reserved" in resp["status"]["message"]

@@ -48,6 +48,11 @@ def decide(pod: dict, namespace: str, cfg: InjectorConfig,
         check_policy(sel, cfg.namespace_policy, labels)
         plan = planning.build(sel, cfg)
         stripped = planning.strip(pod)
+        if not (stripped.get("spec") or {}).get("containers"):
+            # Only a container named like a sidecar can be stripped; if that was all the pod had,
+            # the pod is not one the injector made.
+            raise Denied("reserved_name", f"the pod's containers are named {planning.AGENT!r}/{planning.PROXY!r}, "
+                         "names reserved for the sidecars; rename them", 400)
         planning.check_owned_mounts(stripped)
         planning.check_collisions(stripped, plan, sel, cfg)
     except Denied as d:
