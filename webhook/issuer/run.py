@@ -21,7 +21,6 @@ def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tup
     from ..kube import api_client
 
     api = api_client(settings.kubeconfig)
-    cfg = config()
     rotation = Rotation(before=settings.ca_rotate_before_seconds, propagation=settings.ca_propagation_seconds,
                         overlap=settings.ca_overlap_seconds, lifetime_days=settings.ca_lifetime_days)
     core = client.CoreV1Api(api)
