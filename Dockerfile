@@ -14,6 +14,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1
 RUN groupadd --gid 65532 nonroot && useradd --uid 65532 --gid 65532 --no-create-home --shell /usr/sbin/nologin nonroot
 USER 65532:65532
-EXPOSE 8443
+EXPOSE 8443 15012
 ENTRYPOINT ["python", "-m"]
 CMD ["webhook", "serve"]
