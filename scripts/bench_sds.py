@@ -1,12 +1,11 @@
 """SDS agent benchmark: rotation propagation to a real Envoy, cold start, resident memory, many
-secrets to one subscriber, and Vault load at scale (with the Vault API test double). Prints
+secrets to one subscriber. (Vault load is scripts/bench_vault.py, against real OpenBao.) Prints
 tables; --record appends to docs/benchmarks.md. Figures, not pass/fail."""
 from __future__ import annotations
 
 import argparse
 import asyncio
 import datetime as dt
-import random
 import statistics
 import sys
 import tempfile
@@ -21,12 +20,9 @@ from envoy.service.discovery.v3 import discovery_pb2  # noqa: E402
 from envoy.service.secret.v3 import sds_pb2_grpc  # noqa: E402
 
 from scripts.bench_webhook import machine  # noqa: E402
-from sds_sidecar import material  # noqa: E402
 from sds_sidecar.ca import LocalCA  # noqa: E402
-from sds_sidecar.renewal import renew_delay  # noqa: E402
-from sds_sidecar.settings import AgentSettings  # noqa: E402
 from sds_sidecar.server import TYPE_URL  # noqa: E402
-from tests import envoy_configs, harness  # noqa: E402
+from devkit import envoy_configs, harness  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -133,60 +129,11 @@ def many_secrets(work: Path, counts: list[int]) -> list[str]:
     return out
 
 
-def vault_load(work: Path, lifetime_s: int) -> list[str]:
-    from sds_sidecar.cache import SecretCache
-    from sds_sidecar.renewal import Renewer
-    from sds_sidecar.sources.base import SecretSpec
-    from sds_sidecar.sources.vault import VaultSource
-    from tests.vault_double import VaultDouble
-
-    d = VaultDouble().start()
-    d.add_pki("pki_retail", {"prod": {"not_before_duration": "0s"}})
-    tok = d.root_token()
-    s = AgentSettings(source="vault", vault_addresses=[d.addr], vault_auth="token", vault_token=tok,
-                      certificates=["web-cert"], trust_bundles=["trust"], service="web", namespace="shop",
-                      env="prod", business_line="retail", vault_pki_ttl=f"{lifetime_s}s", vault_poll_seconds=1,
-                      rotation_floor_seconds=0, vault_crl=True)
-    specs = [SecretSpec("web-cert", material.TLS_CERTIFICATE), SecretSpec("trust", material.VALIDATION_CONTEXT)]
-
-    async def run():
-        src = VaultSource(s)
-        r = Renewer(s, SecretCache(), specs, {sp.name: src for sp in specs})
-        await r.start()
-        await asyncio.sleep(lifetime_s)
-        await r.stop()
-    asyncio.run(run())
-    d.stop()
-    issues = d.requests_to("/v1/pki_retail/issue")
-    reads = len(d.log) - issues
-    per_round = reads / lifetime_s  # 1 s poll
-    poll = AgentSettings().vault_poll_seconds
-    # 1,000 agents whose 24 h certificates were issued in the same second (a scale-out burst).
-    rng, s24 = random.Random(1), AgentSettings()
-    now = dt.datetime.now(dt.timezone.utc)
-    m = material.SecretMaterial(kind=material.TLS_CERTIFICATE, not_before=now, not_after=now + dt.timedelta(hours=24))
-    delays = sorted(renew_delay(m, s24, now, rng) for _ in range(1000))
-    spread = delays[-1] - delays[0]
-    per_sec = max(sum(1 for x in delays if t <= x < t + 1) for t in range(int(delays[0]), int(delays[-1]) + 1))
-    return ["| measure | value |", "|---|---|",
-            f"| one agent, one {lifetime_s} s certificate lifetime (1 certificate + 1 trust bundle, CRL on, 1 s poll) | "
-            f"{len(d.log)} requests: {issues} issue, {reads} CA chain / CRL reads (≤{per_round:.1f} per poll round, "
-            "initial reads included) |",
-            "| one agent, 24 h certificate: issue requests per day | 2 (renewal at half the lifetime, ±10 %) |",
-            f"| one agent, default {poll:.0f} s poll: unauthenticated CA chain / CRL reads per day | "
-            f"{per_round * 86400 / poll:,.0f} |",
-            f"| 1,000 agents issued in the same second (24 h certificates): renewal times | spread over "
-            f"{spread / 3600:.1f} h, at most {per_sec} renewals in any one second |",
-            f"| projected to 5,000 pods | ≈{5000 / spread:.2f} issue requests/s, peak ≈{per_sec * 5} in one second; "
-            f"≈{5000 * per_round / poll:,.0f} CA chain / CRL reads/s |"]
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rotations", type=int, default=50)
     ap.add_argument("--rss-seconds", type=float, default=60)
     ap.add_argument("--names", default="1000,10000")
-    ap.add_argument("--vault-lifetime", type=int, default=10)
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()
     if harness.ENVOY is None:
@@ -199,7 +146,6 @@ def main() -> int:
             ("Rotation, cold start and footprint (real Envoy)", lambda: rotation_and_footprint(work, args.rotations, args.rss_seconds)),
             ("Many secrets to one subscriber (gRPC client, SotW, one request for all names)",
              lambda: many_secrets(work, [int(n) for n in args.names.split(",")])),
-            ("Vault load (Vault API test double, not Vault)", lambda: vault_load(work, args.vault_lifetime)),
         ]:
             table = "\n".join(rows())
             print(f"\n{title}\n\n{table}", flush=True)

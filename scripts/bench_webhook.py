@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 
 from sds_sidecar.ca import LocalCA  # noqa: E402
-from tests.harness import free_port, wait_for  # noqa: E402
+from devkit.harness import free_port, wait_for  # noqa: E402
 from webhook import admission  # noqa: E402
 from webhook.config import load_config  # noqa: E402
 

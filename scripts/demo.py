@@ -19,9 +19,8 @@ sys.path.insert(0, str(ROOT))
 from cryptography import x509  # noqa: E402
 
 from sds_sidecar.ca import LocalCA  # noqa: E402
-from tests import harness  # noqa: E402
-from tests.podrun import LocalPod  # noqa: E402
-from tests.test_local_pod_e2e import CONFIG, pod_from  # noqa: E402
+from devkit import harness  # noqa: E402
+from devkit.podrun import CONFIG, LocalPod, pod_from  # noqa: E402
 
 
 def describe(cert: x509.Certificate) -> str:

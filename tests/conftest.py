@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from sds_sidecar.ca import LocalCA
-from tests import harness
+from devkit import harness
 
 _KEY_LINES: set[str] = set()
 

@@ -15,9 +15,9 @@ from cryptography import x509
 
 from sds_sidecar.ca import LocalCA
 from sds_sidecar.validation import parse_private_key
-from tests import envoy_configs
+from devkit import envoy_configs
 from tests.conftest import remember_key
-from tests.harness import free_port, save_pair, tls_get
+from devkit.harness import free_port, save_pair, tls_get
 
 HELM = shutil.which("helm", path=f"{Path(sys.executable).parent}:{shutil.os.environ.get('PATH', '')}")
 OPENSSL = shutil.which("openssl")

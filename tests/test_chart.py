@@ -13,7 +13,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from tests.harness import Proc, free_port, wait_for
+from devkit.harness import Proc, free_port, wait_for
 from webhook.config import InjectorConfig
 
 ROOT = Path(__file__).parent.parent

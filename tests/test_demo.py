@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import harness
+from devkit import harness
 
 ROOT = Path(__file__).parent.parent
 

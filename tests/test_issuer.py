@@ -290,7 +290,7 @@ def test_webhook_and_issuer_run_in_one_process_as_the_chart_runs_them(tmp_path):
 
     import jsonpatch
 
-    from tests.harness import free_port, wait_for
+    from devkit.harness import free_port, wait_for
     from tests.webhook_util import pod, review
 
     kube = KubeAPI().start()

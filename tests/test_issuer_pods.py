@@ -18,15 +18,14 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from devkit import harness
 from devkit.issuer_run import IssuerRun
 from devkit.kube_api import KubeAPI
+from devkit.podrun import ROOT, LocalPod, spiffe_of
 from sds_sidecar.sources.issuer import csr_pem, new_key
-from tests import harness
 from tests.conftest import remember_key
-from tests.podrun import LocalPod
 from webhook.config import InjectorConfig, load_config, with_issuer_ca
 from webhook.injector import decide
-from tests.test_local_pod_e2e import ROOT, spiffe_of
 
 EXAMPLE = load_config(ROOT / "examples" / "config.yaml")
 PEERS = "sds-injector.io/allowed-peers"

@@ -14,7 +14,7 @@ from cryptography import x509
 from devkit.issuer_run import IssuerRun
 from devkit.kube_api import KubeAPI
 from sds_sidecar.sources.issuer import csr_pem, new_key
-from tests.harness import wait_for
+from devkit.harness import wait_for
 from tests.test_issuer import CONFIG, PROD
 from webhook.issuer.authority import Rotation, load_or_create
 from webhook.kube import api_client

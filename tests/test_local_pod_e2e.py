@@ -5,52 +5,14 @@ directories and both pods share the host's loopback (so pod B uses other sidecar
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import jsonpatch
 import pytest
-import yaml
-from cryptography import x509
 
+from devkit import harness
+from devkit.harness import issue, save_pair, tls_get
+from devkit.podrun import CONFIG, CONFIG_B, LocalPod, pod_from, spiffe_of
 from sds_sidecar.ca import LocalCA
-from tests import harness
 from tests.conftest import remember_key
-from tests.harness import issue, save_pair, tls_get
-from tests.podrun import LocalPod
-from webhook.config import InjectorConfig, load_config
-from webhook.injector import decide
-
-ROOT = Path(__file__).parent.parent
-_EXAMPLE = load_config(ROOT / "examples" / "config.yaml")
-# Local runs (this test, the demo) use the embedded local CA, shared through a mounted Secret:
-# fine on one machine, never in a cluster (that is the issuer's job, tests/test_issuer_pods.py).
-CONFIG = InjectorConfig.model_validate({
-    **_EXAMPLE.model_dump(by_alias=True),
-    "agent": {**_EXAMPLE.agent.model_dump(by_alias=True), "source": "local-ca", "localCASecret": "sds-injector-local-ca"},
-})
-# Pod B shares the loopback with pod A here, so its sidecars listen on other ports.
-CONFIG_B = InjectorConfig.model_validate({
-    **CONFIG.model_dump(by_alias=True),
-    "proxy": {**CONFIG.proxy.model_dump(by_alias=True), "statusPort": 16021},
-    "agent": {**CONFIG.agent.model_dump(by_alias=True), "httpPort": 16090},
-})
-
-
-def pod_from(example: str, name: str, cfg: InjectorConfig, annotations: dict | None = None) -> dict:
-    dep = yaml.safe_load((ROOT / "examples" / example).read_text())
-    tmpl = dep["spec"]["template"]
-    pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {**tmpl["metadata"], "name": name, "namespace": dep["metadata"]["namespace"]},
-           "spec": tmpl["spec"]}
-    pod["metadata"]["annotations"] = {**pod["metadata"]["annotations"], **(annotations or {})}
-    out = decide(pod, pod["metadata"]["namespace"], cfg)
-    assert out.action == "inject", out.message
-    return jsonpatch.apply_patch(pod, out.patch)
-
-
-def spiffe_of(cert: x509.Certificate) -> list[str]:
-    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    return san.get_values_for_type(x509.UniformResourceIdentifier)
 
 
 def served_names(pod: LocalPod, serial: int) -> set[str]:

@@ -226,7 +226,7 @@ def test_kv_deletes_and_destroys_are_noticed_at_the_next_poll(bao, ca):
     from sds_sidecar.cache import SecretCache
     from sds_sidecar.renewal import Renewer
     from tests.conftest import remember_key
-    from tests.harness import issue
+    from devkit.harness import issue
 
     b = bao()  # dev servers mount KV v2 at secret/
     kv = b.client().secrets.kv.v2

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from devkit.openbao import OpenBao
-from tests import envoy_configs as cfg
+from devkit import envoy_configs as cfg
 from tests.conftest import remember_key
-from tests.harness import free_port, tls_get, wait_for
+from devkit.harness import free_port, tls_get, wait_for
 
 pytestmark = pytest.mark.vault_real
 

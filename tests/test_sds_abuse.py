@@ -17,7 +17,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 
 from sds_sidecar.server import TYPE_URL
-from tests.harness import free_port
+from devkit.harness import free_port
 
 METHODS = ("StreamSecrets", "DeltaSecrets")
 PATH = "/envoy.service.secret.v3.SecretDiscoveryService/"

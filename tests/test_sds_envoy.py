@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from tests import envoy_configs as cfg
+from devkit import envoy_configs as cfg
 from tests.conftest import remember_key
-from tests.harness import free_port, issue, peer_cert, save_pair, tls_get, wait_for, write_cert_dir
+from devkit.harness import free_port, issue, peer_cert, save_pair, tls_get, wait_for, write_cert_dir
 from webhook import bootstrap as b
 
 CLIENT_ID = "spiffe://cluster.local/ns/shop/sa/client"

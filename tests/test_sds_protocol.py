@@ -14,7 +14,7 @@ from google.rpc import status_pb2
 from sds_sidecar import material, metrics
 from sds_sidecar.cache import SecretCache
 from sds_sidecar.server import TYPE_URL, start_grpc
-from tests.harness import issue
+from devkit.harness import issue
 
 QUIET = 0.3  # how long "no response" is awaited
 

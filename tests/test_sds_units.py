@@ -20,7 +20,7 @@ from sds_sidecar.sources.files import FilesSource
 from sds_sidecar.sources.local_ca import LocalCASource
 from sds_sidecar.validation import InvalidSecret
 from tests.conftest import remember_key
-from tests.harness import issue, write_cert_dir
+from devkit.harness import issue, write_cert_dir
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 

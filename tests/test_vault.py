@@ -25,7 +25,7 @@ from sds_sidecar.sources.vault import VaultSource
 from sds_sidecar.validation import InvalidSecret
 from sds_sidecar.vault_client import VaultClient
 from tests.conftest import remember_key
-from tests.harness import issue
+from devkit.harness import issue
 from tests.vault_double import VaultDouble
 
 CERT = SecretSpec("web-cert", material.TLS_CERTIFICATE)

@@ -14,7 +14,7 @@ from sds_sidecar.settings import AgentSettings
 from sds_sidecar.sources.base import SecretSpec, SourceError
 from sds_sidecar.sources.vault import VaultSource
 from tests.conftest import remember_key
-from tests.harness import issue
+from devkit.harness import issue
 from tests.vault_double import VaultDouble, colon_hex
 
 

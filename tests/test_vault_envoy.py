@@ -7,9 +7,9 @@ import time
 import pytest
 
 from devkit.openbao import OpenBao
-from tests import envoy_configs as cfg
+from devkit import envoy_configs as cfg
 from tests.conftest import remember_key
-from tests.harness import free_port, tls_get, wait_for
+from devkit.harness import free_port, tls_get, wait_for
 from tests.test_sds_envoy import refused
 from tests.vault_double import colon_hex
 from webhook import bootstrap as b
@@ -66,7 +66,7 @@ def test_pki_certificate_served_and_renewed_ahead_of_expiry(procs, openbao):
 
 
 def test_kv_certificate_served_and_updated_without_restart(procs, openbao, ca):
-    from tests.harness import issue
+    from devkit.harness import issue
 
     first, second = issue(ca), issue(ca)
     for k in (first, second):

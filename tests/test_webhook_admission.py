@@ -13,7 +13,7 @@ from webhook import admission
 from webhook import plan as planning
 from webhook.config import InjectorConfig, load_config
 from webhook.injector import decide
-from tests.harness import wait_for
+from devkit.harness import wait_for
 from tests.webhook_util import decode_patch, pod, review
 
 CONFIG = load_config(Path(__file__).parent.parent / "examples" / "config.yaml")

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from devkit.admission_fuzz import broken_reviews, check, pods, readmit, review
-from tests import harness
+from devkit import harness
 from webhook.config import load_config, with_issuer_ca
 
 CONFIG = with_issuer_ca(load_config(Path(__file__).parent.parent / "examples" / "config.yaml"),

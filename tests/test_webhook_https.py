@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import remember_key
-from tests.harness import Proc, free_port, issue, wait_for
+from devkit.harness import Proc, free_port, issue, wait_for
 from tests.webhook_util import decode_patch, pod, review
 from sds_sidecar.ca import LocalCA
 

@@ -12,7 +12,16 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from tests import harness
+import jsonpatch
+import yaml
+from cryptography import x509
+
+from webhook.config import InjectorConfig, load_config
+from webhook.injector import decide
+
+from . import harness
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SIDECARS = ("sds-agent", "sds-envoy")
 
@@ -155,3 +164,36 @@ class LocalPod:
             p.stop()
         for a in self.apps:
             a.stop()
+
+
+# Example pods injected for local runs (the demo, the local end-to-end test).
+_EXAMPLE = load_config(ROOT / "examples" / "config.yaml")
+# Local runs (this test, the demo) use the embedded local CA, shared through a mounted Secret:
+# fine on one machine, never in a cluster (that is the issuer's job, tests/test_issuer_pods.py).
+CONFIG = InjectorConfig.model_validate({
+    **_EXAMPLE.model_dump(by_alias=True),
+    "agent": {**_EXAMPLE.agent.model_dump(by_alias=True), "source": "local-ca", "localCASecret": "sds-injector-local-ca"},
+})
+# Pod B shares the loopback with pod A here, so its sidecars listen on other ports.
+CONFIG_B = InjectorConfig.model_validate({
+    **CONFIG.model_dump(by_alias=True),
+    "proxy": {**CONFIG.proxy.model_dump(by_alias=True), "statusPort": 16021},
+    "agent": {**CONFIG.agent.model_dump(by_alias=True), "httpPort": 16090},
+})
+
+
+def pod_from(example: str, name: str, cfg: InjectorConfig, annotations: dict | None = None) -> dict:
+    dep = yaml.safe_load((ROOT / "examples" / example).read_text())
+    tmpl = dep["spec"]["template"]
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {**tmpl["metadata"], "name": name, "namespace": dep["metadata"]["namespace"]},
+           "spec": tmpl["spec"]}
+    pod["metadata"]["annotations"] = {**pod["metadata"]["annotations"], **(annotations or {})}
+    out = decide(pod, pod["metadata"]["namespace"], cfg)
+    assert out.action == "inject", out.message
+    return jsonpatch.apply_patch(pod, out.patch)
+
+
+def spiffe_of(cert: x509.Certificate) -> list[str]:
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return san.get_values_for_type(x509.UniformResourceIdentifier)
