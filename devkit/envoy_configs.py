@@ -9,9 +9,10 @@ HELLO = "hello from envoy"
 
 
 def tls_server(socket: Path, port: int, cert: str, trust: str | None = None, sans: list[dict] = (),
-               delta: bool = False, fetch_timeout: str = "0s") -> dict:
+               delta: bool = False, fetch_timeout: str = "0s", **tls) -> dict:
+    """`tls`: common_tls parameters (versions, curves, ciphers)."""
     sds = b.sds_config(delta=delta, initial_fetch_timeout=fetch_timeout)
-    common = b.common_tls(cert, trust, sans, sds)
+    common = b.common_tls(cert, trust, sans, sds, **tls)
     route = {"direct_response": {"status": 200, "body": {"inline_string": HELLO}}}
     return {"static_resources": {
         "clusters": [b.sds_cluster(str(socket))],
@@ -21,9 +22,9 @@ def tls_server(socket: Path, port: int, cert: str, trust: str | None = None, san
 
 
 def mtls_client(socket: Path, port: int, upstream_port: int, cert: str, trust: str,
-                sans: list[dict], sni: str = "localhost") -> dict:
+                sans: list[dict], sni: str = "localhost", **tls) -> dict:
     """A plain-HTTP listener on `port` whose upstream is reached over mTLS with SDS secrets."""
-    common = b.common_tls(cert, trust, sans)
+    common = b.common_tls(cert, trust, sans, **tls)
     upstream = b.static_cluster("upstream", "127.0.0.1", upstream_port, b.upstream_tls(common, sni))
     route = {"route": {"cluster": "upstream"}}
     return {"static_resources": {

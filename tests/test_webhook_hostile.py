@@ -202,3 +202,30 @@ def test_a_forged_status_cannot_leave_a_pod_without_containers():
     p["spec"]["containers"][0]["name"] = "sds-envoy"
     resp = answer(review(p))
     assert not resp["allowed"] and resp["status"]["code"] == 400 and "reserved" in resp["status"]["message"]
+
+
+@pytest.mark.parametrize("annotations,fragment", [
+    ({"sds-injector.io/ecdh-curves": "X25519MLKEM768,X448"}, "'X448' is not one of"),
+    ({"sds-injector.io/ecdh-curves": "X25519MLKEM768", "sds-injector.io/tls-max-version": "TLSv1_2"}, "only in TLS 1.3"),
+    ({"sds-injector.io/tls-min-version": "TLSv1_3", "sds-injector.io/tls-max-version": "TLSv1_2"}, "below"),
+])
+def test_key_exchange_annotations_are_checked(annotations, fragment):
+    resp = answer(review(pod({**DEV, **annotations})))
+    assert not resp["allowed"] and resp["status"]["code"] == 400 and fragment in resp["status"]["message"], resp
+
+
+def test_key_exchange_groups_and_tls13_reach_every_context_of_the_bootstrap():
+    resp = answer(review(pod({**DEV, "sds-injector.io/inbound": "8443:8080",
+                               "sds-injector.io/outbound": "15001=pay.shop.svc:8443",
+                               "sds-injector.io/ecdh-curves": "X25519MLKEM768,X25519"})))
+    patched = jsonpatch.apply_patch(pod({**DEV}), decode_patch({"response": resp}))
+    envoy = next(c for c in patched["spec"]["initContainers"] if c["name"] == "sds-envoy")
+    text = envoy["args"][1]
+    boot = json.loads(text)
+    listeners = {ls["name"]: ls for ls in boot["static_resources"]["listeners"]}
+    clusters = {c["name"]: c for c in boot["static_resources"]["clusters"]}
+    for ctx in (listeners["inbound-8443"]["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"],
+                clusters["outbound-15001"]["transport_socket"]["typed_config"]["common_tls_context"]):
+        assert ctx["tls_params"] == {"tls_minimum_protocol_version": "TLSv1_2",
+                                     "tls_maximum_protocol_version": "TLSv1_3",
+                                     "ecdh_curves": ["X25519MLKEM768", "X25519"]}

@@ -99,6 +99,20 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+CURVES = ("X25519MLKEM768", "X25519", "P-256", "P-384", "P-521")
+HYBRID_CURVES = ("X25519MLKEM768",)  # post-quantum hybrids: TLS 1.3 only
+
+
+def _curves(v: str) -> list[str]:
+    items = _items(v)
+    for c in items:
+        if c not in CURVES:
+            raise AnnotationError(f"{c!r} is not one of {', '.join(CURVES)}")
+    if not items:
+        raise AnnotationError("name at least one group")
+    return list(dict.fromkeys(items))
+
+
 def _ciphers(v: str) -> list[str]:
     items = _items(v)
     for c in items:
@@ -149,6 +163,13 @@ SCHEMA: tuple[Annotation, ...] = (
                "another environment fail the handshake whatever this says: each environment has its own CA."),
     Annotation("tls-min-version", "string", _choice("TLSv1_2", "TLSv1_3"), "TLSv1_2",
                "Minimum TLS version of every listener and upstream.", "TLSv1_2, TLSv1_3"),
+    Annotation("tls-max-version", "string", _choice("TLSv1_2", "TLSv1_3"), "TLSv1_3",
+               "Maximum TLS version of every listener and upstream (TLSv1_2 where a peer needs it).",
+               "TLSv1_2, TLSv1_3"),
+    Annotation("ecdh-curves", "list", _curves, "proxy.ecdhCurves, else Envoy's (X25519, P-256)",
+               "Key-exchange groups of inbound and outbound TLS, in order of preference, e.g. "
+               "`X25519MLKEM768,X25519` (hybrid post-quantum first, classic fallback). Hybrid groups exist "
+               "only in TLS 1.3; a pod allowing only them refuses classic-only peers.", ", ".join(CURVES)),
     Annotation("cipher-suites", "list", _ciphers, "Envoy's defaults",
                "TLS 1.2 cipher suites, comma-separated OpenSSL names."),
     Annotation("proxy-cpu", "quantity", _quantity, "config `proxy.resources`",

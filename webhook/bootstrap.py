@@ -58,9 +58,15 @@ def san_matchers(spiffe_ids: list[str] = (), spiffe_prefixes: list[str] = (), dn
 
 
 def common_tls(cert: str | None, trust: str | None = None, sans: list[dict] = (), sds: dict | None = None,
-               min_version: str = "TLSv1_2", ciphers: list[str] = (), alpn: list[str] = ()) -> dict:
+               min_version: str = "TLSv1_2", ciphers: list[str] = (), alpn: list[str] = (),
+               max_version: str = "TLSv1_3", curves: list[str] = ()) -> dict:
     sds = sds or sds_config()
-    ctx: dict = {"tls_params": {"tls_minimum_protocol_version": min_version}}
+    # The maximum is always explicit: Envoy's upstream default stops at TLS 1.2, which would keep
+    # pod-to-pod mTLS off TLS 1.3 (and off hybrid post-quantum groups, which need 1.3).
+    ctx: dict = {"tls_params": {"tls_minimum_protocol_version": min_version,
+                                "tls_maximum_protocol_version": max_version}}
+    if curves:
+        ctx["tls_params"]["ecdh_curves"] = list(curves)
     if ciphers:
         ctx["tls_params"]["cipher_suites"] = list(ciphers)
     if alpn:
@@ -179,7 +185,8 @@ def _peer_matchers(peers: tuple[str, ...], trust_domain: str, namespace: str) ->
 def pod_bootstrap(sel, cfg, admin_socket: str, agent_ready_path: str) -> dict:
     """The whole bootstrap of an injected pod's Envoy, from the selection and the config."""
     sds = sds_config(initial_fetch_timeout=cfg.proxy.initial_fetch_timeout)
-    tls = dict(sds=sds, min_version=sel.tls_min_version, ciphers=sel.cipher_suites)
+    tls = dict(sds=sds, min_version=sel.tls_min_version, max_version=sel.tls_max_version,
+               curves=sel.ecdh_curves, ciphers=sel.cipher_suites)
     cert, trust = sel.certificates[0], sel.trust_bundles[0]
     admin_cluster, agent_cluster = "envoy-admin", "sds-agent-health"
     # Kubelet probes reach the pod IP; admin (a Unix socket) and the agent (loopback) are not

@@ -159,6 +159,9 @@ class ProxyConfig(Strict):
     # One client must not exhaust the proxy: beyond this many open downstream connections
     # (all listeners together) Envoy refuses new ones.
     max_downstream_connections: int = Field(1024, alias="maxDownstreamConnections", gt=0)
+    # Key-exchange groups of every TLS context unless a pod's ecdh-curves annotation says otherwise;
+    # empty: Envoy's defaults. E.g. [X25519MLKEM768, X25519] for hybrid post-quantum first.
+    ecdh_curves: list[str] = Field(default_factory=list, alias="ecdhCurves")
     uid: int = 101
     resources: Resources = Field(default_factory=Resources)
     initial_fetch_timeout: str = Field("0s", alias="initialFetchTimeout")

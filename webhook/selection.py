@@ -31,6 +31,8 @@ class Selection:
     mtls: bool = True
     allowed_peers: tuple[str, ...] = ()
     tls_min_version: str = "TLSv1_2"
+    tls_max_version: str = "TLSv1_3"
+    ecdh_curves: tuple[str, ...] = ()
     cipher_suites: tuple[str, ...] = ()
     resources: tuple[tuple[str, str], ...] = ()  # annotation key -> quantity overrides
     # What the naming templates give this pod's env and business line: allowed by default.
@@ -50,6 +52,22 @@ def _service_name(pod: dict, annotated: str | None) -> str:
         if isinstance(labels.get(key), str) and (name := _dns_label(labels[key])):
             return name
     return (pod.get("spec") or {}).get("serviceAccountName") or "default"
+
+
+def _max_version(values: dict) -> str:
+    low, high = values.get("tls-min-version", "TLSv1_2"), values.get("tls-max-version", "TLSv1_3")
+    if (low, high) == ("TLSv1_3", "TLSv1_2"):
+        raise Denied("invalid_annotation", f"annotation {ann.PREFIX}tls-max-version TLSv1_2 is below "
+                     f"{ann.PREFIX}tls-min-version TLSv1_3", 400)
+    return high
+
+
+def _ecdh_curves(values: dict, config: InjectorConfig) -> tuple[str, ...]:
+    curves = tuple(values.get("ecdh-curves") or config.proxy.ecdh_curves)
+    if curves and all(c in ann.HYBRID_CURVES for c in curves) and values.get("tls-max-version") == "TLSv1_2":
+        raise Denied("invalid_annotation", f"{', '.join(curves)} exist only in TLS 1.3, but "
+                     f"{ann.PREFIX}tls-max-version is TLSv1_2: add a classic group (X25519) or allow TLS 1.3", 400)
+    return curves
 
 
 def _render(template: str, **values) -> str:
@@ -102,6 +120,8 @@ def select(pod: dict, namespace: str, config: InjectorConfig, values: dict | Non
         inbound=tuple(values.get("inbound", ())), outbound=tuple(values.get("outbound", ())),
         mtls=values.get("mtls", True), allowed_peers=tuple(values.get("allowed-peers", ())),
         tls_min_version=values.get("tls-min-version", "TLSv1_2"),
+        tls_max_version=_max_version(values),
+        ecdh_curves=_ecdh_curves(values, config),
         cipher_suites=tuple(values.get("cipher-suites", ())), resources=resources, template_names=template_names,
     )
 
