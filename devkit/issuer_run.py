@@ -16,17 +16,10 @@ from pathlib import Path
 from sds_sidecar.ca import LocalCA
 
 from . import process
+from .harness import free_port
 from .kube_api import KubeAPI
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class IssuerRun:

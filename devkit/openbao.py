@@ -16,7 +16,7 @@ import hvac
 import requests
 
 from . import process
-from .issuer_run import free_port
+from .harness import free_port
 
 BAO = shutil.which("bao", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
 

@@ -7,6 +7,7 @@ import json
 import time
 
 from ..informer import Informer
+from ..namespaces import NamespaceLabels
 
 
 def _slim_pod(o: dict) -> dict:
@@ -24,11 +25,6 @@ def _slim_service(o: dict) -> dict:
     return {"name": m.get("name"), "namespace": m.get("namespace"), "selector": spec.get("selector") or {}}
 
 
-def _slim_namespace(o: dict) -> dict:
-    m = o.get("metadata") or {}
-    return {"name": m.get("name"), "labels": m.get("labels") or {}}
-
-
 class ClusterCache:
     def __init__(self, api_client, watch_seconds: int = 300):
         from kubernetes import client
@@ -37,7 +33,8 @@ class ClusterCache:
         self.pods = Informer("pods", self.core.list_pod_for_all_namespaces, _slim_pod, watch_seconds)
         self.services = Informer("services", self.core.list_service_for_all_namespaces, _slim_service,
                                  watch_seconds)
-        self.namespaces = Informer("namespaces", self.core.list_namespace, _slim_namespace, watch_seconds)
+        self.labels = NamespaceLabels(api_client, watch_seconds)  # the same cache the webhook uses
+        self.namespaces = self.labels.informer
         self._all = (self.pods, self.services, self.namespaces)
 
     def start(self, wait: float = 30.0) -> "ClusterCache":
@@ -76,5 +73,4 @@ class ClusterCache:
                       if s["selector"] and all(labels.get(k) == v for k, v in s["selector"].items()))
 
     def namespace_labels(self, namespace: str) -> dict | None:
-        hit = self.namespaces.get("", namespace)
-        return None if hit is None else hit["labels"]
+        return self.labels(namespace)
