@@ -47,8 +47,12 @@ def specs_of(settings: AgentSettings) -> list[SecretSpec]:
 
 
 class Agent:
-    def __init__(self, settings: AgentSettings, sources: dict[str, Source] | None = None):
+    def __init__(self, settings: AgentSettings, sources: dict[str, Source] | None = None,
+                 stores: dict | None = None):
+        """`stores`: listeners and clusters to serve over ADS too (gateway mode)."""
         self.settings = settings
+        self.stores = stores
+        self.status = None  # what /readyz reports; default: the renewer's view
         self.cache = SecretCache()
         specs = specs_of(settings)
         if sources is None:
@@ -66,7 +70,7 @@ class Agent:
         http_socket = bind_tcp(s.http_host, s.http_port, "health port") if s.http_port else None
         # Serve before the first fetch: Envoy may already be asking, and its requests are
         # held as pending until the secrets arrive (istio #22443).
-        self.grpc = await start_grpc(self.cache, self.renewer.knows, s.socket_path, s.socket_mode_int)
+        self.grpc = await start_grpc(self.cache, self.renewer.knows, s.socket_path, s.socket_mode_int, self.stores)
         await self.renewer.start()
         if http_socket is not None:
             import contextlib
@@ -76,7 +80,7 @@ class Agent:
             from .deadline import with_timeout
 
             # A kubelet probe is one small request: a client that idles or trickles is cut off.
-            config = uvicorn.Config(health_app(self.renewer.status), log_level="warning", access_log=False,
+            config = uvicorn.Config(health_app(self.status or self.renewer.status), log_level="warning", access_log=False,
                                     lifespan="off", http=with_timeout(5.0), limit_concurrency=64,
                                     timeout_keep_alive=2)
             self.http = uvicorn.Server(config)

@@ -50,11 +50,13 @@ class Renewer:
         self.settings = settings
         self.cache = cache
         self.specs = {s.name: s for s in specs}
-        self.sources = sources  # by name
+        self.sources = dict(sources)  # by name
         self.rng = rng or random.Random()
         self.failing: dict[str, str] = {}
         self._wake = {name: asyncio.Event() for name in self.specs}
         self._tasks: list[asyncio.Task] = []
+        self._keepers: dict[str, asyncio.Task] = {}
+        self.on_stored = None  # optional callback(name) after a new version is cached
 
     def knows(self, name: str) -> bool:
         return name in self.specs
@@ -91,7 +93,7 @@ class Renewer:
 
     async def start(self) -> None:
         for spec in self.specs.values():
-            self._tasks.append(asyncio.create_task(self._keep(spec), name=f"renew:{spec.name}"))
+            self._keepers[spec.name] = asyncio.create_task(self._keep(spec), name=f"renew:{spec.name}")
         by_source: dict[int, tuple[Source, list[SecretSpec]]] = {}
         for spec in self.specs.values():
             src = self.sources[spec.name]
@@ -99,10 +101,35 @@ class Renewer:
         for src, specs in by_source.values():
             self._tasks.append(asyncio.create_task(self._follow(src, specs), name=f"watch:{src.label}"))
 
+    def add(self, spec: SecretSpec, source: Source) -> None:
+        """Start keeping `spec` (gateway mode: a tenant arrived). Replaces a spec of that name."""
+        if self.specs.get(spec.name) == spec:
+            return
+        self.remove(spec.name, keep_cached=True)
+        self.specs[spec.name], self.sources[spec.name] = spec, source
+        self._wake[spec.name] = asyncio.Event()
+        self._keepers[spec.name] = asyncio.create_task(self._keep(spec), name=f"renew:{spec.name}")
+
+    def remove(self, name: str, keep_cached: bool = False) -> None:
+        """Stop keeping `name` and, unless replaced, forget its secret (a tenant left)."""
+        task = self._keepers.pop(name, None)
+        if task is not None:
+            task.cancel()
+        self.specs.pop(name, None)
+        self._wake.pop(name, None)
+        self.failing.pop(name, None)
+        if not keep_cached:
+            self.cache.remove(name)
+            try:
+                metrics.EXPIRY.remove(name)
+            except KeyError:
+                pass
+
     async def stop(self) -> None:
-        for t in self._tasks:
+        tasks = [*self._tasks, *self._keepers.values()]
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         for src in {id(s): s for s in self.sources.values()}.values():
             await src.aclose()
 
@@ -168,6 +195,8 @@ class Renewer:
         _report_expiry(spec.name, m)
         self.failing.pop(spec.name, None)
         metrics.DEGRADED.set(1 if self.failing else 0)
+        if entry is not None and self.on_stored is not None:
+            self.on_stored(spec.name)
         return True
 
     def _failed(self, spec: SecretSpec, reason: str) -> bool:

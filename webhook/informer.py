@@ -22,6 +22,7 @@ class Informer:
         self.items: dict[str, dict[str, dict]] = {}  # namespace -> name -> slim object
         self.synced = threading.Event()
         self._stop = threading.Event()
+        self.on_change: Callable[[], None] | None = None  # called from the informer's thread
         self._thread = threading.Thread(target=self._run, name=f"informer:{kind}", daemon=True)
 
     def start(self) -> "Informer":
@@ -38,6 +39,13 @@ class Informer:
 
     def in_namespace(self, namespace: str) -> list[dict]:
         return list(self.items.get(namespace, {}).values())
+
+    def all(self) -> list[dict]:
+        return [o for by_name in list(self.items.values()) for o in list(by_name.values())]
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def _put(self, obj: dict) -> None:
         m = obj.get("metadata") or {}
@@ -69,6 +77,7 @@ class Informer:
             self._put(o)
         rv = (body.get("metadata") or {}).get("resourceVersion")
         self.synced.set()
+        self._changed()
         while not self._stop.is_set():
             resp = self.list_fn(watch=True, resource_version=rv, allow_watch_bookmarks=True,
                                       timeout_seconds=self.watch_seconds, _preload_content=False,
@@ -83,7 +92,9 @@ class Informer:
                     rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
                     if kind in ("ADDED", "MODIFIED"):
                         self._put(obj)
+                        self._changed()
                     elif kind == "DELETED":
                         self._drop(obj)
+                        self._changed()
             finally:
                 resp.release_conn()

@@ -126,29 +126,37 @@ def select(pod: dict, namespace: str, config: InjectorConfig, values: dict | Non
     )
 
 
-def check_policy(sel: Selection, policy: NamespacePolicy, labels: dict[str, str] | None) -> None:
-    """Deny unless the first rule matching the namespace allows everything the pod asks for.
-    `labels` None means unknown: a label rule before the match cannot be decided, so deny (fail
-    closed) rather than fall through to a later, often wider, rule."""
-    hit = None
+def governing_rule(namespace: str, policy: NamespacePolicy, labels: dict[str, str] | None,
+                   asked: str) -> tuple[int, PolicyRule]:
+    """The first rule matching the namespace. `labels` None means unknown: a label rule before
+    the match cannot be decided, so deny (fail closed) rather than fall through to a later,
+    often wider, rule."""
     for i, r in enumerate(policy.rules):
-        if r.matches(sel.namespace, labels):
-            hit = (i, r)
-            break
+        if r.matches(namespace, labels):
+            return i, r
         if r.namespace_selector is not None and labels is None:
-            raise Denied("namespace_labels_unknown", f"namespace {sel.namespace!r}: its labels are not known yet, "
+            raise Denied("namespace_labels_unknown", f"namespace {namespace!r}: its labels are not known yet, "
                          f"so namespacePolicy.rules[{i}] (a label rule) cannot be decided; retry shortly", 503)
+    raise Denied("policy_no_rule", f"namespace {namespace!r} is not covered by any namespacePolicy "
+                 f"rule ({asked}); add a rule for it to namespacePolicy.rules in the injector configuration")
+
+
+def origin_problems(rule: PolicyRule, env: str, business_line: str | None) -> list[str]:
+    """What of (environment, business line) the rule does not allow, as phrases."""
+    problems = []
+    if not PolicyRule.allows(rule.environments, env):
+        problems.append(f"environment {env!r} (allowed: {', '.join(rule.environments) or 'none'})")
+    if business_line and not PolicyRule.allows(rule.business_lines, business_line):
+        problems.append(f"business line {business_line!r} (allowed: {', '.join(rule.business_lines) or 'none'})")
+    return problems
+
+
+def check_policy(sel: Selection, policy: NamespacePolicy, labels: dict[str, str] | None) -> None:
+    """Deny unless the first rule matching the namespace allows everything the pod asks for."""
     asked = (f"asked for env={sel.env}, business-line={sel.business_line or '-'}, "
              f"certificates={list(sel.certificates)}, trust bundles={list(sel.trust_bundles)}")
-    if hit is None:
-        raise Denied("policy_no_rule", f"namespace {sel.namespace!r} is not covered by any namespacePolicy "
-                     f"rule ({asked}); add a rule for it to namespacePolicy.rules in the injector configuration")
-    i, rule = hit
-    problems = []
-    if not PolicyRule.allows(rule.environments, sel.env):
-        problems.append(f"environment {sel.env!r} (allowed: {', '.join(rule.environments) or 'none'})")
-    if sel.business_line and not PolicyRule.allows(rule.business_lines, sel.business_line):
-        problems.append(f"business line {sel.business_line!r} (allowed: {', '.join(rule.business_lines) or 'none'})")
+    i, rule = governing_rule(sel.namespace, policy, labels, asked)
+    problems = origin_problems(rule, sel.env, sel.business_line)
     cert_template, trust_template = sel.template_names
     bad = [c for c in sel.certificates if not rule.allows_certificate(c, cert_template)]
     if bad:

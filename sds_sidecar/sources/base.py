@@ -9,9 +9,24 @@ from ..material import SecretMaterial
 
 
 @dataclass(frozen=True)
+class Tenant:
+    """Gateway mode: whom a certificate is for, when that is not the agent's own pod. The
+    hostnames are the tenant's resolved claims; env and business line passed its namespace's
+    policy. A source puts exactly these hostnames in the certificate."""
+    namespace: str
+    name: str  # the claim's
+    hostnames: tuple[str, ...]
+    env: str
+    business_line: str = ""
+    service: str = ""  # the backend Service, in the same namespace
+    port: int = 0
+
+
+@dataclass(frozen=True)
 class SecretSpec:
     name: str
     kind: str  # material.TLS_CERTIFICATE | material.VALIDATION_CONTEXT
+    tenant: Tenant | None = None
 
 
 # Reasons meaning "the source says this secret was deleted" (not an outage, not a transient

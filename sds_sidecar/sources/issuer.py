@@ -82,6 +82,11 @@ class IssuerSource(Source):
             out = await asyncio.to_thread(self._post, "/v1/trust-bundles", {"name": spec.name}, spec.name)
             return material.validation_context(str(out.get("trust_bundle", "")).encode())
         key = new_key(self.settings.key_type)
-        out = await asyncio.to_thread(self._post, "/v1/certificates",
-                                      {"name": spec.name, "csr": csr_pem(key, spec.name)}, spec.name)
+        if spec.tenant is not None:
+            # The issuer resolves the tenant's hostnames itself, from the cluster: the request
+            # names the tenant, never the hostnames.
+            path, body = "/v1/gateway-certificates", {"tenant": f"{spec.tenant.namespace}/{spec.tenant.name}"}
+        else:
+            path, body = "/v1/certificates", {"name": spec.name}
+        out = await asyncio.to_thread(self._post, path, {**body, "csr": csr_pem(key, spec.name)}, spec.name)
         return material.tls_certificate(str(out.get("certificate_chain", "")).encode(), private_pem(key))

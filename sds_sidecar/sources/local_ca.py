@@ -25,6 +25,10 @@ class LocalCASource(Source):
         if spec.kind == material.VALIDATION_CONTEXT:
             return material.validation_context(self.ca.cert_pem)
         s = self.settings
+        if spec.tenant is not None:  # a gateway tenant: exactly its hostnames
+            issued = self.ca.issue(spec.tenant.hostnames[0], dns_names=list(spec.tenant.hostnames), uris=[],
+                                   ttl=dt.timedelta(seconds=s.local_ca_cert_ttl_seconds))
+            return material.tls_certificate(issued.chain_pem, issued.key_pem)
         issued = self.ca.issue(
             s.service or spec.name,
             dns_names=s.dns_sans(),

@@ -17,7 +17,7 @@ from .. import logs, material
 from ..settings import AgentSettings
 from ..validation import InvalidSecret, now, parse_certificates
 from ..vault_client import VaultClient
-from .base import SecretSpec, Source, SourceError
+from .base import Tenant, SecretSpec, Source, SourceError
 
 log = logging.getLogger("sds.vault")
 
@@ -57,10 +57,15 @@ class VaultSource(Source):
     def pki_mount_role(self) -> tuple[str, str]:
         return self._pki_path()[0::2]
 
-    def _pki_path(self) -> tuple[str, str, str]:
+    def _pki_path(self, tenant: Tenant | None = None) -> tuple[str, str, str]:
         """(mount, operation, role): `sign` sends our CSR (the key never leaves the pod);
-        `issue` has Vault make the key (kept for roles that only allow issue)."""
-        path = self.s.vault_pki_path.format(**self.s.template_values())
+        `issue` has Vault make the key (kept for roles that only allow issue). A gateway
+        tenant's certificate comes from its own environment's and business line's role."""
+        values = self.s.template_values()
+        if tenant is not None:
+            values.update(namespace=tenant.namespace, service=tenant.service, env=tenant.env,
+                          business_line=tenant.business_line)
+        path = self.s.vault_pki_path.format(**values)
         for op in ("sign", "issue"):
             mount, sep, role = path.partition(f"/{op}/")
             if sep and mount and role:
@@ -84,7 +89,7 @@ class VaultSource(Source):
     def _fetch(self, spec: SecretSpec) -> material.SecretMaterial:
         if spec.kind == material.VALIDATION_CONTEXT:
             return self._trust(spec.name)
-        return self._kv_cert(spec.name) if self.s.vault_mode == "kv" else self._pki_cert(spec.name)
+        return self._kv_cert(spec.name) if self.s.vault_mode == "kv" else self._pki_cert(spec.name, spec.tenant)
 
     def _call(self, name: str, where: str, fn, auth: bool = True):
         try:
@@ -159,11 +164,13 @@ class VaultSource(Source):
         self.kv_versions[name] = version
         return m
 
-    def _pki_cert(self, name: str) -> material.SecretMaterial:
+    def _pki_cert(self, name: str, tenant: Tenant | None = None) -> material.SecretMaterial:
         s = self.s
-        mount, op, role = self._pki_path()
-        dns = s.dns_sans()
-        params = {"alt_names": ",".join(dns), "uri_sans": s.spiffe_id, "ttl": s.vault_pki_ttl}
+        mount, op, role = self._pki_path(tenant)
+        dns = list(tenant.hostnames) if tenant else s.dns_sans()
+        params = {"alt_names": ",".join(dns), "ttl": s.vault_pki_ttl}
+        if tenant is None:  # a gateway's certificate names hostnames only, not the gateway's pod
+            params["uri_sans"] = s.spiffe_id
         cn = dns[0] if dns else name
         where = f"{mount}/{op}/{role}"
         if op == "sign":

@@ -1,0 +1,64 @@
+"""`python -m gateway serve [--flag value ...]`: the gateway agent (every SDS_* setting of the
+agent, plus SDS_GATEWAY_*, SDS_INJECTOR_CONFIG_FILE, SDS_CLAIMS_FILE...).
+`python -m gateway bootstrap --agent-socket PATH [--admin-socket PATH]`: the gateway Envoy's
+bootstrap (JSON), the same one the Helm chart renders."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from pydantic import ValidationError
+
+
+def _bootstrap(argv: list[str]) -> int:
+    from .envoy import bootstrap
+
+    p = argparse.ArgumentParser(prog="python -m gateway bootstrap")
+    p.add_argument("--agent-socket", required=True)
+    p.add_argument("--admin-socket")
+    p.add_argument("--admin-port", type=int)
+    p.add_argument("--max-connections", type=int, default=50_000)
+    a = p.parse_args(argv)
+    print(json.dumps(bootstrap(a.agent_socket, a.admin_socket, a.admin_port, max_connections=a.max_connections),
+                     indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bootstrap"]:
+        return _bootstrap(argv[1:])
+    if argv[:1] != ["serve"]:
+        print("usage: python -m gateway serve [--source issuer|local-ca|files|vault] [--claims-file F] ...\n"
+              "       python -m gateway bootstrap --agent-socket PATH [--admin-socket PATH]",
+              file=sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    from sds_sidecar import logs
+    from sds_sidecar.settings import describe_errors
+
+    from .run import GatewayAgent
+    from .settings import GatewaySettings
+
+    try:
+        settings = GatewaySettings(_cli_parse_args=argv[1:], _cli_prog_name="python -m gateway serve")
+    except ValidationError as e:
+        print(f"gateway: invalid configuration:\n{describe_errors(e)}", file=sys.stderr)
+        return 2
+    logs.setup(settings.log_level)
+    try:
+        agent = GatewayAgent(settings)
+    except (ValueError, OSError) as e:
+        print(f"gateway: cannot start: {e}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(agent.run_until_signalled())
+    except ValueError as e:
+        print(f"gateway: cannot start: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Claims → tenants → certificates → what Envoy is told, in that order.
+
+A tenant's filter chain reaches Envoy only once its certificate is in the cache: a listener
+update waits (warms) until every secret it names has arrived, so one tenant whose certificate
+cannot be issued would otherwise hold back every other tenant's change. Rotating a certificate
+changes no listener: Envoy gets only that secret."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from prometheus_client import Gauge
+
+from sds_sidecar import material
+from sds_sidecar.cache import SecretCache
+from sds_sidecar.renewal import Renewer
+from sds_sidecar.resources import CLUSTER, LISTENER, ResourceStore
+from sds_sidecar.sources.base import SecretSpec, Source, Tenant
+
+from . import envoy
+from .claims import Claim, Refusal, resolve
+from .settings import GatewaySettings
+
+log = logging.getLogger("gateway")
+TENANTS = Gauge("sds_gateway_tenants", "Tenants by state: served by Envoy, or waiting for their certificate",
+                ["state"])
+REFUSED = Gauge("sds_gateway_refused_claims", "Claims (or hostnames of claims) refused, by reason", ["reason"])
+MAX_REPORTED = 100
+
+
+class Controller:
+    def __init__(self, settings: GatewaySettings, config, feed, renewer: Renewer, cache: SecretCache,
+                 stores: dict[str, ResourceStore], source: Source):
+        self.s, self.config, self.feed = settings, config, feed
+        self.renewer, self.cache, self.stores, self.source = renewer, cache, stores, source
+        self.tenants: dict[str, Claim] = {}  # secret name -> tenant
+        self.refusals: tuple[Refusal, ...] = ()
+        self.published = False
+        self._chains: dict[Claim, object] = {}
+        self._clusters: dict[Claim, object] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._resolve_needed = False
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.renewer.on_stored = self._stored
+        self.feed.start(self.claims_changed)
+
+    def stop(self) -> None:
+        self.feed.stop()
+        if self._timer:
+            self._timer.cancel()
+
+    # -- triggers (debounced: thousands of changes in a burst make a handful of updates) -------
+    def claims_changed(self) -> None:
+        """Any thread (the informers call it from theirs)."""
+        self._loop.call_soon_threadsafe(self._schedule, True)
+
+    def _stored(self, name: str) -> None:
+        if name in self.tenants:
+            self._schedule(False)
+
+    def _schedule(self, resolve_claims: bool) -> None:
+        self._resolve_needed |= resolve_claims
+        if self._timer is None:
+            self._timer = self._loop.call_later(self.s.debounce_seconds, self._update)
+
+    def _update(self) -> None:
+        self._timer = None
+        try:
+            if self._resolve_needed and self.feed.synced:
+                self._resolve_needed = False
+                self.apply(resolve(self.feed.objects(), self.config(), self.feed.labels_of))
+            self.publish()
+        except Exception:  # a bug here must not stop later updates; Envoy keeps what it has
+            log.exception("gateway update failed; retrying")
+            self._resolve_needed = True
+            self._timer = self._loop.call_later(max(1.0, self.s.debounce_seconds), self._update)
+
+    # -- the two steps ---------------------------------------------------------------------------
+    def apply(self, resolved) -> None:
+        """Keep exactly the resolved tenants' certificates (start new ones, drop gone ones)."""
+        wanted = {envoy.secret_name(t): t for t in resolved.tenants}
+        for name in set(self.tenants) - set(wanted):
+            self.renewer.remove(name)
+        for name, t in wanted.items():
+            if self.tenants.get(name) != t:
+                spec = SecretSpec(name, material.TLS_CERTIFICATE, Tenant(
+                    t.namespace, t.name, t.hostnames, t.env, t.business_line, t.service, t.port))
+                self.renewer.add(spec, self.source)
+        self.tenants = wanted
+        if set(resolved.refusals) != set(self.refusals):
+            for r in set(resolved.refusals) - set(self.refusals):
+                log.warning("%s", r.message, extra={"fields": {"reason": r.reason, "claim": f"{r.namespace}/{r.name}"}})
+            REFUSED.clear()
+            for r in resolved.refusals:
+                REFUSED.labels(r.reason).inc()
+        self.refusals = resolved.refusals
+        live = set(wanted.values())
+        self._chains = {t: c for t, c in self._chains.items() if t in live}
+        self._clusters = {t: c for t, c in self._clusters.items() if t in live}
+
+    def publish(self) -> None:
+        served = [t for name, t in self.tenants.items() if self.cache.get(name) is not None]
+        TENANTS.labels("served").set(len(served))
+        TENANTS.labels("waiting").set(len(self.tenants) - len(served))
+        for t in served:
+            if t not in self._chains:
+                self._chains[t] = envoy.chain(t, self.s.gateway_min_tls_version, tuple(self.s.gateway_ecdh_curves))
+                self._clusters[t] = envoy.cluster(t, self.s.gateway_backend, self.s.cluster_domain)
+        # Clusters first: on the one ADS stream Envoy then knows a chain's cluster before the chain.
+        self.stores[CLUSTER].replace({envoy.cluster_name(t): self._clusters[t] for t in served})
+        listeners = {envoy.LISTENER_NAME: envoy.listener([self._chains[t] for t in served], self.s.gateway_address,
+                                                         self.s.gateway_port)} if served else {}
+        self.stores[LISTENER].replace(listeners)
+        self.published = self.feed.synced
+
+    def status(self) -> dict:
+        waiting = sorted(n for n in self.tenants if self.cache.get(n) is None)
+        failing = {n: r for n, r in self.renewer.failing.items() if n in self.tenants}
+        return {
+            # Ready once the claims are known and published: one tenant without a certificate
+            # must not take the gateway out of its Service for every other tenant.
+            "ready": self.published,
+            "tenants": len(self.tenants),
+            "served": len(self.tenants) - len(waiting),
+            "waiting": waiting[:MAX_REPORTED],
+            "failing": dict(sorted(failing.items())[:MAX_REPORTED]),
+            "refused": [{"claim": f"{r.namespace}/{r.name}", "reason": r.reason, "message": r.message}
+                        for r in self.refusals[:MAX_REPORTED]],
+        }

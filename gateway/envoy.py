@@ -1,0 +1,102 @@
+"""What the gateway's Envoy is told: a bootstrap that takes everything else from the agent over
+ADS, and the listener and clusters the agent serves for the current tenants.
+
+One listener, one filter chain per tenant matched by SNI (`server_names`), each with its own
+certificate by SDS; no default chain, so a name no tenant owns gets no certificate (the
+handshake is refused and counted as `no_filter_chain_match`). Each chain proxies to its tenant's
+own Service, in its own namespace: a claim cannot point the gateway anywhere else."""
+from __future__ import annotations
+
+from google.protobuf import json_format
+
+# Registers the typed_config types the listener and clusters name, for json_format.
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.clusters.dns.v3 import dns_cluster_pb2  # noqa: F401
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
+
+from webhook import bootstrap as b
+
+from .claims import Claim
+
+LISTENER_NAME = "gateway"
+ADS = {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "0s"}
+
+
+def secret_name(t: Claim) -> str:
+    return f"gateway:{t.namespace}/{t.name}"
+
+
+def cluster_name(t: Claim) -> str:
+    return f"gateway|{t.namespace}|{t.name}"
+
+
+def stat_prefix(t: Claim) -> str:
+    # Per-tenant counters: tcp.<prefix>.downstream_cx_total counts completed handshakes.
+    return f"gw_{t.namespace}_{t.name}".replace(".", "_")
+
+
+def bootstrap(agent_socket: str, admin_socket: str | None = None, admin_port: int | None = None,
+              node: str = "sds-gateway", max_connections: int = 50_000) -> dict:
+    """The gateway Envoy's whole static configuration: the agent's socket, and ADS for the rest."""
+    ads_source = {"api_type": "GRPC", "transport_api_version": "V3", "set_node_on_first_message_only": True,
+                  "grpc_services": [{"envoy_grpc": {"cluster_name": b.SDS_CLUSTER, "retry_policy": {
+                      "retry_back_off": {"base_interval": "0.05s", "max_interval": "0.25s"}}}}]}
+    admin = b.admin_pipe(admin_socket) if admin_socket else b.admin(admin_port or 15000)
+    return {
+        "node": {"id": node, "cluster": node},
+        "admin": admin,
+        "dynamic_resources": {"ads_config": ads_source, "lds_config": ADS, "cds_config": ADS},
+        "static_resources": {"clusters": [b.sds_cluster(agent_socket)]},
+        "overload_manager": b.overload_manager(max_connections),
+    }
+
+
+def chain(t: Claim, min_version: str = "TLSv1_2", curves: tuple[str, ...] = ()) -> listener_components_pb2.FilterChain:
+    common = {"tls_params": {"tls_minimum_protocol_version": min_version,
+                             "tls_maximum_protocol_version": "TLSv1_3"},
+              "tls_certificate_sds_secret_configs": [{"name": secret_name(t), "sds_config": ADS}]}
+    if curves:
+        common["tls_params"]["ecdh_curves"] = list(curves)
+    return json_format.ParseDict({
+        "name": f"{t.namespace}/{t.name}",
+        "filter_chain_match": {"server_names": list(t.hostnames)},
+        "transport_socket": b.downstream_tls(common, require_client_cert=False),
+        "filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": stat_prefix(t), "cluster": cluster_name(t)}}],
+    }, listener_components_pb2.FilterChain())
+
+
+def listener(chains: list[listener_components_pb2.FilterChain], address: str, port: int) -> listener_pb2.Listener:
+    """`chains`: built by `chain`, once per tenant (parsing 10,000 of them on every change would
+    cost seconds); sorted by name so the same tenants always make the same listener."""
+    out = json_format.ParseDict({
+        "name": LISTENER_NAME,
+        "address": {"socket_address": {"address": address, "port_value": port}},
+        "listener_filters": [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}],
+        # A client that never sends its ClientHello is dropped, not held.
+        "listener_filters_timeout": "5s",
+    }, listener_pb2.Listener())
+    out.filter_chains.extend(sorted(chains, key=lambda c: c.name))
+    return out
+
+
+def cluster(t: Claim, backend: str, cluster_domain: str) -> cluster_pb2.Cluster:
+    """`backend`: a template of the backend host, e.g. "{service}.{namespace}.svc.{domain}"."""
+    host = backend.format(service=t.service, namespace=t.namespace, domain=cluster_domain)
+    return json_format.ParseDict({
+        "name": cluster_name(t),
+        # Thousands of tenants: re-resolve at the record's TTL, not every 5 s each; one endpoint
+        # for all of a name's addresses (what LOGICAL_DNS was).
+        "cluster_type": {"name": "envoy.cluster.dns", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.clusters.dns.v3.DnsCluster",
+            "dns_refresh_rate": "30s", "respect_dns_ttl": True, "all_addresses_in_single_endpoint": True,
+            "dns_lookup_family": "V4_PREFERRED"}},
+        "connect_timeout": "2s",
+        "load_assignment": {"cluster_name": cluster_name(t), "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": host, "port_value": t.port}}}}]}]},
+    }, cluster_pb2.Cluster())

@@ -1,0 +1,100 @@
+"""Where claims come from: the cluster (a watch of labelled ConfigMaps and of Namespaces, for the
+policy's label rules) or, for local runs, a file of the same objects."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from .claims import LABEL_SELECTOR
+
+log = logging.getLogger("gateway.feed")
+
+
+def _slim(cm: dict) -> dict:
+    m = cm.get("metadata") or {}
+    return {"metadata": {k: m.get(k) for k in ("name", "namespace", "creationTimestamp")},
+            "immutable": cm.get("immutable"), "data": cm.get("data") or {}}
+
+
+class ClusterFeed:
+    def __init__(self, api_client, watch_seconds: int = 300):
+        from kubernetes import client
+
+        from webhook.informer import Informer
+        from webhook.namespaces import NamespaceLabels
+
+        core = client.CoreV1Api(api_client)
+        self.claims = Informer("configmaps", functools.partial(core.list_config_map_for_all_namespaces,
+                                                               label_selector=LABEL_SELECTOR), _slim, watch_seconds)
+        self.labels_of = NamespaceLabels(api_client, watch_seconds)
+
+    def objects(self) -> list[dict]:
+        return self.claims.all()
+
+    @property
+    def synced(self) -> bool:
+        return self.claims.synced.is_set() and self.labels_of.informer.synced.is_set()
+
+    def start(self, on_change: Callable[[], None]) -> None:
+        self.claims.on_change = self.labels_of.informer.on_change = on_change
+        self.claims.start()
+        self.labels_of.start()
+
+    def stop(self) -> None:
+        self.claims.stop()
+        self.labels_of.stop()
+
+
+class FileFeed:
+    """ConfigMaps (and optionally Namespaces, for label rules) from a YAML or JSON file: a List,
+    or documents separated by `---`. Checked once a second; a file that does not parse is
+    logged and the previous content kept."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._objects: list[dict] = []
+        self._labels: dict[str, dict] = {}
+        self._stamp = None
+        self._task: asyncio.Task | None = None
+        self.synced = False
+
+    def objects(self) -> list[dict]:
+        return self._objects
+
+    def labels_of(self, namespace: str) -> dict | None:
+        return self._labels.get(namespace, {"kubernetes.io/metadata.name": namespace})
+
+    def load(self) -> bool:
+        try:
+            st = self.path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+            if stamp == self._stamp:
+                return False
+            docs = [d for d in yaml.safe_load_all(self.path.read_text()) if d]
+        except (OSError, yaml.YAMLError) as e:
+            log.warning("claims file unreadable; previous claims kept: %s", type(e).__name__)
+            return False
+        items = [i for d in docs for i in (d.get("items") or [] if d.get("kind") == "List" else [d])]
+        self._objects = [_slim(i) for i in items if i.get("kind") == "ConfigMap"]
+        self._labels = {(i.get("metadata") or {}).get("name"): (i.get("metadata") or {}).get("labels") or {}
+                        for i in items if i.get("kind") == "Namespace"}
+        self._stamp, self.synced = stamp, True
+        return True
+
+    def start(self, on_change: Callable[[], None]) -> None:
+        async def poll():
+            while True:
+                if self.load():
+                    on_change()
+                await asyncio.sleep(1.0)
+
+        self._task = asyncio.get_running_loop().create_task(poll())
+
+    def stop(self) -> None:
+        if self._task:
+            self._task.cancel()

@@ -1,0 +1,37 @@
+"""The gateway agent: the SDS agent's cache, renewal and gRPC server, plus the claim feed and
+the controller, serving listeners, clusters and certificates over ADS."""
+from __future__ import annotations
+
+from sds_sidecar.agent import Agent, make_source
+from sds_sidecar.resources import CLUSTER, LISTENER, ResourceStore
+from webhook.config import ConfigStore
+
+from .controller import Controller
+from .feed import ClusterFeed, FileFeed
+from .settings import GatewaySettings
+
+
+def make_feed(s: GatewaySettings):
+    if s.claims_file is not None:
+        return FileFeed(s.claims_file)
+    from webhook.kube import api_client
+
+    return ClusterFeed(api_client(s.kubeconfig), s.watch_seconds)
+
+
+class GatewayAgent(Agent):
+    def __init__(self, settings: GatewaySettings, feed=None):
+        stores = {CLUSTER: ResourceStore(CLUSTER), LISTENER: ResourceStore(LISTENER)}
+        super().__init__(settings, sources={}, stores=stores)
+        config = ConfigStore(settings.injector_config_file)
+        self.controller = Controller(settings, config.get, feed or make_feed(settings), self.renewer, self.cache,
+                                     stores, make_source(settings.source, settings))
+        self.status = self.controller.status
+
+    async def start(self) -> None:
+        await super().start()
+        self.controller.start()
+
+    async def stop(self, grace: float = 1.0) -> None:
+        self.controller.stop()
+        await super().stop(grace)
