@@ -47,7 +47,8 @@ class KubeAPI:
         self.kid = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
         self.rv = 0
         self.objects: dict[str, dict[tuple[str, str], dict]] = {"pods": {}, "services": {}, "namespaces": {},
-                                                                  "secrets": {}, "serviceaccounts": {}}
+                                                                  "secrets": {}, "serviceaccounts": {},
+                                                                  "configmaps": {}}
         self.events: list[tuple[int, str, str, dict]] = []  # (rv, resource, type, object)
         self.cond = threading.Condition()
         self.requests: list[tuple[str, str]] = []
@@ -60,6 +61,8 @@ class KubeAPI:
         with self.cond:
             self.rv += 1
             obj["metadata"]["resourceVersion"] = str(self.rv)
+            if event == "ADDED":  # as the API server does; a caller may have set it (ordering tests)
+                obj["metadata"].setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
             key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
             if event == "DELETED":
                 self.objects[resource].pop(key, None)
@@ -92,6 +95,22 @@ class KubeAPI:
     def delete_pod(self, namespace: str, name: str) -> None:
         pod = self.objects["pods"][(namespace, name)]
         self._store("pods", copy.deepcopy(pod), "DELETED")
+
+    def add_configmap(self, namespace: str, name: str, data: dict, labels: dict | None = None,
+                      immutable: bool | None = True, created: str | None = None) -> dict:
+        if ("", namespace) not in self.objects["namespaces"]:
+            self.add_namespace(namespace)
+        meta = {"name": name, "namespace": namespace, "uid": str(uuid.uuid4()), "labels": labels or {}}
+        if created:
+            meta["creationTimestamp"] = created
+        cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": dict(data)}
+        if immutable is not None:
+            cm["immutable"] = immutable
+        return self._store("configmaps", cm, "ADDED")
+
+    def delete(self, resource: str, namespace: str, name: str) -> None:
+        obj = self.objects[resource][(namespace, name)]
+        self._store(resource, copy.deepcopy(obj), "DELETED")
 
     def add_service(self, namespace: str, name: str, selector: dict) -> dict:
         return self._store("services", {"apiVersion": "v1", "kind": "Service", "metadata": {
@@ -199,7 +218,8 @@ class KubeAPI:
                     return self._send(200, api.jwks())
                 if not self._authorized():
                     return None
-                if parts[:2] == ["api", "v1"] and len(parts) == 3 and parts[2] in ("pods", "services", "namespaces"):
+                if parts[:2] == ["api", "v1"] and len(parts) == 3 and parts[2] in ("pods", "services", "namespaces",
+                                                                                   "configmaps"):
                     return self._list_or_watch(parts[2], q)
                 if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 6 and parts[4] in ("pods", "secrets"):
                     obj = api.objects[parts[4]].get((parts[3], parts[5]))
@@ -209,10 +229,18 @@ class KubeAPI:
                 return self._status(404, "NotFound", "the server could not find the requested resource")
 
             def _list_or_watch(self, resource: str, q: dict) -> None:
-                kind = {"pods": "PodList", "services": "ServiceList", "namespaces": "NamespaceList"}[resource]
+                kind = {"pods": "PodList", "services": "ServiceList", "namespaces": "NamespaceList",
+                        "configmaps": "ConfigMapList"}[resource]
+                # labelSelector: equality terms only (k=v,k2=v2), as the callers here use it.
+                terms = [t.partition("=")[0::2] for t in (q.get("labelSelector") or "").split(",") if t]
+
+                def selected(obj: dict) -> bool:
+                    labels = obj["metadata"].get("labels") or {}
+                    return all(labels.get(k) == v for k, v in terms)
+
                 if q.get("watch") not in ("true", "1"):
                     with api.cond:
-                        items = copy.deepcopy(list(api.objects[resource].values()))
+                        items = copy.deepcopy([o for o in api.objects[resource].values() if selected(o)])
                         rv = api.rv
                     return self._send(200, {"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": str(rv)},
                                             "items": items})
@@ -227,7 +255,9 @@ class KubeAPI:
                 try:
                     while time.monotonic() < deadline and api.server is not None:
                         with api.cond:
-                            new = [e for e in api.events if e[0] > since and e[1] == resource]
+                            new = [e for e in api.events if e[0] > since and e[1] == resource and selected(e[3])]
+                            if not new:  # skip past unselected events
+                                since = max([since] + [e[0] for e in api.events if e[1] == resource])
                             if not new:
                                 api.cond.wait(min(0.5, max(0.0, deadline - time.monotonic())))
                                 continue

@@ -80,19 +80,9 @@ def hostname_problem(h: str) -> str | None:
     return None
 
 
-def covers(a: str, b: str) -> bool:
-    """True when a TLS client asking for one of the names could be served the other's
-    certificate: equal names, or a wildcard matching the other name's single leftmost label."""
-    if a == b:
-        return True
-    for wild, name in ((a, b), (b, a)):
-        if wild.startswith("*.") and not name.startswith("*.") and name.partition(".")[2] == wild[2:]:
-            return True
-    return False
-
-
 class _Owners:
-    """Owned names, indexed so that `covers` needs two lookups, not a scan (10,000 tenants)."""
+    """Owned names, indexed: a name conflicts with an equal name, or with a wildcard matching its
+    single leftmost label (what a TLS client would accept), found in two lookups, not a scan."""
 
     def __init__(self):
         self.by_name: dict[str, Claim] = {}  # exact names and wildcards, literally

@@ -21,16 +21,21 @@ def _slim(cm: dict) -> dict:
             "immutable": cm.get("immutable"), "data": cm.get("data") or {}}
 
 
+def claims_informer(core, watch_seconds: int = 300):
+    """Only labelled ConfigMaps: the gateway and the issuer never hold the cluster's others."""
+    from webhook.informer import Informer
+
+    return Informer("configmaps", functools.partial(core.list_config_map_for_all_namespaces,
+                                                    label_selector=LABEL_SELECTOR), _slim, watch_seconds)
+
+
 class ClusterFeed:
     def __init__(self, api_client, watch_seconds: int = 300):
         from kubernetes import client
 
-        from webhook.informer import Informer
         from webhook.namespaces import NamespaceLabels
 
-        core = client.CoreV1Api(api_client)
-        self.claims = Informer("configmaps", functools.partial(core.list_config_map_for_all_namespaces,
-                                                               label_selector=LABEL_SELECTOR), _slim, watch_seconds)
+        self.claims = claims_informer(client.CoreV1Api(api_client), watch_seconds)
         self.labels_of = NamespaceLabels(api_client, watch_seconds)
 
     def objects(self) -> list[dict]:

@@ -1,6 +1,7 @@
 """The issuer's HTTP surface (HTTPS only in a cluster):
 POST /v1/certificates {name, csr}   Authorization: Bearer <projected SA token>
 POST /v1/trust-bundles {name}       same
+POST /v1/gateway-certificates {tenant: "namespace/claim", csr}   a gateway's token only
 GET /healthz, /readyz, /inventory (what was issued), /metrics."""
 from __future__ import annotations
 
@@ -54,6 +55,10 @@ def create_app(issuer: Issuer, ready=lambda: True) -> FastAPI:
     @app.post("/v1/certificates")
     async def certificates(request: Request) -> Response:
         return await call(request, issuer.sign, "name", "csr")
+
+    @app.post("/v1/gateway-certificates")
+    async def gateway_certificates(request: Request) -> Response:
+        return await call(request, issuer.sign_gateway, "tenant", "csr")
 
     @app.post("/v1/trust-bundles")
     async def trust_bundles(request: Request) -> Response:

@@ -35,7 +35,13 @@ class ClusterCache:
                                  watch_seconds)
         self.labels = NamespaceLabels(api_client, watch_seconds)  # the same cache the webhook uses
         self.namespaces = self.labels.informer
-        self._all = (self.pods, self.services, self.namespaces)
+        # Gateway tenant claims: the issuer resolves them itself, with the gateway's rules.
+        from gateway.feed import claims_informer
+
+        self.claims = claims_informer(self.core, watch_seconds)
+        self._resolved = None  # (config, Resolved), dropped on any claim or namespace change
+        self.claims.on_change = self.namespaces.on_change = self._forget
+        self._all = (self.pods, self.services, self.namespaces, self.claims)
 
     def start(self, wait: float = 30.0) -> "ClusterCache":
         for inf in self._all:
@@ -74,3 +80,16 @@ class ClusterCache:
 
     def namespace_labels(self, namespace: str) -> dict | None:
         return self.labels(namespace)
+
+    def _forget(self) -> None:
+        self._resolved = None
+
+    def gateway_tenants(self, config):
+        """Resolved claims, recomputed only after a change (10,000 claims take ~0.1 s)."""
+        from gateway.claims import resolve
+
+        memo = self._resolved
+        if memo is None or memo[0] is not config:
+            memo = (config, resolve(self.claims.all(), config, self.labels))
+            self._resolved = memo
+        return memo[1]

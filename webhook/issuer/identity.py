@@ -40,17 +40,23 @@ def dns_names(services: list[str], namespace: str, cluster_domain: str) -> list[
     return out
 
 
-def grant(caller: Caller, pod: dict | None, services: list[str], namespace_labels: dict | None,
-          cfg: InjectorConfig, cluster_domain: str) -> Grant:
+def check_binding(caller: Caller, pod: dict | None) -> None:
+    """The token's pod exists now, is the same pod (uid), and runs as the token's account."""
     if pod is None:
         raise Refused("pod_gone", f"pod {caller.namespace}/{caller.pod_name}, to which the token is bound, "
                       "does not exist")
-    meta, spec, status = pod["metadata"], pod["spec"], pod["status"]
+    meta, spec = pod["metadata"], pod["spec"]
     if meta.get("uid") != caller.pod_uid:
         raise Refused("pod_mismatch", f"the token is bound to another pod than {caller.namespace}/"
                       f"{caller.pod_name} (uid differs: the pod was deleted and re-created)")
     if meta.get("namespace") != caller.namespace or spec.get("serviceAccountName") != caller.service_account:
         raise Refused("pod_mismatch", "the token's namespace or service account does not match its pod")
+
+
+def grant(caller: Caller, pod: dict | None, services: list[str], namespace_labels: dict | None,
+          cfg: InjectorConfig, cluster_domain: str) -> Grant:
+    check_binding(caller, pod)
+    meta, spec, status = pod["metadata"], pod["spec"], pod["status"]
     if spec.get("hostNetwork"):
         raise Refused("host_network", "hostNetwork pods share the node's network identity; not issued")
     namespace = caller.namespace

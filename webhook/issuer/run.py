@@ -37,7 +37,7 @@ def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tup
         verifier = TokenReviewVerifier(api, settings.audience)
     issuer = Issuer(authority, cluster, verifier, config, AuditLog(settings.replica, settings.audit_file),
                     cert_ttl=dt.timedelta(seconds=settings.cert_ttl_seconds), cluster_domain=settings.cluster_domain,
-                    overlap_seconds=settings.ca_overlap_seconds)
+                    overlap_seconds=settings.ca_overlap_seconds, gateways=settings.gateway_identities)
     threading.Thread(target=_refresh, args=(issuer, settle, settings.ca_refresh_seconds), name="ca-refresh",
                      daemon=True).start()
     return issuer, cluster
@@ -65,7 +65,7 @@ async def serve(settings: IssuerSettings, config: Callable[[], InjectorConfig], 
 
     # Listing the cluster and settling the CA Secret block: keep the loop (and the webhook) free.
     issuer, cluster = await asyncio.to_thread(build, settings, config)
-    ready = lambda: all(i.synced.is_set() for i in (cluster.pods, cluster.services, cluster.namespaces))  # noqa: E731
+    ready = lambda: all(i.synced.is_set() for i in cluster._all)  # noqa: E731
     try:
         await serve_app(create_app(issuer, ready), settings.host, settings.port, settings.cert_file,
                         settings.key_file, "issuer", stop, sock=sock)

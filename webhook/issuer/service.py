@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from ..config import InjectorConfig
 from .audit import AuditLog
 from .authority import Authority
-from .identity import Grant, Refused, grant
+from .identity import Grant, Refused, check_binding, grant
 from .inventory import ISSUED, REFUSED, Inventory
 from .tokens import Caller, TokenRefused
 
@@ -40,10 +40,12 @@ def public_key_of(csr_pem: str) -> object:
 class Issuer:
     def __init__(self, authority: Authority, cluster, verifier, config: Callable[[], InjectorConfig],
                  audit: AuditLog, inventory: Inventory | None = None, cert_ttl: dt.timedelta = dt.timedelta(hours=1),
-                 cluster_domain: str = "cluster.local", overlap_seconds: float = 48 * 3600):
+                 cluster_domain: str = "cluster.local", overlap_seconds: float = 48 * 3600,
+                 gateways: list[str] = ()):
         self.authority, self.cluster, self.verifier, self.config = authority, cluster, verifier, config
         self.audit, self.inventory = audit, inventory or Inventory()
         self.cert_ttl, self.cluster_domain, self.overlap = cert_ttl, cluster_domain, overlap_seconds
+        self.gateways = frozenset(gateways)  # "namespace/serviceaccount"
 
     def _grant(self, token: str) -> tuple[Caller, Grant]:
         try:
@@ -93,6 +95,51 @@ class Issuer:
         leaf = cert.public_bytes(serialization.Encoding.PEM)
         return {"certificate_chain": (leaf + ca.cert_pem).decode(),
                 "trust_bundle": self.authority.bundle(g.env, self.overlap).decode(),
+                "serial": serial, "not_after": not_after.isoformat()}
+
+    def _authorize_gateway(self, token: str, tenant: str, csr_pem: str):
+        """(the tenant's resolved claim, its environment's CA, the CSR's key), or Refused. The
+        hostnames are the issuer's own resolution of the cluster's claims: the request only
+        names the tenant."""
+        caller = None
+        try:
+            try:
+                caller = self.verifier.verify(token)
+            except TokenRefused as e:
+                raise Refused(e.reason, e.message, 401) from None
+            if f"{caller.namespace}/{caller.service_account}" not in self.gateways:
+                raise Refused("not_a_gateway", f"service account {caller.namespace}/{caller.service_account} is not "
+                              "a gateway (issuer setting gateway_identities); tenant certificates are not issued to it")
+            check_binding(caller, self.cluster.pod(caller.namespace, caller.pod_name))
+            claim = next((t for t in self.cluster.gateway_tenants(self.config()).tenants if t.key == tenant), None)
+            if claim is None:
+                raise Refused("no_such_tenant", f"tenant {tenant!r} has no served hostnames: no such claim, or it was "
+                              "refused (see the gateway's /readyz)")
+            key = public_key_of(csr_pem)
+            try:
+                ca = self.authority.ca(claim.env)
+            except KeyError as e:
+                raise Refused("no_ca", f"{e.args[0]}; add it to the issuer's environments", 503) from None
+        except Refused as e:
+            REFUSED.labels(e.reason).inc()
+            who = {"namespace": caller.namespace, "service_account": caller.service_account,
+                   "pod": caller.pod_name} if caller else {}
+            self.audit.record("refused", e.reason, tenant=tenant, message=e.message, **who)
+            raise
+        return claim, ca, key
+
+    def sign_gateway(self, token: str, tenant: str, csr_pem: str) -> dict:
+        claim, ca, key = self._authorize_gateway(token, tenant, csr_pem)
+        cert = ca.sign(key, claim.hostnames[0], list(claim.hostnames), [], [], ttl=self.cert_ttl)
+        serial = format(cert.serial_number, "x")
+        not_after = cert.not_valid_after_utc
+        ISSUED.labels(claim.env).inc()
+        self.audit.record("issued", tenant=tenant, hostnames=list(claim.hostnames), env=claim.env, serial=serial,
+                          sha256=cert.fingerprint(hashes.SHA256()).hex(), not_after=not_after.isoformat())
+        self.inventory.add(claim.namespace, f"gateway:{claim.name}", "gateway", {
+            "hostnames": list(claim.hostnames), "env": claim.env, "serial": serial,
+            "not_after": not_after.isoformat(), "not_after_unix": not_after.timestamp()})
+        return {"certificate_chain": (cert.public_bytes(serialization.Encoding.PEM) + ca.cert_pem).decode(),
                 "serial": serial, "not_after": not_after.isoformat()}
 
     def trust_bundle(self, token: str, name: str) -> dict:

@@ -27,6 +27,8 @@ class IssuerSettings(BaseSettings):
     replica: str = Field(default_factory=socket.gethostname, description="tags this replica's audit chain")
     cert_ttl_seconds: int = Field(3600, ge=300, le=90 * 86400)
     cluster_domain: str = "cluster.local"
+    gateway_identities: list[str] = Field(default_factory=list, description="namespace/serviceaccount of "
+                                          "gateways that may get tenants' certificates (JSON list)")
     # Environment CA rotation (authority.Rotation): a next CA joins the bundles this long before
     # the current one expires, signs after the propagation delay (agents re-read bundles every
     # 5 min), and the old one stays trusted for the overlap.

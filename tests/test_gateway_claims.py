@@ -1,0 +1,122 @@
+"""Hostname ownership of gateway tenant claims, as tables: who owns a hostname, who is refused and
+what the message says. The issuer and the gateway both run these rules (gateway/claims.py)."""
+from __future__ import annotations
+
+import pytest
+
+from gateway.claims import resolve
+from webhook.config import InjectorConfig
+
+CFG = InjectorConfig.model_validate({"namespacePolicy": {"rules": [
+    {"namespaces": ["shop-*"], "environments": ["prod", "dev"], "businessLines": ["retail"]},
+    {"namespaceSelector": {"matchLabels": {"tier": "bank"}}, "environments": ["prod"], "businessLines": ["corporate"]},
+    {"namespaces": ["*"], "environments": ["dev"]},
+]}})
+
+
+def cm(ns, name, hosts, created="2026-01-01T00:00:00Z", immutable=True, **data):
+    obj = {"metadata": {"namespace": ns, "name": name, "creationTimestamp": created},
+           "data": {"hostnames": hosts, "service": "web", "port": "8080", **data}}
+    if immutable is not None:
+        obj["immutable"] = immutable
+    return obj
+
+
+def labels(ns):
+    return {"kubernetes.io/metadata.name": ns, **({"tier": "bank"} if ns.startswith("bank") else {})}
+
+
+def owners(*objs, labels_of=labels):
+    r = resolve(list(objs), CFG, labels_of)
+    return {h: t.key for t in r.tenants for h in t.hostnames}, {(f.namespace, f.name): f for f in r.refusals}
+
+
+T1, T2, T3 = "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", "2026-01-03T00:00:00Z"
+
+
+@pytest.mark.parametrize("claims, owned, refused", [
+    # one claim, several hostnames
+    ([cm("shop-a", "c", "a.example.com, www.a.example.com", env="dev")],
+     {"a.example.com": "shop-a/c", "www.a.example.com": "shop-a/c"}, {}),
+    # the earlier claim owns; the later one is refused, naming the owner
+    ([cm("shop-b", "c", "x.example.com", T2, env="dev"), cm("shop-a", "c", "x.example.com", T1, env="dev")],
+     {"x.example.com": "shop-a/c"}, {("shop-b", "c"): "belongs to shop-a/c (namespace 'shop-a'"}),
+    # same second: namespace, then name, decides (both the gateway and the issuer agree)
+    ([cm("shop-b", "c", "x.example.com", T1, env="dev"), cm("shop-a", "z", "x.example.com", T1, env="dev")],
+     {"x.example.com": "shop-a/z"}, {("shop-b", "c"): "belongs to shop-a/z"}),
+    # two claims of one namespace: still the first
+    ([cm("shop-a", "new", "x.example.com", T2, env="dev"), cm("shop-a", "old", "x.example.com", T1, env="dev")],
+     {"x.example.com": "shop-a/old"}, {("shop-a", "new"): "another claim of the same namespace"}),
+    # partial conflict: the free hostnames are still served
+    ([cm("shop-a", "c", "x.example.com", T1, env="dev"), cm("shop-b", "c", "x.example.com,y.example.com", T2, env="dev")],
+     {"x.example.com": "shop-a/c", "y.example.com": "shop-b/c"}, {("shop-b", "c"): "'x.example.com' belongs to"}),
+    # an owned wildcard covers a later exact name one label below it ...
+    ([cm("shop-a", "c", "*.a.example.com", T1, env="dev"), cm("shop-b", "c", "pay.a.example.com", T2, env="dev")],
+     {"*.a.example.com": "shop-a/c"}, {("shop-b", "c"): "'pay.a.example.com' belongs to shop-a/c"}),
+    # ... and an owned exact name blocks a later wildcard over it
+    ([cm("shop-a", "c", "pay.a.example.com", T1, env="dev"), cm("shop-b", "c", "*.a.example.com", T2, env="dev")],
+     {"pay.a.example.com": "shop-a/c"}, {("shop-b", "c"): "'*.a.example.com' belongs to shop-a/c"}),
+    # but a wildcard covers one label only, as in TLS
+    ([cm("shop-a", "c", "*.a.example.com", T1, env="dev"), cm("shop-b", "c", "x.pay.a.example.com", T2, env="dev"),
+      cm("shop-c", "c", "a.example.com", T3, env="dev")],
+     {"*.a.example.com": "shop-a/c", "x.pay.a.example.com": "shop-b/c", "a.example.com": "shop-c/c"}, {}),
+    # a claim the policy refuses owns nothing, so it cannot block the tenant allowed to have the name
+    ([cm("team-x", "c", "x.example.com", T1, env="prod"), cm("shop-a", "c", "x.example.com", T2, env="prod")],
+     {"x.example.com": "shop-a/c"}, {("team-x", "c"): "may not use environment 'prod'"}),
+    # business line outside the rule
+    ([cm("shop-a", "c", "x.example.com", env="prod", **{"business-line": "corporate"})], {},
+     {("shop-a", "c"): "business line 'corporate'"}),
+    # label rule: a bank namespace may have prod corporate
+    ([cm("bank-1", "c", "x.example.com", env="prod", **{"business-line": "corporate"})], {"x.example.com": "bank-1/c"}, {}),
+    # a mutable claim is refused: its creation time could not stand for its content
+    ([cm("shop-a", "c", "x.example.com", immutable=None, env="dev")], {}, {("shop-a", "c"): "immutable: true"}),
+    ([cm("shop-a", "c", "x.example.com", immutable=False, env="dev")], {}, {("shop-a", "c"): "immutable: true"}),
+    # bad input: each gets a message, none is served
+    ([cm("shop-a", "c", "", env="dev")], {}, {("shop-a", "c"): "hostnames is empty"}),
+    ([cm("shop-a", "c", "Bad_Host.example.com", env="dev")], {}, {("shop-a", "c"): "not a DNS name"}),
+    ([cm("shop-a", "c", "localhost", env="dev")], {}, {("shop-a", "c"): "not a fully qualified name"}),
+    ([cm("shop-a", "c", "10.0.0.1", env="dev")], {}, {("shop-a", "c"): "an IP address"}),
+    ([cm("shop-a", "c", "*.com", env="dev")], {}, {("shop-a", "c"): "wildcard needs at least two labels"}),
+    ([cm("shop-a", "c", "a.*.example.com", env="dev")], {}, {("shop-a", "c"): "not a DNS name"}),
+    ([cm("shop-a", "c", "x.example.com", env="qa")], {}, {("shop-a", "c"): "env 'qa' is not one of"}),
+    ([cm("shop-a", "c", "x.example.com", env="dev", port="0")], {}, {("shop-a", "c"): "not a port number"}),
+    ([cm("shop-a", "c", "x.example.com", env="dev", service="Web/..")], {}, {("shop-a", "c"): "not a Service name"}),
+    ([cm("shop-a", "c", "x.example.com", env="dev", backend="10.0.0.1")], {}, {("shop-a", "c"): "unknown keys ['backend']"}),
+    ([cm("shop-a", "c", ",".join(f"h{i}.example.com" for i in range(101)), env="dev")], {},
+     {("shop-a", "c"): "at most 100"}),
+    # system namespaces never get gateway certificates
+    ([cm("kube-system", "c", "x.example.com", env="dev")], {}, {("kube-system", "c"): "system namespace"}),
+    # env omitted and no defaultEnvironment: refused with the list
+    ([cm("shop-a", "c", "x.example.com")], {}, {("shop-a", "c"): "env '' is not one of"}),
+    # hostnames are case-insensitive and a trailing dot is the same name
+    ([cm("shop-a", "c", "X.Example.com.", T1, env="dev"), cm("shop-b", "c", "x.example.com", T2, env="dev")],
+     {"x.example.com": "shop-a/c"}, {("shop-b", "c"): "belongs to shop-a/c"}),
+])
+def test_ownership(claims, owned, refused):
+    got, refusals = owners(*claims)
+    assert got == owned
+    assert set(refusals) == set(refused), {k: v.message for k, v in refusals.items()}
+    for key, text in refused.items():
+        assert text in refusals[key].message, refusals[key].message
+
+
+def test_unknown_namespace_labels_fail_closed():
+    # The label rule comes before the catch-all: with labels unknown, it cannot be decided.
+    got, refusals = owners(cm("bank-1", "c", "x.example.com", env="dev"), labels_of=lambda ns: None)
+    assert got == {} and refusals[("bank-1", "c")].reason == "namespace_labels_unknown"
+
+
+def test_deleting_the_owner_frees_the_hostname():
+    first = cm("shop-a", "c", "x.example.com", T1, env="dev")
+    second = cm("shop-b", "c", "x.example.com", T2, env="dev")
+    assert owners(first, second)[0] == {"x.example.com": "shop-a/c"}
+    assert owners(second)[0] == {"x.example.com": "shop-b/c"}
+
+
+def test_ten_thousand_tenants_with_wildcards_do_not_collide():
+    # Indexed lookups (the benchmark times them); a wildcard and the name it sits on are distinct.
+    objs = [cm(f"shop-{i}", "c", f"t{i}.example.com,*.t{i}.example.com", env="dev") for i in range(10_000)]
+    objs.append(cm("shop-late", "c", "www.t5.example.com", T2, env="dev"))
+    r = resolve(objs, CFG, labels)
+    assert len(r.tenants) == 10_000
+    assert [(f.namespace, f.reason) for f in r.refusals] == [("shop-late", "hostname_taken")]
