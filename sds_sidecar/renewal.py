@@ -54,8 +54,9 @@ class Renewer:
         self.rng = rng or random.Random()
         self.failing: dict[str, str] = {}
         self._wake = {name: asyncio.Event() for name in self.specs}
-        self._tasks: list[asyncio.Task] = []
         self._keepers: dict[str, asyncio.Task] = {}
+        self._followers: dict[int, asyncio.Task] = {}  # id(source) -> its change watch
+        self._refollow_due: set[int] = set()
         self.on_stored = None  # optional callback(name) after a new version is cached
 
     def knows(self, name: str) -> bool:
@@ -94,12 +95,24 @@ class Renewer:
     async def start(self) -> None:
         for spec in self.specs.values():
             self._keepers[spec.name] = asyncio.create_task(self._keep(spec), name=f"renew:{spec.name}")
-        by_source: dict[int, tuple[Source, list[SecretSpec]]] = {}
-        for spec in self.specs.values():
-            src = self.sources[spec.name]
-            by_source.setdefault(id(src), (src, []))[1].append(spec)
-        for src, specs in by_source.values():
-            self._tasks.append(asyncio.create_task(self._follow(src, specs), name=f"watch:{src.label}"))
+        for src in {id(s): s for s in self.sources.values()}.values():
+            self._restart_follow(src)
+
+    def _restart_follow(self, src: Source) -> None:
+        self._refollow_due.discard(id(src))
+        old = self._followers.pop(id(src), None)
+        if old is not None:
+            old.cancel()
+        specs = [spec for name, spec in self.specs.items() if self.sources.get(name) is src]
+        if specs:
+            self._followers[id(src)] = asyncio.create_task(self._follow(src, specs), name=f"watch:{src.label}")
+
+    def _refollow(self, src: Source) -> None:
+        """The names a source watches changed (gateway tenants came or went): restart its watch,
+        once per burst rather than once per name."""
+        if id(src) not in self._refollow_due:
+            self._refollow_due.add(id(src))
+            asyncio.get_running_loop().call_later(0.5, self._restart_follow, src)
 
     def add(self, spec: SecretSpec, source: Source) -> None:
         """Start keeping `spec` (gateway mode: a tenant arrived). Replaces a spec of that name."""
@@ -109,6 +122,7 @@ class Renewer:
         self.specs[spec.name], self.sources[spec.name] = spec, source
         self._wake[spec.name] = asyncio.Event()
         self._keepers[spec.name] = asyncio.create_task(self._keep(spec), name=f"renew:{spec.name}")
+        self._refollow(source)
 
     def remove(self, name: str, keep_cached: bool = False) -> None:
         """Stop keeping `name` and, unless replaced, forget its secret (a tenant left)."""
@@ -116,6 +130,9 @@ class Renewer:
         if task is not None:
             task.cancel()
         self.specs.pop(name, None)
+        src = self.sources.pop(name, None)
+        if src is not None and not keep_cached:
+            self._refollow(src)
         self._wake.pop(name, None)
         self.failing.pop(name, None)
         if not keep_cached:
@@ -126,7 +143,7 @@ class Renewer:
                 pass
 
     async def stop(self) -> None:
-        tasks = [*self._tasks, *self._keepers.values()]
+        tasks = [*self._keepers.values(), *self._followers.values()]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -33,12 +33,16 @@ class FilesSource(Source):
     def __init__(self, settings: AgentSettings):
         self.root = settings.files_root
         self.poll = settings.files_poll_seconds
+        self._read: dict[str, list] = {}  # name -> file signatures as of the last fetch
 
     def _paths(self, spec: SecretSpec) -> list[Path]:
         return [self.root / spec.name / f for f in FILES[spec.kind]]
 
     async def fetch(self, spec: SecretSpec) -> material.SecretMaterial:
         first, second = self._paths(spec)
+        # Before reading: a change landing after this is seen by `changes` even when its watch
+        # starts later (gateway tenants are added while running).
+        self._read[spec.name] = [_signature(p) for p in (first, second)]
         try:
             a = first.read_bytes()
             b = second.read_bytes() if second.exists() or spec.kind == material.TLS_CERTIFICATE else b""
@@ -55,7 +59,7 @@ class FilesSource(Source):
         # (envoy #39498) and does not work on network filesystems; a few stat calls per name
         # every 50 ms keep the propagation well under the 100 ms budget.
         specs = list(specs)
-        seen = {s.name: [_signature(p) for p in self._paths(s)] for s in specs}
+        seen = {s.name: self._read.get(s.name) or [_signature(p) for p in self._paths(s)] for s in specs}
         while True:
             await asyncio.sleep(self.poll)
             for spec in specs:

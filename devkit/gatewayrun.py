@@ -1,0 +1,142 @@
+"""A gateway as users run it (the gateway agent, `python -m gateway serve`, and a real Envoy with
+the bootstrap `python -m gateway bootstrap` prints), plus a TCP echo backend: for the tests and
+the gateway benchmark."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import socketserver
+import ssl
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from cryptography import x509
+
+from gateway.envoy import bootstrap
+
+from .harness import ENVOY, Proc, free_port, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class EchoBackend:
+    """Every tenant's Service, on one loopback port: echoes what it gets."""
+
+    def __init__(self):
+        class Echo(socketserver.BaseRequestHandler):
+            def handle(self):
+                while data := self.request.recv(65536):
+                    self.request.sendall(data)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Echo)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class GatewayRun:
+    def __init__(self, workdir: Path, backend_port: int, concurrency: int = 1, **settings):
+        self.workdir = workdir
+        self.port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
+        self.socket = workdir / "gateway.sock"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SDS_")}
+        env.update({"SDS_SOCKET_PATH": str(self.socket), "SDS_HTTP_PORT": str(self.http_port),
+                    "SDS_GATEWAY_ADDRESS": "127.0.0.1", "SDS_GATEWAY_PORT": str(self.port),
+                    "SDS_GATEWAY_BACKEND": "127.0.0.1", "SDS_LOG_LEVEL": settings.pop("log_level", "WARNING"),
+                    **{f"SDS_{k.upper()}": v if isinstance(v, str) else json.dumps(v) for k, v in settings.items()}})
+        self.backend_port = backend_port
+        self.agent = Proc([sys.executable, "-m", "gateway", "serve"], workdir / "gateway-agent.log", env)
+        self.agent_env = env
+        config = workdir / "gateway-envoy.json"
+        config.write_text(json.dumps(bootstrap(str(self.socket), admin_port=self.admin_port)))
+        self.envoy = Proc([ENVOY, "-c", str(config), "--disable-hot-restart", "--concurrency", str(concurrency),
+                           "-l", "warning"], workdir / "gateway-envoy.log")
+
+    def start(self) -> "GatewayRun":
+        self.agent.start()
+        self.envoy.start()
+        return self
+
+    def stop(self) -> None:
+        self.envoy.stop()
+        self.agent.stop()
+
+    # -- what Envoy does -------------------------------------------------------------------------
+    def admin(self, path: str) -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as r:
+                return r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.read().decode()
+
+    def stat(self, name: str) -> int:
+        for line in self.admin(f"/stats?filter=^{name}$").splitlines():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return int(value)
+        return 0
+
+    def stat_matching(self, suffix: str) -> int:
+        """Sum of the counters whose name ends with `suffix` (listener stats carry the port)."""
+        total = 0
+        for line in self.admin(f"/stats?filter={suffix}$").splitlines():
+            key, _, value = line.partition(": ")
+            if key.endswith(suffix) and value.strip().isdigit():
+                total += int(value)
+        return total
+
+    def handshake(self, sni: str, timeout: float = 3) -> x509.Certificate:
+        """The certificate Envoy presents for `sni` (raises when the handshake is refused)."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # what is presented is the question here, not trust
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as raw:
+            with ctx.wrap_socket(raw, server_hostname=sni) as s:
+                return x509.load_der_x509_certificate(s.getpeercert(binary_form=True))
+
+    def served(self, sni: str) -> x509.Certificate | None:
+        try:
+            return self.handshake(sni)
+        except (OSError, ssl.SSLError):
+            return None
+
+    def connect(self, sni: str) -> ssl.SSLSocket:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        return ctx.wrap_socket(raw, server_hostname=sni)
+
+    # -- what the agent says ---------------------------------------------------------------------
+    def status(self) -> dict:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/readyz", timeout=2) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return json.loads(e.read())
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=2) as r:
+            return r.read().decode()
+
+    def wait_served(self, sni: str, timeout: float = 60) -> x509.Certificate:
+        return wait_for(lambda: self.served(sni), timeout, 0.05, what=f"gateway serving {sni}")
+
+
+def sans(cert: x509.Certificate) -> list[str]:
+    return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+
+
+def claim(hostnames: list[str], backend_port: int, env: str = "dev", service: str = "web", **extra) -> dict:
+    return {"hostnames": ",".join(hostnames), "service": service, "port": str(backend_port), "env": env, **extra}
+
+
+CLAIM_LABELS = {"sds-injector.io/gateway-claim": "true"}
