@@ -1,0 +1,103 @@
+"""Gateway certificates at the issuer, as an attacker meets them (real issuer process, API double):
+only a configured gateway identity gets tenant certificates; the hostnames are the issuer's own
+resolution of the claims, never the request's; refused and unknown tenants get nothing."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+
+from devkit.gatewayrun import CLAIM_LABELS, claim
+from devkit.issuer_run import IssuerRun
+from devkit.kube_api import KubeAPI
+from sds_sidecar.sources.issuer import csr_pem, new_key
+
+CONFIG = Path(__file__).parent.parent / "examples" / "config.yaml"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    kube = KubeAPI().start()
+    kube.add_configmap("shop-prod", "site", claim(["shop.example.com"], 8080, env="prod", **{"business-line": "retail"}),
+                       labels=CLAIM_LABELS, created="2026-01-01T00:00:00Z")
+    # Allowed nothing in prod: refused by the policy, so it owns nothing.
+    kube.add_configmap("shop", "site", claim(["prodlike.example.com"], 8080, env="prod"), labels=CLAIM_LABELS)
+    # Later claim of a taken hostname.
+    kube.add_configmap("bank-prod", "site", claim(["shop.example.com"], 8080, env="prod"), labels=CLAIM_LABELS,
+                       created="2026-02-01T00:00:00Z")
+    issuer = IssuerRun(tmp_path_factory.mktemp("gw"), kube, CONFIG, verifier="jwks",
+                       gateway_identities=json.dumps(["sds-gateway/gateway"])).start()
+    yield kube, issuer
+    issuer.stop()
+    kube.stop()
+
+
+def ask(issuer, token, tenant, csr=None):
+    return issuer.post("/v1/gateway-certificates", {"tenant": tenant, "csr": csr or csr_pem(new_key("ec"), "x")}, token)
+
+
+def test_the_gateway_gets_the_tenants_hostnames_and_nothing_else(world):
+    kube, issuer = world
+    token = kube.mint(kube.add_pod("sds-gateway", "gw-1", "gateway"))
+    # The CSR asks for another name and to be a CA: both ignored.
+    key = new_key("ec")
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bank.example.com")]))
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName("bank.example.com")]), critical=False)
+           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+           .sign(key, hashes.SHA256())).public_bytes(serialization.Encoding.PEM).decode()
+    status, out = ask(issuer, token, "shop-prod/site", csr)
+    assert status == 200, out
+    leaf = x509.load_pem_x509_certificates(out["certificate_chain"].encode())[0]
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["shop.example.com"]
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == []  # not a workload identity
+    assert leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    assert leaf.public_key().public_numbers() == key.public_key().public_numbers()
+    issuing = x509.load_pem_x509_certificates(out["certificate_chain"].encode())[1]
+    assert "prod" in issuing.subject.rfc4514_string(), "signed by the tenant's environment CA"
+
+
+@pytest.mark.parametrize("namespace, sa", [("shop-prod", "default"), ("sds-gateway", "other"), ("sds-system", "gateway")])
+def test_only_the_gateway_identity(world, namespace, sa):
+    """A tenant's own pod, another account of the gateway's namespace, the right account name in
+    the wrong namespace: none gets a tenant certificate."""
+    kube, issuer = world
+    token = kube.mint(kube.add_pod(namespace, f"p-{namespace}-{sa}", sa))
+    status, out = ask(issuer, token, "shop-prod/site")
+    assert (status, out["reason"]) == (403, "not_a_gateway"), out
+
+
+@pytest.mark.parametrize("tenant, why", [
+    ("shop/site", "refused by the namespace policy"),
+    ("bank-prod/site", "its only hostname belongs to an earlier claim"),
+    ("shop-prod/nothing", "no such claim"),
+    ("../site", "not a tenant"),
+])
+def test_no_certificate_for_tenants_without_hostnames(world, tenant, why):
+    kube, issuer = world
+    token = kube.mint(kube.add_pod("sds-gateway", f"gw-{abs(hash(tenant))}", "gateway"))
+    status, out = ask(issuer, token, tenant)
+    assert (status, out["reason"]) == (403, "no_such_tenant"), (why, out)
+
+
+def test_a_deleted_gateway_pod_token_is_refused(world):
+    kube, issuer = world
+    pod = kube.add_pod("sds-gateway", "gw-gone", "gateway")
+    token = kube.mint(pod)
+    kube.delete_pod("sds-gateway", "gw-gone")
+    from devkit.harness import wait_for
+
+    # The issuer's pod watch sees the deletion; until then the pod is still in its cache.
+    wait_for(lambda: ask(issuer, token, "shop-prod/site")[1].get("reason") == "pod_gone", 10, what="pod_gone")
+
+
+def test_refusals_are_audited(world):
+    kube, issuer = world
+    records = [json.loads(x) for x in issuer.audit_file.read_text().splitlines()]
+    reasons = {r["reason"] for r in records if r["decision"] == "refused" and "tenant" in r}
+    assert {"not_a_gateway", "no_such_tenant"} <= reasons
