@@ -3,6 +3,7 @@ schema validation of every manifest, value schema errors, and the rendered webho
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import subprocess
 import sys
@@ -193,3 +194,76 @@ def test_rendered_webhook_certificate_serves_admission_over_https(procs, tmp_pat
                            extensions={"sni_hostname": name})
     r = wait_for(lambda: post(), what="webhook over HTTPS with the chart's certificate")
     assert r.status_code == 200 and r.json()["response"]["allowed"] and r.json()["response"]["patch"]
+
+
+GATEWAY = ["--set", "gateway.enabled=true"]
+
+
+@pytest.mark.parametrize("extra", [[], ["--set", "gateway.source=files", "--set", "gateway.ecdhCurves={X25519MLKEM768,X25519}"]])
+def test_gateway_renders_strictly_and_passes_pod_security_restricted(extra):
+    from devkit.pod_security import violations
+    from gateway.envoy import bootstrap
+
+    docs = render(*GATEWAY, *extra)
+    for d in docs:
+        if d["kind"] not in CRDS:
+            kubernetes_validate.validate(d, "1.33", strict=True)
+    deps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    gw = deps["rel-sds-injector-gateway"]
+    assert gw["spec"]["replicas"] >= 2
+    for dep in deps.values():  # the webhook too
+        assert violations(dep["spec"]["template"]["spec"]) == [], dep["metadata"]["name"]
+    # No selector of the webhook matches a gateway pod, and the reverse.
+    labels = gw["spec"]["template"]["metadata"]["labels"]
+    webhook_sel = deps["rel-sds-injector"]["spec"]["selector"]["matchLabels"]
+    assert not all(labels.get(k) == v for k, v in webhook_sel.items())
+    objs = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    assert objs[("PodDisruptionBudget", "rel-sds-injector-gateway")]["spec"]["selector"]["matchLabels"] == \
+        gw["spec"]["selector"]["matchLabels"] == objs[("Service", "rel-sds-injector-gateway")]["spec"]["selector"]
+    # The rendered bootstrap is the one the code builds.
+    cm = objs[("ConfigMap", "rel-sds-injector-gateway-envoy")]
+    assert yaml.safe_load(cm["data"]["bootstrap.yaml"]) == bootstrap(
+        "/var/run/sds/sds.sock", "/var/run/sds-admin/admin.sock", max_connections=50000)
+    # Least privilege: claims and namespace labels, read-only; no Secret anywhere.
+    role = objs[("ClusterRole", "rel-sds-injector-gateway")]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps", "namespaces"],
+                              "verbs": ["get", "list", "watch"]}]
+    spec = gw["spec"]["template"]["spec"]
+    issuer_ca = [v for v in spec["volumes"] if v["name"] == "issuer-ca"]
+    webhook_env = {e["name"]: e.get("value") for e in deps["rel-sds-injector"]["spec"]["template"]["spec"]
+                   ["containers"][0]["env"]}
+    if not extra:
+        # Only ca.crt of the webhook's TLS Secret: its key never reaches the gateway pod.
+        assert issuer_ca[0]["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+        assert json.loads(webhook_env["ISSUER_GATEWAY_IDENTITIES"]) == ["sds-system/rel-sds-injector-gateway"]
+        assert {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch"]} in \
+            objs[("ClusterRole", "rel-sds-injector")]["rules"]
+    else:
+        assert not issuer_ca and "ISSUER_GATEWAY_IDENTITIES" not in webhook_env
+        agent_env = {e["name"]: e.get("value") for e in spec["containers"][1]["env"]}
+        assert agent_env["SDS_GATEWAY_ECDH_CURVES"] == "X25519MLKEM768,X25519"
+
+
+def test_pod_security_check_catches_what_restricted_forbids():
+    """The checker can fail: each of these breaks the restricted profile."""
+    from devkit.pod_security import violations
+
+    ok = {"securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+          "containers": [{"name": "c", "securityContext": {"allowPrivilegeEscalation": False,
+                                                          "capabilities": {"drop": ["ALL"]}}}]}
+    assert violations(ok) == []
+    bad = [
+        {"hostNetwork": True},
+        {"volumes": [{"name": "h", "hostPath": {"path": "/"}}]},
+        {"containers": [{"name": "c", "securityContext": {"capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]}}}]},
+        {"containers": [{"name": "c", "securityContext": {"allowPrivilegeEscalation": True, "capabilities": {"drop": ["ALL"]}}}]},
+        {"securityContext": {"runAsNonRoot": False}},
+        {"securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "Unconfined"}}},
+        {"containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": 80}],
+                         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}]},
+    ]
+    for change in bad:
+        spec = json.loads(json.dumps(ok))
+        for k, v in change.items():
+            spec[k] = v
+        assert violations(spec), change

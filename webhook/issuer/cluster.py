@@ -26,7 +26,8 @@ def _slim_service(o: dict) -> dict:
 
 
 class ClusterCache:
-    def __init__(self, api_client, watch_seconds: int = 300):
+    def __init__(self, api_client, watch_seconds: int = 300, gateway: bool = False):
+        """`gateway`: also watch tenant claims (only when a gateway may ask: RBAC on ConfigMaps)."""
         from kubernetes import client
 
         self.core = client.CoreV1Api(api_client)
@@ -35,13 +36,16 @@ class ClusterCache:
                                  watch_seconds)
         self.labels = NamespaceLabels(api_client, watch_seconds)  # the same cache the webhook uses
         self.namespaces = self.labels.informer
-        # Gateway tenant claims: the issuer resolves them itself, with the gateway's rules.
-        from gateway.feed import claims_informer
-
-        self.claims = claims_informer(self.core, watch_seconds)
+        self._all = (self.pods, self.services, self.namespaces)
+        self.claims = None
         self._resolved = None  # (config, Resolved), dropped on any claim or namespace change
-        self.claims.on_change = self.namespaces.on_change = self._forget
-        self._all = (self.pods, self.services, self.namespaces, self.claims)
+        if gateway:
+            # Gateway tenant claims: the issuer resolves them itself, with the gateway's rules.
+            from gateway.feed import claims_informer
+
+            self.claims = claims_informer(self.core, watch_seconds)
+            self.claims.on_change = self.namespaces.on_change = self._forget
+            self._all += (self.claims,)
 
     def start(self, wait: float = 30.0) -> "ClusterCache":
         for inf in self._all:
@@ -49,8 +53,8 @@ class ClusterCache:
         deadline = time.monotonic() + wait
         for inf in self._all:
             if not inf.synced.wait(max(0.0, deadline - time.monotonic())):
-                raise TimeoutError(f"the {inf.kind} cache did not sync within {wait:.0f}s; "
-                                   "check the issuer's RBAC (list/watch pods, services, namespaces)")
+                raise TimeoutError(f"the {inf.kind} cache did not sync within {wait:.0f}s; check the issuer's "
+                                   f"RBAC (list/watch {inf.kind})")
         return self
 
     def stop(self) -> None:
@@ -86,8 +90,10 @@ class ClusterCache:
 
     def gateway_tenants(self, config):
         """Resolved claims, recomputed only after a change (10,000 claims take ~0.1 s)."""
-        from gateway.claims import resolve
+        from gateway.claims import Resolved, resolve
 
+        if self.claims is None:
+            return Resolved((), ())
         memo = self._resolved
         if memo is None or memo[0] is not config:
             memo = (config, resolve(self.claims.all(), config, self.labels))

@@ -30,7 +30,7 @@ def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tup
         return load_or_create(core, settings.namespace, settings.ca_secret, c.environments, c.agent.trust_domain,
                               rotation=rotation)
     authority = settle()
-    cluster = ClusterCache(api).start()
+    cluster = ClusterCache(api, gateway=bool(settings.gateway_identities)).start()
     if settings.token_verifier == "jwks":
         verifier = JwksVerifier(api, settings.audience, settings.jwks_issuer)
     else:
