@@ -111,6 +111,7 @@ def test_rotating_one_tenant_touches_no_other(tmp_path):
     from sds_sidecar.ca import LocalCA
 
     ca = LocalCA.generate("gateway files CA")
+    backend = EchoBackend()  # a live backend: a refused upstream connect can cut a handshake short
     root = tmp_path / "certs"
     claims = []
     for name in ("a", "b", "c"):
@@ -118,9 +119,9 @@ def test_rotating_one_tenant_touches_no_other(tmp_path):
                                dns_names=[f"{name}.example.com"]))
         claims.append({"apiVersion": "v1", "kind": "ConfigMap", "immutable": True, "metadata": {
             "name": "site", "namespace": name, "creationTimestamp": "2026-01-01T00:00:00Z", "labels": CLAIM_LABELS},
-            "data": claim([f"{name}.example.com"], 9)})
+            "data": claim([f"{name}.example.com"], backend.port)})
     (tmp_path / "claims.yaml").write_text(json.dumps({"kind": "List", "items": claims}))
-    gw = GatewayRun(tmp_path, 9, source="files", files_root=str(root), claims_file=str(tmp_path / "claims.yaml"),
+    gw = GatewayRun(tmp_path, backend.port, source="files", files_root=str(root), claims_file=str(tmp_path / "claims.yaml"),
                     debounce_seconds="0.05").start()
     try:
         before = {n: gw.wait_served(f"{n}.example.com").serial_number for n in "abc"}
@@ -134,3 +135,4 @@ def test_rotating_one_tenant_touches_no_other(tmp_path):
         assert gw.stat("listener_manager.listener_modified") == modified
     finally:
         gw.stop()
+        backend.stop()
