@@ -32,8 +32,13 @@ class EchoBackend:
                 while data := self.request.recv(65536):
                     self.request.sendall(data)
 
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Echo)
-        self.server.daemon_threads = True
+        class Server(socketserver.ThreadingTCPServer):
+            # socketserver's default backlog is 5: a burst of gateway connections overflows it,
+            # the upstream connect fails and Envoy closes the client mid-handshake.
+            request_queue_size = 1024
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Echo)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

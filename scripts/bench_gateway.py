@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import random
 import sys
 import tempfile
@@ -34,6 +35,11 @@ def memory(pid: int) -> tuple[float, float]:
     return fields["Rss"], fields["Private_Dirty"]
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def handshakes(gw: GatewayRun, names: list[str], count: int, threads: int = 4) -> float:
     """Handshakes per second, `threads` clients, each on a new connection."""
     picks = [names[i % len(names)] for i in range(count)]
@@ -45,7 +51,7 @@ def handshakes(gw: GatewayRun, names: list[str], count: int, threads: int = 4) -
     return count / elapsed
 
 
-def run(n: int, workdir: Path, backend: EchoBackend) -> dict:
+def run(n: int, workdir: Path, backend: EchoBackend, **extra) -> dict:
     # A live backend: with none, tcp_proxy's failed upstream connect can cut a handshake short.
     items = [{"apiVersion": "v1", "kind": "ConfigMap", "immutable": True, "metadata": {
         "name": "site", "namespace": f"t{i}", "creationTimestamp": "2026-01-01T00:00:00Z", "labels": CLAIM_LABELS},
@@ -53,13 +59,20 @@ def run(n: int, workdir: Path, backend: EchoBackend) -> dict:
     (workdir / "claims.json").write_text(json.dumps({"kind": "List", "items": items}))
     t0 = time.monotonic()
     gw = GatewayRun(workdir, backend.port, source="local-ca", claims_file=str(workdir / "claims.json"),
-                    local_ca_cert_ttl_seconds="86400").start()
+                    local_ca_cert_ttl_seconds="86400", **extra).start()
     try:
         wait_for(lambda: gw.status().get("served") == n, 600, 0.05, what="all certificates issued")
         issued = time.monotonic() - t0
         sample = [f"t{i}.example.com" for i in (0, n - 1, *random.sample(range(n), min(50, n)))]
         wait_for(lambda: all(gw.served(s) for s in sample), 600, 0.05, what="Envoy serving the sample")
         served = time.monotonic() - t0
+        # One more tenant while N are served: the in-place listener update's cost at this size.
+        items.append({**items[0], "metadata": {**items[0]["metadata"], "namespace": "late"},
+                      "data": claim(["late.example.com"], backend.port)})
+        t_add = time.monotonic()
+        (workdir / "claims.json").write_text(json.dumps({"kind": "List", "items": items}))
+        wait_for(lambda: gw.served("late.example.com"), 120, 0.05, what="the added tenant")
+        added = time.monotonic() - t_add
         # Correctness, after the clock: every SNI gets its own tenant's certificate.
         wrong = [i for i in range(n) if sans(gw.handshake(f"t{i}.example.com")) != [f"t{i}.example.com"]]
         envoy_mem, agent_mem = memory(gw.envoy.p.pid), memory(gw.agent.p.pid)
@@ -67,6 +80,7 @@ def run(n: int, workdir: Path, backend: EchoBackend) -> dict:
         many = handshakes(gw, names, 2000)
         one = handshakes(gw, names[:1], 2000)
         return {"tenants": n, "issued_s": issued, "served_after_issuance_s": served - issued, "wrong": len(wrong),
+                "one_added_s": added, "envoy_cpu_s": cpu_seconds(gw.envoy.p.pid), "agent_cpu_s": cpu_seconds(gw.agent.p.pid),
                 "envoy_rss_mb": envoy_mem[0], "envoy_private_mb": envoy_mem[1],
                 "agent_rss_mb": agent_mem[0], "agent_private_mb": agent_mem[1],
                 "hs_many": many, "hs_one": one}
@@ -86,16 +100,19 @@ def main() -> int:
             r = run(n, Path(d), backend)
         rows.append(r)
         print(f"{n:>6} tenants: issued in {r['issued_s']:.1f}s, all served by Envoy {r['served_after_issuance_s']:.2f}s "
-              f"later ({r['wrong']} wrong); Envoy {r['envoy_rss_mb']:.0f} MB RSS / {r['envoy_private_mb']:.0f} MB "
+              f"later ({r['wrong']} wrong; CPU so far: Envoy {r['envoy_cpu_s']:.1f}s, agent {r['agent_cpu_s']:.1f}s); "
+              f"one tenant added at run time served in {r['one_added_s']:.2f}s; Envoy {r['envoy_rss_mb']:.0f} MB RSS / {r['envoy_private_mb']:.0f} MB "
               f"private, agent {r['agent_rss_mb']:.0f} / {r['agent_private_mb']:.0f} MB; handshakes/s "
               f"{r['hs_many']:.0f} across {n} SNIs vs {r['hs_one']:.0f} on one ({r['hs_many'] / r['hs_one']:.2f}x)",
               flush=True)
     if a.record:
         lines = [f"\n### Gateway, {dt.date.today()} ({machine()})\n",
-                 "| tenants | all issued (s) | all served after issuance (s) | Envoy RSS / private (MB) | "
-                 "agent RSS / private (MB) | handshakes/s many SNIs vs one |", "|---|---|---|---|---|---|"]
+                 "| tenants | all issued (s) | all served after issuance (s) | one more tenant served (s) | "
+                 "Envoy RSS / private (MB) | agent RSS / private (MB) | handshakes/s many SNIs vs one |",
+                 "|---|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(f"| {r['tenants']:,} | {r['issued_s']:.1f} | {r['served_after_issuance_s']:.2f} | "
+                         f"{r['one_added_s']:.2f} | "
                          f"{r['envoy_rss_mb']:.0f} / {r['envoy_private_mb']:.0f} | {r['agent_rss_mb']:.0f} / "
                          f"{r['agent_private_mb']:.0f} | {r['hs_many']:.0f} vs {r['hs_one']:.0f} "
                          f"({r['hs_many'] / r['hs_one']:.2f}x) |")
