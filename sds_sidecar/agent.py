@@ -41,8 +41,9 @@ def make_source(kind: str, settings: AgentSettings) -> Source:
 
 
 def specs_of(settings: AgentSettings) -> list[SecretSpec]:
-    return [SecretSpec(n, material.TLS_CERTIFICATE) for n in settings.certificates] + [
-        SecretSpec(n, material.VALIDATION_CONTEXT) for n in settings.trust_bundles
+    alias = settings.serve_as
+    return [SecretSpec(n, material.TLS_CERTIFICATE, serve_as=alias.get(n, "")) for n in settings.certificates] + [
+        SecretSpec(n, material.VALIDATION_CONTEXT, serve_as=alias.get(n, "")) for n in settings.trust_bundles
     ]
 
 

@@ -50,6 +50,7 @@ class Renewer:
         self.settings = settings
         self.cache = cache
         self.specs = {s.name: s for s in specs}
+        self._aliases = {s.serve_as for s in specs if s.serve_as}
         self.sources = dict(sources)  # by name
         self.rng = rng or random.Random()
         self.failing: dict[str, str] = {}
@@ -60,13 +61,14 @@ class Renewer:
         self.on_stored = None  # optional callback(name) after a new version is cached
 
     def knows(self, name: str) -> bool:
-        return name in self.specs
+        return name in self.specs or name in self._aliases
 
     def status(self) -> dict:
         """What /readyz reports: ready once every configured name has an unexpired secret."""
         at = now()
         missing, expired = [], []
-        for name in self.specs:
+        for spec in self.specs.values():
+            name = spec.served
             entry = self.cache.get(name)
             if entry is None:
                 missing.append(name)
@@ -179,7 +181,7 @@ class Renewer:
         s = self.settings
         if failures:
             return backoff(failures, s, self.rng)
-        entry = self.cache.get(spec.name)
+        entry = self.cache.get(spec.served)
         if entry and self.sources[spec.name].issues(spec):
             return renew_delay(entry.material, s, now(), self.rng)
         return s.static_refresh_seconds
@@ -204,12 +206,12 @@ class Renewer:
             metrics.SOURCE_ERRORS.labels(src.label, "internal").inc()
             log.error("source raised %s, cached version kept", type(e).__name__, extra=logs.kv(**fields))
             return self._failed(spec, "internal")
-        previous = self.cache.get(spec.name)
-        entry = self.cache.put(spec.name, m)
+        previous = self.cache.get(spec.served)
+        entry = self.cache.put(spec.served, m)
         if entry is not None:
             metrics.ROTATIONS.labels(m.kind).inc()
-            logs.audit("rotated" if previous else "loaded", spec.name, version=entry.version, **m.audit())
-        _report_expiry(spec.name, m)
+            logs.audit("rotated" if previous else "loaded", spec.served, version=entry.version, **m.audit())
+        _report_expiry(spec.served, m)
         self.failing.pop(spec.name, None)
         metrics.DEGRADED.set(1 if self.failing else 0)
         if entry is not None and self.on_stored is not None:
@@ -219,7 +221,7 @@ class Renewer:
     def _failed(self, spec: SecretSpec, reason: str) -> bool:
         self.failing[spec.name] = reason
         metrics.DEGRADED.set(1)
-        entry = self.cache.get(spec.name)
+        entry = self.cache.get(spec.served)
         if entry:
-            _report_expiry(spec.name, entry.material)
+            _report_expiry(spec.served, entry.material)
         return False

@@ -47,6 +47,8 @@ class AgentSettings(BaseSettings):
     certificates_file: Path | None = Field(None, description="more tls_certificate names, one per line "
                                            "(a gateway's tenant list: too long for an environment variable)")
     source_overrides: dict[str, SourceKind] = Field(default_factory=dict, description="name -> source")
+    serve_as: dict[str, str] = Field(default_factory=dict, description="name -> the name Envoy asks for (Istio "
+                                     "mode: the certificate as `default`, the trust bundle as `ROOTCA`)")
 
     # Pod identity (downward API in a pod).
     namespace: str = "default"
@@ -128,6 +130,12 @@ class AgentSettings(BaseSettings):
                 raise ValueError(f"certificates_file {self.certificates_file}: {e.strerror}") from None
             extra = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
             self.certificates = list(dict.fromkeys([*self.certificates, *extra]))
+        unknown = set(self.serve_as) - set(self.certificates) - set(self.trust_bundles)
+        if unknown:
+            raise ValueError(f"serve_as names no configured certificate or trust bundle: {sorted(unknown)}")
+        served = [self.serve_as.get(n, n) for n in [*self.certificates, *self.trust_bundles]]
+        if len(set(served)) != len(served):
+            raise ValueError("serve_as makes two secrets share one name")
         both = set(self.certificates) & set(self.trust_bundles)
         if both:
             raise ValueError(f"names listed as both certificate and trust bundle: {sorted(both)}")

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import annotations as ann
+from . import istio
 from . import plan as planning
 from .config import InjectorConfig
 from .patch import ops
@@ -37,24 +38,29 @@ def decide(pod: dict, namespace: str, cfg: InjectorConfig,
         return Outcome("deny", "invalid_annotation", str(e), 400)
     if values.get("inject") is False:
         return Outcome("skip", "opted_out")
+    if istio.opted_out(pod) and values.get("inject") is not True:
+        # The owner marked the pod for no proxy; our own inject annotation overrides it.
+        return Outcome("skip", "istio_opted_out", f"{istio.INJECT}: \"false\" (set {ann.PREFIX}inject: \"true\" "
+                       "to inject anyway)")
     if pod["spec"].get("hostNetwork"):
         return Outcome("skip", "host_network")
+    mode = istio.mode(pod)
     record = planning.injected_status(pod)
-    if record and record.get("revision") == cfg.revision:
+    if record and record.get("revision") == cfg.revision and record.get("mode", "envoy") == mode:
         return Outcome("skip", "already_injected")
     try:
         sel = select(pod, namespace, cfg, values)
         labels = namespace_labels(namespace) if cfg.namespace_policy.uses_labels and namespace_labels else None
         check_policy(sel, cfg.namespace_policy, labels)
-        plan = planning.build(sel, cfg)
         stripped = planning.strip(pod)
+        plan = planning.build(sel, cfg, mode, istio.has_socket_volume(stripped))
         if not (stripped.get("spec") or {}).get("containers"):
             # Only a container named like a sidecar can be stripped; if that was all the pod had,
             # the pod is not one the injector made.
             raise Denied("reserved_name", f"the pod's containers are named {planning.AGENT!r}/{planning.PROXY!r}, "
                          "names reserved for the sidecars; rename them", 400)
         planning.check_owned_mounts(stripped)
-        planning.check_collisions(stripped, plan, sel, cfg)
+        planning.check_collisions(stripped, plan, sel, cfg, mode)
     except Denied as d:
         return Outcome("deny", d.reason, d.message, d.code)
     return Outcome("inject", "reinjected" if record is not None else "injected",

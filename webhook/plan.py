@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 
 from . import annotations as ann
+from . import istio
 from .bootstrap import pod_bootstrap
 from .config import PREFIX, AgentConfig, InjectorConfig, Resources
 from .selection import Denied, Selection
@@ -74,15 +75,16 @@ def _field_env(name: str, path: str) -> dict:
 _PLANS: dict[tuple[Selection, str], Plan] = {}
 
 
-def build(sel: Selection, cfg: InjectorConfig) -> Plan:
-    """The plan depends only on the selection and the config: the pods of one Deployment share
-    both, so a scale-up builds it once. Plans are never mutated (apply() copies)."""
-    key = (sel, cfg.revision)
+def build(sel: Selection, cfg: InjectorConfig, mode: str = "envoy", socket_volume: bool = False) -> Plan:
+    """The plan depends only on the selection, the config and the mode (Istio's proxy present or
+    not, and whether Istio's socket volume is already there): the pods of one Deployment share
+    them, so a scale-up builds it once. Plans are never mutated (apply() copies)."""
+    key = (sel, cfg.revision, mode, socket_volume)
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) >= 1024:
             _PLANS.clear()
-        plan = _PLANS[key] = _build(sel, cfg)
+        plan = _PLANS[key] = _build_istio(sel, cfg, socket_volume) if mode == "istio" else _build(sel, cfg)
     return plan
 
 
@@ -238,6 +240,38 @@ def _build(sel: Selection, cfg: InjectorConfig) -> Plan:
     return Plan((agent, proxy), tuple(volumes), cfg.native_sidecars, status)
 
 
+def _build_istio(sel: Selection, cfg: InjectorConfig, socket_volume_present: bool) -> Plan:
+    """Only the agent, serving the selected certificate as `default` and trust bundle as `ROOTCA`
+    on Istio's socket path; Istio's proxy does TLS. Always a native sidecar placed first: the
+    socket must exist when istio-proxy starts, or it falls back to istiod's certificates."""
+    if len(sel.certificates) != 1 or len(sel.trust_bundles) != 1:
+        raise Denied("istio_names", f"Istio's proxy asks for one workload certificate ({istio.CERTIFICATE!r}) and "
+                     f"one trust bundle ({istio.TRUST_BUNDLE!r}); this pod selects certificates "
+                     f"{list(sel.certificates)} and trust bundles {list(sel.trust_bundles)}", 400)
+    agent, source_volumes = _agent(sel, cfg, dict(sel.resources))
+    serve_as = {sel.certificates[0]: istio.CERTIFICATE, sel.trust_bundles[0]: istio.TRUST_BUNDLE}
+    replaced = {"SDS_SOCKET_PATH": f"{istio.SOCKET_DIR}/socket", "SDS_HTTP_PORT": str(istio.AGENT_HTTP_PORT)}
+    agent["env"] = [{**e, "value": replaced[e["name"]]} if e["name"] in replaced else e for e in agent["env"]]
+    agent["env"].append({"name": "SDS_SERVE_AS", "value": json.dumps(serve_as, separators=(",", ":"))})
+    agent["volumeMounts"] = [{"name": istio.SOCKET_VOL, "mountPath": istio.SOCKET_DIR},
+                             *[m for m in agent["volumeMounts"] if m["name"] != SOCKET_VOL]]
+    agent["securityContext"] = _restricted(istio.PROXY_UID, cfg.sidecar_group)
+    agent["restartPolicy"] = "Always"
+    del agent["readinessProbe"]  # it went through our Envoy; here the socket is what matters
+    agent["startupProbe"] = {"exec": {"command": ["python", "-c", "import os,sys; sys.exit(not os.path.exists("
+                                                  f"'{istio.SOCKET_DIR}/socket'))"]},
+                             "periodSeconds": 1, "failureThreshold": 60}
+    ours = [{"name": NO_SA_TOKEN_VOL, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}] + source_volumes
+    shared = [] if socket_volume_present else [{"name": istio.SOCKET_VOL, "emptyDir": {"medium": "Memory"}}]
+    status = json.dumps({
+        "revision": cfg.revision, "mode": "istio", "initContainers": [AGENT],
+        # Istio's socket volume is not listed: stripping this injection must leave it to Istio.
+        "volumes": [v["name"] for v in ours],
+        "certificates": list(sel.certificates), "trustBundles": list(sel.trust_bundles),
+    }, separators=(",", ":"))
+    return Plan((agent,), tuple(ours + shared), True, status)
+
+
 def injected_status(pod: dict) -> dict | None:
     raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(STATUS)
     if not raw:
@@ -289,7 +323,7 @@ def check_owned_mounts(pod: dict, keys=("containers", "initContainers", "ephemer
                                  "volumeMount (the app reaches TLS through Envoy, never the agent)", 403)
 
 
-def check_collisions(pod: dict, plan: Plan, sel: Selection, cfg: InjectorConfig) -> None:
+def check_collisions(pod: dict, plan: Plan, sel: Selection, cfg: InjectorConfig, mode: str = "envoy") -> None:
     spec = pod.get("spec") or {}
     existing = [c for key in ("containers", "initContainers") for c in spec.get(key) or []]
     names = {c.get("name") for c in existing}
@@ -298,7 +332,13 @@ def check_collisions(pod: dict, plan: Plan, sel: Selection, cfg: InjectorConfig)
     if clash:
         raise Denied("name_collision", f"the pod already has {clash}, names the injector needs; rename them "
                      "or opt the pod out", 400)
-    _check_ports(sel, cfg, {p.get("containerPort") for c in existing for p in c.get("ports") or []})
+    declared = {p.get("containerPort") for c in existing for p in c.get("ports") or []}
+    if mode == "istio":
+        if istio.AGENT_HTTP_PORT in declared:
+            raise Denied("port_collision", f"port {istio.AGENT_HTTP_PORT} is declared by a container of the pod and "
+                         "used by the SDS agent's health port in Istio mode; change the container's port", 400)
+        return
+    _check_ports(sel, cfg, declared)
 
 
 def _check_ports(sel: Selection, cfg: InjectorConfig, declared: set) -> None:

