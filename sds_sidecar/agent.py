@@ -59,7 +59,12 @@ class Agent:
         if sources is None:
             by_kind = {k: make_source(k, settings) for k in {settings.source_for(s.name) for s in specs}}
             sources = {s.name: by_kind[settings.source_for(s.name)] for s in specs}
-        self.renewer = Renewer(settings, self.cache, specs, sources)
+        stapler = None
+        if settings.ocsp_stapling:
+            from .stapling import Stapler
+
+            stapler = Stapler(settings, self.cache)
+        self.renewer = Renewer(settings, self.cache, specs, sources, stapler=stapler)
         self.grpc = None
         self.http = None
         self._http_task = None

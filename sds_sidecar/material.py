@@ -1,6 +1,7 @@
 """Validated secret material and its SDS proto form."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ class SecretMaterial:
     private_key: bytes = field(default=b"", compare=False)
     trusted_ca: bytes = b""
     crl: bytes = b""
+    ocsp_staple: bytes = b""  # DER OCSP response Envoy staples to handshakes (tls_certificate)
+    staple_expires: dt.datetime | None = None
     serial: str = ""
     fingerprint: str = ""  # SHA-256 of the leaf (or first CA) DER
     not_before: dt.datetime | None = None
@@ -50,13 +53,11 @@ class SecretMaterial:
 
     def to_proto(self, name: str) -> secret_pb2.Secret:
         if self.kind == TLS_CERTIFICATE:
-            return secret_pb2.Secret(
-                name=name,
-                tls_certificate=common_pb2.TlsCertificate(
-                    certificate_chain={"inline_bytes": self.certificate_chain},
-                    private_key={"inline_bytes": self.private_key},
-                ),
-            )
+            cert = common_pb2.TlsCertificate(certificate_chain={"inline_bytes": self.certificate_chain},
+                                             private_key={"inline_bytes": self.private_key})
+            if self.ocsp_staple:
+                cert.ocsp_staple.inline_bytes = self.ocsp_staple
+            return secret_pb2.Secret(name=name, tls_certificate=cert)
         ctx = common_pb2.CertificateValidationContext(trusted_ca={"inline_bytes": self.trusted_ca})
         if self.crl:
             ctx.crl.inline_bytes = self.crl
@@ -72,6 +73,12 @@ def _digest(*parts: bytes) -> str:
         h.update(len(p).to_bytes(8, "big"))
         h.update(p)
     return h.hexdigest()
+
+
+def with_staple(m: SecretMaterial, der: bytes, expires: dt.datetime | None) -> SecretMaterial:
+    """`m` with an OCSP staple (b"" removes it): a new digest, so Envoy gets the new version."""
+    parts = (m.certificate_chain, m.private_key, der) if der else (m.certificate_chain, m.private_key)
+    return dataclasses.replace(m, ocsp_staple=der, staple_expires=expires if der else None, digest=_digest(*parts))
 
 
 def tls_certificate(chain_pem: bytes, key_pem: bytes, at: dt.datetime | None = None) -> SecretMaterial:

@@ -15,3 +15,6 @@ EXPIRY = Gauge("sds_secret_expiry_seconds", "Seconds until the served secret exp
 DEGRADED = Gauge("sds_degraded", "1 while a source is failing and cached secrets are served")
 VAULT_AUTH_FAILURES = Counter("sds_vault_auth_failures_total", "Failed Vault logins")
 VAULT_SWITCHES = Counter("sds_vault_address_switches_total", "Changes of the Vault address in use")
+OCSP_ERRORS = Counter("sds_ocsp_errors_total", "OCSP responses not fetched or not stapleable", ["reason"])
+OCSP_REVOKED = Counter("sds_ocsp_revoked_total", "Served certificates an OCSP response said were revoked")
+STAPLE_EXPIRY = Gauge("sds_ocsp_staple_expiry_seconds", "Seconds until the stapled response's nextUpdate", ["name"])

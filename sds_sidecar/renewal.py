@@ -9,7 +9,7 @@ import logging
 import random
 from collections.abc import Mapping
 
-from . import logs, metrics
+from . import logs, material, metrics
 from .cache import SecretCache
 from .material import SecretMaterial
 from .settings import AgentSettings
@@ -46,7 +46,7 @@ def _report_expiry(name: str, m: SecretMaterial) -> None:
 
 class Renewer:
     def __init__(self, settings: AgentSettings, cache: SecretCache, specs: list[SecretSpec],
-                 sources: Mapping[str, Source], rng: random.Random | None = None):
+                 sources: Mapping[str, Source], rng: random.Random | None = None, stapler=None):
         self.settings = settings
         self.cache = cache
         self.specs = {s.name: s for s in specs}
@@ -59,6 +59,7 @@ class Renewer:
         self._followers: dict[int, asyncio.Task] = {}  # id(source) -> its change watch
         self._refollow_due: set[int] = set()
         self.on_stored = None  # optional callback(name) after a new version is cached
+        self.stapler = stapler  # stapling.Stapler when OCSP stapling is on
 
     def knows(self, name: str) -> bool:
         return name in self.specs or name in self._aliases
@@ -97,8 +98,13 @@ class Renewer:
     async def start(self) -> None:
         for spec in self.specs.values():
             self._keepers[spec.name] = asyncio.create_task(self._keep(spec), name=f"renew:{spec.name}")
+            self._staple(spec)
         for src in {id(s): s for s in self.sources.values()}.values():
             self._restart_follow(src)
+
+    def _staple(self, spec: SecretSpec) -> None:
+        if self.stapler is not None and self.sources[spec.name].has_ocsp:
+            self.stapler.keep(spec, self.sources[spec.name], self.trigger)
 
     def _restart_follow(self, src: Source) -> None:
         self._refollow_due.discard(id(src))
@@ -124,6 +130,7 @@ class Renewer:
         self.specs[spec.name], self.sources[spec.name] = spec, source
         self._wake[spec.name] = asyncio.Event()
         self._keepers[spec.name] = asyncio.create_task(self._keep(spec), name=f"renew:{spec.name}")
+        self._staple(spec)
         self._refollow(source)
 
     def remove(self, name: str, keep_cached: bool = False) -> None:
@@ -145,6 +152,8 @@ class Renewer:
                 pass
 
     async def stop(self) -> None:
+        if self.stapler is not None:
+            await self.stapler.stop()
         tasks = [*self._keepers.values(), *self._followers.values()]
         for t in tasks:
             t.cancel()
@@ -206,6 +215,8 @@ class Renewer:
             metrics.SOURCE_ERRORS.labels(src.label, "internal").inc()
             log.error("source raised %s, cached version kept", type(e).__name__, extra=logs.kv(**fields))
             return self._failed(spec, "internal")
+        if self.stapler is not None and src.has_ocsp and m.kind == material.TLS_CERTIFICATE:
+            m = await self.stapler.attach(spec, src, m)
         previous = self.cache.get(spec.served)
         entry = self.cache.put(spec.served, m)
         if entry is not None:

@@ -115,6 +115,12 @@ class AgentSettings(BaseSettings):
     vault_ca_overlap_seconds: float = Field(48 * 3600, ge=0, description="old CA kept after a rollover")
     vault_crl: bool = Field(False, description="serve the PKI CRL in validation contexts")
 
+    # OCSP stapling (issuer and Vault PKI sources): each certificate is served with a fresh
+    # response from its CA's responder; a "revoked" answer replaces the certificate at once.
+    ocsp_stapling: bool = False
+    ocsp_poll_seconds: float = Field(300, gt=0, description="re-ask at least this often (and at half the "
+                                     "time to nextUpdate): bounds how long a revocation goes unseen")
+
     log_level: str = "INFO"
 
     _split_lists = field_validator("certificates", "trust_bundles", "dns_names", "vault_addresses", mode="before")(
@@ -133,12 +139,12 @@ class AgentSettings(BaseSettings):
         unknown = set(self.serve_as) - set(self.certificates) - set(self.trust_bundles)
         if unknown:
             raise ValueError(f"serve_as names no configured certificate or trust bundle: {sorted(unknown)}")
-        served = [self.serve_as.get(n, n) for n in [*self.certificates, *self.trust_bundles]]
-        if len(set(served)) != len(served):
-            raise ValueError("serve_as makes two secrets share one name")
         both = set(self.certificates) & set(self.trust_bundles)
         if both:
             raise ValueError(f"names listed as both certificate and trust bundle: {sorted(both)}")
+        served = [self.serve_as.get(n, n) for n in [*self.certificates, *self.trust_bundles]]
+        if len(set(served)) != len(served):
+            raise ValueError("serve_as makes two secrets share one name")
         if (self.local_ca_cert_file is None) != (self.local_ca_key_file is None):
             raise ValueError("local_ca_cert_file and local_ca_key_file go together")
         return self

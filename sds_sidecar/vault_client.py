@@ -99,6 +99,17 @@ class VaultClient:
             return None
         return r.text if r.status_code == 200 else None
 
+    def post_bytes(self, path: str, body: bytes, content_type: str) -> bytes:
+        """An unauthenticated POST on the address in use (Vault's OCSP responder takes DER)."""
+        try:
+            r = self.session.post(f"{self.addresses[self.current]}{path}", data=body, timeout=self.s.vault_timeout_seconds,
+                                  headers={"content-type": content_type})
+        except requests.exceptions.RequestException as e:
+            raise OSError(type(e).__name__) from None
+        if r.status_code != 200:
+            raise OSError(f"HTTP {r.status_code}")
+        return r.content
+
     def any_healthy(self) -> bool:
         """True once any address reports itself active (it is then usable again at once)."""
         for i in range(len(self.addresses)):

@@ -14,6 +14,9 @@ _CERT_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?)?$")
 
 
+STAPLE_POLICIES = ("LENIENT_STAPLING", "STRICT_STAPLING", "MUST_STAPLE")
+
+
 class AnnotationError(ValueError):
     pass
 
@@ -170,6 +173,10 @@ SCHEMA: tuple[Annotation, ...] = (
                "Key-exchange groups of inbound and outbound TLS, in order of preference, e.g. "
                "`X25519MLKEM768,X25519` (hybrid post-quantum first, classic fallback). Hybrid groups exist "
                "only in TLS 1.3; a pod allowing only them refuses classic-only peers.", ", ".join(CURVES)),
+    Annotation("ocsp-staple-policy", "string", _choice(*STAPLE_POLICIES), "proxy.ocspStaplePolicy "
+               "(LENIENT_STAPLING)", "What inbound listeners do with OCSP staples: LENIENT_STAPLING serves "
+               "without one when none is valid; STRICT_STAPLING and MUST_STAPLE refuse to. Either of the "
+               "last two turns stapling on in the agent for the pod.", ", ".join(STAPLE_POLICIES)),
     Annotation("cipher-suites", "list", _ciphers, "Envoy's defaults",
                "TLS 1.2 cipher suites, comma-separated OpenSSL names."),
     Annotation("proxy-cpu", "quantity", _quantity, "config `proxy.resources`",

@@ -82,15 +82,11 @@ def common_tls(cert: str | None, trust: str | None = None, sans: list[dict] = ()
     return ctx
 
 
-def downstream_tls(common: dict, require_client_cert: bool) -> dict:
-    return {
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": DOWNSTREAM_TLS,
-            "require_client_certificate": require_client_cert,
-            "common_tls_context": common,
-        },
-    }
+def downstream_tls(common: dict, require_client_cert: bool, staple_policy: str | None = None) -> dict:
+    cfg = {"@type": DOWNSTREAM_TLS, "require_client_certificate": require_client_cert, "common_tls_context": common}
+    if staple_policy and staple_policy != "LENIENT_STAPLING":  # Envoy's default
+        cfg["ocsp_staple_policy"] = staple_policy
+    return {"name": "envoy.transport_sockets.tls", "typed_config": cfg}
 
 
 def upstream_tls(common: dict, sni: str) -> dict:
@@ -210,7 +206,7 @@ def pod_bootstrap(sel, cfg, admin_socket: str, agent_ready_path: str) -> dict:
         listeners.append(listener(
             f"inbound-{tls_port}", "0.0.0.0", tls_port,
             [http_manager(f"inbound_{tls_port}", {"route": {"cluster": app}}, forward_client_cert=sel.mtls)],
-            downstream_tls(common, require_client_cert=sel.mtls)))
+            downstream_tls(common, require_client_cert=sel.mtls, staple_policy=sel.ocsp_staple_policy)))
     for local, host, port, peer in sel.outbound:
         sans = san_matchers(spiffe_ids=[peer]) if peer else san_matchers(dns=[host])
         name = f"outbound-{local}"

@@ -172,6 +172,8 @@ def _agent(sel: Selection, cfg: InjectorConfig, res: dict) -> tuple[dict, list[d
         {"name": "SDS_HTTP_HOST", "value": "127.0.0.1"},
         {"name": "SDS_HTTP_PORT", "value": str(a.http_port)},
     ]
+    if a.ocsp_stapling or sel.ocsp_staple_policy != "LENIENT_STAPLING":
+        env.append({"name": "SDS_OCSP_STAPLING", "value": "true"})
     src_env, src_mounts, volumes = SOURCE_PARTS[a.source](sel, a)
     container = {
         "name": AGENT,

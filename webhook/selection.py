@@ -33,6 +33,7 @@ class Selection:
     tls_min_version: str = "TLSv1_2"
     tls_max_version: str = "TLSv1_3"
     ecdh_curves: tuple[str, ...] = ()
+    ocsp_staple_policy: str = "LENIENT_STAPLING"
     cipher_suites: tuple[str, ...] = ()
     resources: tuple[tuple[str, str], ...] = ()  # annotation key -> quantity overrides
     # What the naming templates give this pod's env and business line: allowed by default.
@@ -122,6 +123,7 @@ def select(pod: dict, namespace: str, config: InjectorConfig, values: dict | Non
         tls_min_version=values.get("tls-min-version", "TLSv1_2"),
         tls_max_version=_max_version(values),
         ecdh_curves=_ecdh_curves(values, config),
+        ocsp_staple_policy=values.get("ocsp-staple-policy", config.proxy.ocsp_staple_policy),
         cipher_suites=tuple(values.get("cipher-suites", ())), resources=resources, template_names=template_names,
     )
 

@@ -50,6 +50,7 @@ class SourceError(Exception):
 
 class Source(abc.ABC):
     label: str = "source"
+    has_ocsp: bool = False  # an OCSP responder for what this source issues
 
     @abc.abstractmethod
     async def fetch(self, spec: SecretSpec) -> SecretMaterial:
@@ -59,6 +60,11 @@ class Source(abc.ABC):
         """True when a new fetch mints a fresh certificate, so the rotation rule applies;
         False when the source only reflects stored content, which is re-read on change."""
         return False
+
+    async def ocsp(self, spec: SecretSpec, request_der: bytes) -> bytes | None:
+        """The DER OCSP response for `request_der` from this source's responder (raise
+        SourceError when it cannot be reached); None: this source has no responder."""
+        return None
 
     async def changes(self, specs: Iterable[SecretSpec]) -> AsyncIterator[str]:
         """Yield names whose content may have changed. Default: the source never says."""

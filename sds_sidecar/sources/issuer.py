@@ -37,6 +37,7 @@ def csr_pem(key, name: str) -> str:
 
 class IssuerSource(Source):
     label = "issuer"
+    has_ocsp = True
 
     def __init__(self, settings: AgentSettings):
         if not settings.issuer_address.startswith("https://"):
@@ -76,6 +77,21 @@ class IssuerSource(Source):
         except (urllib.error.URLError, OSError, ValueError) as e:
             why = getattr(e, "reason", None) or type(e).__name__
             raise SourceError("unavailable", f"the issuer at {self.base} is unreachable: {why}") from None
+
+    def _post_der(self, body: bytes) -> bytes:
+        from ..ocsp import CONTENT_TYPE
+
+        req = urllib.request.Request(self.base + "/v1/ocsp", data=body, method="POST",
+                                     headers={"content-type": CONTENT_TYPE})
+        try:
+            with urllib.request.urlopen(req, timeout=self.settings.issuer_timeout_seconds, context=self.tls) as r:
+                return r.read()
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            why = getattr(e, "reason", None) or getattr(e, "code", None) or type(e).__name__
+            raise SourceError("ocsp_unavailable", f"the issuer's OCSP responder at {self.base}: {why}") from None
+
+    async def ocsp(self, spec: SecretSpec, request_der: bytes) -> bytes | None:
+        return await asyncio.to_thread(self._post_der, request_der)
 
     async def fetch(self, spec: SecretSpec) -> material.SecretMaterial:
         if spec.kind == material.VALIDATION_CONTEXT:

@@ -36,6 +36,7 @@ class VaultSource(Source):
 
     def __init__(self, settings: AgentSettings, client: VaultClient | None = None):
         self.s = settings
+        self.has_ocsp = settings.vault_mode == "pki"
         self.vault = client or VaultClient(settings)
         self.kv_versions: dict[str, int] = {}
         self.served_serial: dict[str, int] = {}
@@ -72,6 +73,15 @@ class VaultSource(Source):
                 return mount, op, role
         raise SourceError("config", f"vault_pki_path {self.s.vault_pki_path!r} must look like MOUNT/sign/ROLE "
                                     "(or MOUNT/issue/ROLE)")
+
+    async def ocsp(self, spec: SecretSpec, request_der: bytes) -> bytes | None:
+        from ..ocsp import CONTENT_TYPE
+
+        mount = self._pki_path(spec.tenant)[0]
+        try:
+            return await asyncio.to_thread(self.vault.post_bytes, f"/v1/{mount}/ocsp", request_der, CONTENT_TYPE)
+        except OSError as e:
+            raise SourceError("ocsp_unavailable", f"{spec.served}: Vault's OCSP responder {mount}/ocsp: {e}") from None
 
     # -- fetch ------------------------------------------------------------------------------
     async def fetch(self, spec: SecretSpec) -> material.SecretMaterial:

@@ -2,6 +2,7 @@
 POST /v1/certificates {name, csr}   Authorization: Bearer <projected SA token>
 POST /v1/trust-bundles {name}       same
 POST /v1/gateway-certificates {tenant: "namespace/claim", csr}   a gateway's token only
+POST /v1/ocsp (DER OCSP request)    no token: OCSP responses for certificates of its CAs
 GET /healthz, /readyz, /inventory (what was issued), /metrics."""
 from __future__ import annotations
 
@@ -59,6 +60,16 @@ def create_app(issuer: Issuer, ready=lambda: True) -> FastAPI:
     @app.post("/v1/gateway-certificates")
     async def gateway_certificates(request: Request) -> Response:
         return await call(request, issuer.sign_gateway, "tenant", "csr")
+
+    @app.post("/v1/ocsp")
+    async def ocsp_responder(request: Request) -> Response:
+        # Public, as OCSP is: no token. A request is ~100 bytes.
+        from .ocsp import respond
+
+        body = await request.body()
+        if len(body) > 4096:
+            return _error(413, "bad_request", "an OCSP request is a few hundred bytes")
+        return Response(respond(issuer.authority, body), media_type="application/ocsp-response")
 
     @app.post("/v1/trust-bundles")
     async def trust_bundles(request: Request) -> Response:

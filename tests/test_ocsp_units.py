@@ -1,0 +1,78 @@
+"""What the agent refuses to staple, and the issuer's responder answers (no network)."""
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from cryptography.x509 import ocsp as x509_ocsp
+
+from sds_sidecar import ocsp
+from sds_sidecar.material import tls_certificate, with_staple
+from sds_sidecar.sources.issuer import new_key, private_pem
+from webhook.issuer.authority import Authority
+from webhook.issuer.ocsp import respond
+
+NOW = dt.datetime.now(dt.timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def pki():
+    a = Authority.generate(["prod", "dev"], "cluster.local")
+    ca = a.ca("prod")
+
+    def leaf():
+        key = new_key("ec")
+        cert = ca.sign(key.public_key(), "x", ["x"], ["spiffe://cluster.local/ns/a/sa/b"], [], ttl=dt.timedelta(hours=1))
+        return cert, key
+    return a, ca, leaf
+
+
+def test_a_good_response_staples_and_changes_the_version(pki):
+    a, ca, leaf = pki
+    cert, key = leaf()
+    st = ocsp.parse(respond(a, ocsp.request(cert, ca.cert)), cert, ca.cert, NOW)
+    assert st.status == ocsp.GOOD and st.next_update > NOW
+    from cryptography.hazmat.primitives import serialization
+
+    chain = cert.public_bytes(serialization.Encoding.PEM) + ca.cert_pem
+    m = tls_certificate(chain, private_pem(key))
+    stapled = with_staple(m, st.der, st.next_update)
+    assert stapled.digest != m.digest and stapled.to_proto("n").tls_certificate.ocsp_staple.inline_bytes == st.der
+    assert with_staple(stapled, b"", None).digest == m.digest  # unstapled again: the original version
+
+
+@pytest.mark.parametrize("case", ["other_certificate", "other_ca", "stale", "garbage", "unauthorized"])
+def test_responses_that_must_not_be_stapled(pki, case):
+    a, ca, leaf = pki
+    cert, _ = leaf()
+    if case == "other_certificate":
+        other, _ = leaf()
+        der, reason = respond(a, ocsp.request(other, ca.cert)), "wrong_certificate"
+    elif case == "other_ca":
+        # Same serial and hashes, signed by another environment's CA: a forged staple.
+        dev = a.ca("dev")
+        req = x509_ocsp.load_der_ocsp_request(ocsp.request(cert, ca.cert))
+        from cryptography.hazmat.primitives import hashes, serialization
+
+        der = x509_ocsp.OCSPResponseBuilder().add_response_by_hash(
+            req.issuer_name_hash, req.issuer_key_hash, req.serial_number, req.hash_algorithm,
+            x509_ocsp.OCSPCertStatus.GOOD, NOW, NOW + dt.timedelta(hours=1), None, None,
+        ).responder_id(x509_ocsp.OCSPResponderEncoding.HASH, dev.cert).sign(dev.key, hashes.SHA256()).public_bytes(
+            serialization.Encoding.DER)
+        reason = "bad_signature"
+    elif case == "stale":
+        der, reason = respond(a, ocsp.request(cert, ca.cert), at=NOW - dt.timedelta(hours=3)), "stale"
+    elif case == "garbage":
+        der, reason = b"\x30\x03\x0a\x01\x00junk", "malformed"
+    else:
+        der, reason = respond(Authority.generate(["prod"], "cluster.local"), ocsp.request(cert, ca.cert)), \
+            "responder_error"
+    with pytest.raises(ocsp.StapleError) as e:
+        ocsp.parse(der, cert, ca.cert, NOW)
+    assert e.value.reason == reason
+
+
+def test_issuer_answers_malformed_requests_with_an_ocsp_error(pki):
+    a, _, _ = pki
+    resp = x509_ocsp.load_der_ocsp_response(respond(a, b"not a request"))
+    assert resp.response_status == x509_ocsp.OCSPResponseStatus.MALFORMED_REQUEST

@@ -1,0 +1,50 @@
+"""The issuer's OCSP responder (RFC 6960, HTTP POST of a DER request): answers for certificates
+of the environment CAs that sign now or will sign next, signed by that CA itself.
+
+The issuer has no revocation yet: "good" means "not revoked" (as a CRL-backed responder says
+it), for any serial of its CAs; certificates are short-lived (1 h by default) instead. Requests
+about other CAs get "unauthorized", as RFC 6960 prescribes."""
+from __future__ import annotations
+
+import datetime as dt
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
+
+VALIDITY = dt.timedelta(hours=1)
+
+
+def _key_hash(cert, algorithm) -> bytes:
+    digest = hashes.Hash(algorithm)
+    digest.update(_spk_bits(cert))
+    return digest.finalize()
+
+
+def _spk_bits(cert) -> bytes:
+    # The hash is over the subjectPublicKey BIT STRING's value: the raw key bytes.
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = cert.public_key()
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
+
+
+def respond(authority, request_der: bytes, at: dt.datetime | None = None) -> bytes:
+    try:
+        req = ocsp.load_der_ocsp_request(request_der)
+    except ValueError:
+        return ocsp.OCSPResponseBuilder.build_unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST).public_bytes(
+            serialization.Encoding.DER)
+    signing = [*authority.envs.values(), *(ca for ca, _ in authority.nexts.values())]
+    ca = next((c for c in signing if _key_hash(c.cert, req.hash_algorithm) == req.issuer_key_hash), None)
+    if ca is None:
+        return ocsp.OCSPResponseBuilder.build_unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED).public_bytes(
+            serialization.Encoding.DER)
+    at = at or dt.datetime.now(dt.timezone.utc)
+    builder = ocsp.OCSPResponseBuilder().add_response_by_hash(
+        issuer_name_hash=req.issuer_name_hash, issuer_key_hash=req.issuer_key_hash, serial_number=req.serial_number,
+        algorithm=req.hash_algorithm, cert_status=ocsp.OCSPCertStatus.GOOD, this_update=at - dt.timedelta(minutes=1),
+        next_update=at + VALIDITY, revocation_time=None, revocation_reason=None,
+    ).responder_id(ocsp.OCSPResponderEncoding.HASH, ca.cert)
+    return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
