@@ -18,7 +18,7 @@ from cryptography import x509
 
 from gateway.envoy import bootstrap
 
-from .harness import ENVOY, Proc, free_port, wait_for
+from .harness import ENVOY, EnvoyAdmin, Proc, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,7 +47,9 @@ class EchoBackend:
         self.server.server_close()
 
 
-class GatewayRun:
+class GatewayRun(EnvoyAdmin):
+    admin_timeout = 5  # 10,000 tenants' stats take a while
+
     def __init__(self, workdir: Path, backend_port: int, concurrency: int = 1, **settings):
         self.workdir = workdir
         self.port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
@@ -75,20 +77,6 @@ class GatewayRun:
         self.agent.stop()
 
     # -- what Envoy does -------------------------------------------------------------------------
-    def admin(self, path: str) -> str:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as r:
-                return r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.read().decode()
-
-    def stat(self, name: str) -> int:
-        for line in self.admin(f"/stats?filter=^{name}$").splitlines():
-            key, _, value = line.partition(": ")
-            if key == name:
-                return int(value)
-        return 0
-
     def stat_matching(self, suffix: str) -> int:
         """Sum of the counters whose name ends with `suffix` (listener stats carry the port)."""
         total = 0

@@ -151,20 +151,15 @@ class Agent(Proc):
         return out
 
 
-class Envoy(Proc):
-    def __init__(self, workdir: Path, config: dict, name: str = "envoy"):
-        self.admin_port = free_port()
-        config = {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin_port}}},
-                  **config}
-        path = workdir / f"{name}.json"
-        path.write_text(json.dumps(config, indent=1))
-        super().__init__([ENVOY, "-c", str(path), "--disable-hot-restart", "--concurrency", "1",
-                          "-l", "warning", "--service-node", name, "--service-cluster", name],
-                         workdir / f"{name}.log")
+class EnvoyAdmin:
+    """Reads of an Envoy's admin listener on 127.0.0.1:`admin_port`."""
+
+    admin_port: int
+    admin_timeout: float = 2
 
     def admin(self, path: str) -> str:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=2) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=self.admin_timeout) as r:
                 return r.read().decode()
         except urllib.error.HTTPError as e:  # /ready answers 503 while initialising
             return e.read().decode()
@@ -175,6 +170,18 @@ class Envoy(Proc):
             if key == name:
                 return int(value)
         return 0
+
+
+class Envoy(Proc, EnvoyAdmin):
+    def __init__(self, workdir: Path, config: dict, name: str = "envoy"):
+        self.admin_port = free_port()
+        config = {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin_port}}},
+                  **config}
+        path = workdir / f"{name}.json"
+        path.write_text(json.dumps(config, indent=1))
+        super().__init__([ENVOY, "-c", str(path), "--disable-hot-restart", "--concurrency", "1",
+                          "-l", "warning", "--service-node", name, "--service-cluster", name],
+                         workdir / f"{name}.log")
 
     def wait_live(self, timeout: float = 20):
         def live():

@@ -5,11 +5,8 @@ bootstrap (JSON), the same one the Helm chart renders."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
-
-from pydantic import ValidationError
 
 
 def _bootstrap(argv: list[str]) -> int:
@@ -35,30 +32,12 @@ def main(argv: list[str] | None = None) -> int:
               "       python -m gateway bootstrap --agent-socket PATH [--admin-socket PATH]",
               file=sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr)
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
-    from sds_sidecar import logs
-    from sds_sidecar.settings import describe_errors
+    from sds_sidecar.__main__ import run
 
     from .run import GatewayAgent
     from .settings import GatewaySettings
 
-    try:
-        settings = GatewaySettings(_cli_parse_args=argv[1:], _cli_prog_name="python -m gateway serve")
-    except ValidationError as e:
-        print(f"gateway: invalid configuration:\n{describe_errors(e)}", file=sys.stderr)
-        return 2
-    logs.setup(settings.log_level)
-    try:
-        agent = GatewayAgent(settings)
-    except (ValueError, OSError) as e:
-        print(f"gateway: cannot start: {e}", file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(agent.run_until_signalled())
-    except ValueError as e:
-        print(f"gateway: cannot start: {e}", file=sys.stderr)
-        return 2
-    return 0
-
+    return run("gateway", "python -m gateway serve", GatewaySettings, GatewayAgent, argv[1:])
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from devkit import harness  # noqa: E402
+from devkit.process import memory_mb  # noqa: E402
 from devkit.harness import issue, save_pair, tls_get  # noqa: E402
 from devkit.podrun import CONFIG, LocalPod, pod_from  # noqa: E402
 from sds_sidecar.ca import LocalCA  # noqa: E402
@@ -33,18 +34,10 @@ TOLERANCE = 0.25  # a ratio may be 25 % worse than recorded before --check fails
 FLOOR = "import grpc.aio, cryptography.x509, envoy.service.secret.v3.sds_pb2_grpc, time; time.sleep(60)"
 
 
-def memory(pid: int) -> tuple[float, float]:
-    fields = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-        k, _, v = line.partition(":")
-        fields[k] = int(v.split()[0]) / 1024
-    return fields["Rss"], fields["Private_Dirty"]
-
-
 def baselines(workdir: Path) -> dict:
     floor = subprocess.Popen([sys.executable, "-c", FLOOR])
     time.sleep(2)
-    py = memory(floor.pid)
+    py = memory_mb(floor.pid)
     floor.kill()
     cfg = workdir / "bare-envoy.json"
     port = harness.free_port()
@@ -52,7 +45,7 @@ def baselines(workdir: Path) -> dict:
     envoy = subprocess.Popen([harness.ENVOY, "-c", str(cfg), "--disable-hot-restart", "--concurrency", "2",
                               "-l", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(2)
-    bare = memory(envoy.pid)
+    bare = memory_mb(envoy.pid)
     envoy.kill()
     return {"python_floor": py, "envoy_bare": bare}
 
@@ -70,13 +63,13 @@ def one_pod(workdir: Path, ca: LocalCA, client: tuple[Path, Path], requests: int
                         for n in ("sds-agent", "sds-envoy"))
         events = p.log_events()
         first_served = next(e for e in events if e.get("event") == "served")
-        out = {"start_s": started, "agent_idle": memory(agent.p.pid), "envoy_idle": memory(envoy.p.pid),
+        out = {"start_s": started, "agent_idle": memory_mb(agent.p.pid), "envoy_idle": memory_mb(envoy.p.pid),
                # Wall clocks of one machine: the agent's log timestamp against the launch.
                "agent_first_secret_s": _ts(first_served["ts"]) - wall0}
         for _ in range(requests):
             tls_get(8443, ca.cert_pem, client=client)
         if requests:
-            out["agent_busy"], out["envoy_busy"] = memory(agent.p.pid), memory(envoy.p.pid)
+            out["agent_busy"], out["envoy_busy"] = memory_mb(agent.p.pid), memory_mb(envoy.p.pid)
         return out
     finally:
         p.stop()

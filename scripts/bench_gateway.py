@@ -23,16 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from devkit.gatewayrun import CLAIM_LABELS, EchoBackend, GatewayRun, claim, sans  # noqa: E402
+from devkit.process import memory_mb  # noqa: E402
 from devkit.harness import wait_for  # noqa: E402
 from scripts.bench_webhook import machine  # noqa: E402
-
-
-def memory(pid: int) -> tuple[float, float]:
-    fields = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-        k, _, v = line.partition(":")
-        fields[k] = int(v.split()[0]) / 1024
-    return fields["Rss"], fields["Private_Dirty"]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -75,7 +68,7 @@ def run(n: int, workdir: Path, backend: EchoBackend, **extra) -> dict:
         added = time.monotonic() - t_add
         # Correctness, after the clock: every SNI gets its own tenant's certificate.
         wrong = [i for i in range(n) if sans(gw.handshake(f"t{i}.example.com")) != [f"t{i}.example.com"]]
-        envoy_mem, agent_mem = memory(gw.envoy.p.pid), memory(gw.agent.p.pid)
+        envoy_mem, agent_mem = memory_mb(gw.envoy.p.pid), memory_mb(gw.agent.p.pid)
         names = [f"t{i}.example.com" for i in range(n)]
         many = handshakes(gw, names, 2000)
         one = handshakes(gw, names[:1], 2000)

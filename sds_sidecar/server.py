@@ -153,19 +153,25 @@ class _SotwStream(_Stream):
         super().__init__(api, cache, knows, type_url)
         self.nonce = ""
 
-    def on_request(self, req: discovery_pb2.DiscoveryRequest):
-        _check_type(req.type_url, self.type_url)
+    def _accept(self, req: discovery_pb2.DiscoveryRequest) -> bool:
+        """Count the ACK or NACK a request carries; False for a stale nonce (no reply)."""
         if req.node.id:
             self.node = req.node.id
         if req.response_nonce and req.response_nonce != self.nonce:
             metrics.STALE.inc()
-            return
+            return False
         if _nacked(req):
             metrics.NACKS.labels(self.api).inc()
-            _warn("nack", "Envoy rejected secrets; not resending", node=logs.clip(self.node),
+            _warn("nack", "Envoy rejected a response; not resending", node=logs.clip(self.node), type_url=self.type_url,
                   names=logs.clip(",".join(req.resource_names), 400), error=logs.clip(req.error_detail.message, 400))
         elif req.response_nonce:
             metrics.ACKS.labels(self.api).inc()
+        return True
+
+    def on_request(self, req: discovery_pb2.DiscoveryRequest):
+        _check_type(req.type_url, self.type_url)
+        if not self._accept(req):
+            return
         names = set(req.resource_names)
         if not req.response_nonce:
             # A request without a nonce opens a (new) subscription, e.g. after a ConfigSource
@@ -202,20 +208,9 @@ class _WildcardStream(_SotwStream):
     removes it."""
 
     def on_request(self, req: discovery_pb2.DiscoveryRequest):
-        if req.node.id:
-            self.node = req.node.id
-        if req.response_nonce and req.response_nonce != self.nonce:
-            metrics.STALE.inc()
-            return
-        if _nacked(req):
-            metrics.NACKS.labels(self.api).inc()
-            _warn("nack", "Envoy rejected configuration; not resending", node=logs.clip(self.node),
-                  type_url=self.type_url, error=logs.clip(req.error_detail.message, 400))
-            return
-        if req.response_nonce:
-            metrics.ACKS.labels(self.api).inc()
-            return
-        yield from self._respond_all()
+        # An ACK or a NACK needs no reply; a request without a nonce (re)subscribes to all.
+        if self._accept(req) and not req.response_nonce:
+            yield from self._respond_all()
 
     def on_change(self, name: str):
         yield from self._respond_all()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
+from typing import NoReturn
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -67,17 +68,24 @@ class Issuer:
                 raise Refused("name_not_allowed", f"{kind} {name!r} is not one this pod may have (its "
                               f"annotations and the namespace policy give {list(allowed)})")
             key = public_key_of(csr_pem) if csr_pem is not None else None
-            try:
-                ca = self.authority.ca(g.env)
-            except KeyError as e:
-                raise Refused("no_ca", f"{e.args[0]}; add it to the issuer's environments", 503) from None
+            ca = self._ca(g.env)
         except Refused as e:
-            REFUSED.labels(e.reason).inc()
-            who = {"namespace": caller.namespace, "service_account": caller.service_account,
-                   "pod": caller.pod_name} if caller else {}
-            self.audit.record("refused", e.reason, name=name, message=e.message, **who)
-            raise
+            self._refused(e, caller, name=name)
         return g, ca, key
+
+    def _ca(self, env: str):
+        try:
+            return self.authority.ca(env)
+        except KeyError as e:
+            raise Refused("no_ca", f"{e.args[0]}; add it to the issuer's environments", 503) from None
+
+    def _refused(self, e: Refused, caller: Caller | None, **fields) -> NoReturn:
+        """Count and audit a refusal, then raise it."""
+        REFUSED.labels(e.reason).inc()
+        who = {"namespace": caller.namespace, "service_account": caller.service_account,
+               "pod": caller.pod_name} if caller else {}
+        self.audit.record("refused", e.reason, message=e.message, **fields, **who)
+        raise e
 
     def sign(self, token: str, name: str, csr_pem: str) -> dict:
         g, ca, key = self._authorize(token, name, "certificate", csr_pem)
@@ -116,16 +124,9 @@ class Issuer:
                 raise Refused("no_such_tenant", f"tenant {tenant!r} has no served hostnames: no such claim, or it was "
                               "refused (see the gateway's /readyz)")
             key = public_key_of(csr_pem)
-            try:
-                ca = self.authority.ca(claim.env)
-            except KeyError as e:
-                raise Refused("no_ca", f"{e.args[0]}; add it to the issuer's environments", 503) from None
+            ca = self._ca(claim.env)
         except Refused as e:
-            REFUSED.labels(e.reason).inc()
-            who = {"namespace": caller.namespace, "service_account": caller.service_account,
-                   "pod": caller.pod_name} if caller else {}
-            self.audit.record("refused", e.reason, tenant=tenant, message=e.message, **who)
-            raise
+            self._refused(e, caller, tenant=tenant)
         return claim, ca, key
 
     def sign_gateway(self, token: str, tenant: str, csr_pem: str) -> dict:
