@@ -136,3 +136,33 @@ def test_rotating_one_tenant_touches_no_other(tmp_path):
     finally:
         gw.stop()
         backend.stop()
+
+
+@pytest.mark.vault_real
+def test_tenants_certificates_from_openbao(tmp_path, openbao):
+    """Vault as the gateway's source: `pki/sign` on the tenant's own business line's mount and
+    environment's role, with the tenant's hostnames only (real OpenBao)."""
+    from cryptography import x509
+
+    retail_ca = openbao.pki("pki_retail", cn="retail CA")
+    corporate_ca = openbao.pki("pki_corporate", cn="corporate CA")
+    token = openbao.token(["pki_retail/sign/prod", "pki_corporate/sign/prod"])
+    backend = EchoBackend()
+    claims = [{"apiVersion": "v1", "kind": "ConfigMap", "immutable": True, "metadata": {
+        "name": "site", "namespace": f"{bl}-prod", "creationTimestamp": "2026-01-01T00:00:00Z", "labels": CLAIM_LABELS},
+        "data": claim([f"{bl}.example.com", f"www.{bl}.example.com"], backend.port, env="prod",
+                      **{"business-line": bl})} for bl in ("retail", "corporate")]
+    (tmp_path / "claims.json").write_text(json.dumps({"kind": "List", "items": claims}))
+    config = tmp_path / "config.yaml"
+    config.write_text("namespacePolicy:\n  rules:\n    - namespaces: ['*-prod']\n      environments: [prod]\n")
+    gw = GatewayRun(tmp_path, backend.port, source="vault", vault_addresses=openbao.addr, vault_allow_http="true",
+                    vault_auth="token", vault_token=token, vault_pki_path="pki_{business_line}/sign/{env}",
+                    claims_file=str(tmp_path / "claims.json"), injector_config_file=str(config)).start()
+    try:
+        for bl, ca_pem in (("retail", retail_ca), ("corporate", corporate_ca)):
+            cert = gw.wait_served(f"www.{bl}.example.com", timeout=30)
+            assert sorted(sans(cert)) == sorted([f"{bl}.example.com", f"www.{bl}.example.com"])
+            cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem.encode()))
+    finally:
+        gw.stop()
+        backend.stop()

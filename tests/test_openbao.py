@@ -302,3 +302,19 @@ def test_jwt_auth_validates_service_account_tokens_offline(bao, tmp_path):
     with pytest.raises(SourceError) as e:
         asyncio.run(src.fetch(CERT))
     assert e.value.reason == "auth_failed" and "shop-web" in str(e.value)
+
+
+def test_sign_with_a_default_role_carries_the_spiffe_id_and_service_names(bao):
+    """OpenBao's `pki/sign` takes the SANs from the CSR by default (`use_csr_sans`) and then
+    ignores `alt_names` and `uri_sans`: a CSR with only a common name came back without the
+    SPIFFE ID or the Service's DNS names (found by the gateway's Vault test)."""
+    from cryptography import x509
+
+    b = bao()
+    b.pki("pki_retail")
+    src = VaultSource(settings(b, b.token(["pki_retail/sign/prod"])))
+    m = asyncio.run(src.fetch(CERT))
+    leaf = x509.load_pem_x509_certificates(m.certificate_chain)[0]
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://cluster.local/ns/shop/sa/web"]
+    assert {"web", "web.shop", "web.shop.svc", "web.shop.svc.cluster.local"} <= set(san.get_values_for_type(x509.DNSName))

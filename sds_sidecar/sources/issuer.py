@@ -28,11 +28,16 @@ def private_pem(key) -> bytes:
                              serialization.NoEncryption())
 
 
-def csr_pem(key, name: str) -> str:
-    # Only the key matters to the issuer: it ignores any name or SAN a CSR asks for.
-    csr = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name[:64])])).sign(key, hashes.SHA256())
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
+def csr_pem(key, name: str, dns: list[str] = (), uris: list[str] = ()) -> str:
+    """The issuer reads only the key (it ignores any name or SAN a CSR asks for). Vault's
+    `pki/sign` takes the SANs from the CSR by default (`use_csr_sans`, ignoring `alt_names`), so
+    for Vault the CSR carries the names too."""
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name[:64])]))
+    sans = [x509.DNSName(d) for d in dns] + [x509.UniformResourceIdentifier(u) for u in uris]
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
 
 
 class IssuerSource(Source):

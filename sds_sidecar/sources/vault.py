@@ -187,7 +187,7 @@ class VaultSource(Source):
             from .issuer import csr_pem, new_key, private_pem
 
             own_key = new_key(s.key_type)
-            csr = csr_pem(own_key, cn)
+            csr = csr_pem(own_key, cn, dns, [params["uri_sans"]] if "uri_sans" in params else [])
             resp = self._call(name, where, lambda c: c.secrets.pki.sign_certificate(
                 role, csr, cn, extra_params=dict(params), mount_point=mount))
             d = resp.get("data") or {}
