@@ -24,16 +24,7 @@ def tls(ca):
     return material.tls_certificate(i.chain_pem, i.key_pem)
 
 
-class Client:
-    """One bidirectional stream: requests go in a queue; a reader task collects responses."""
-
-    def __init__(self, stub, delta=False):
-        self.out: asyncio.Queue = asyncio.Queue()
-        self.inbox: asyncio.Queue = asyncio.Queue()
-        method = stub.DeltaSecrets if delta else stub.StreamSecrets
-        self.call = method(self._requests())
-        self.reader = asyncio.ensure_future(self._read())
-
+class _Stream:
     async def _requests(self):
         while (req := await self.out.get()) is not None:
             yield req
@@ -41,11 +32,6 @@ class Client:
     async def _read(self):
         async for resp in self.call:
             self.inbox.put_nowait(resp)
-
-    def send(self, **kw):
-        delta = {"resource_names_subscribe", "resource_names_unsubscribe", "initial_resource_versions"} & set(kw)
-        cls = discovery_pb2.DeltaDiscoveryRequest if delta else discovery_pb2.DiscoveryRequest
-        self.out.put_nowait(cls(type_url=TYPE_URL, **kw))
 
     async def recv(self, timeout=3.0):
         return await asyncio.wait_for(self.inbox.get(), timeout)
@@ -56,6 +42,32 @@ class Client:
         except asyncio.TimeoutError:
             return True
         return False
+
+
+class AdsClient(_Stream):
+    """An aggregated stream: requests of any type URL, put on `out` as they are."""
+
+    def __init__(self, stub):
+        self.out: asyncio.Queue = asyncio.Queue()
+        self.inbox: asyncio.Queue = asyncio.Queue()
+        self.call = stub.StreamAggregatedResources(self._requests())
+        self.reader = asyncio.ensure_future(self._read())
+
+
+class Client(_Stream):
+    """One bidirectional stream: requests go in a queue; a reader task collects responses."""
+
+    def __init__(self, stub, delta=False):
+        self.out: asyncio.Queue = asyncio.Queue()
+        self.inbox: asyncio.Queue = asyncio.Queue()
+        method = stub.DeltaSecrets if delta else stub.StreamSecrets
+        self.call = method(self._requests())
+        self.reader = asyncio.ensure_future(self._read())
+
+    def send(self, **kw):
+        delta = {"resource_names_subscribe", "resource_names_unsubscribe", "initial_resource_versions"} & set(kw)
+        cls = discovery_pb2.DeltaDiscoveryRequest if delta else discovery_pb2.DiscoveryRequest
+        self.out.put_nowait(cls(type_url=TYPE_URL, **kw))
 
 
 def names_of(resp) -> list[str]:
@@ -255,3 +267,63 @@ def test_socket_mode_and_stale_socket_removed(tmp_path, ca):
             await server.stop(0)
 
     run(body())
+
+
+def test_ads_serves_listeners_whole_one_in_flight_and_secrets_by_name(tmp_path, ca):
+    """Gateway mode's ADS stream: listeners are sent whole; while one response is unanswered,
+    further changes wait and go out together on its ACK; secrets keep SDS's rules on the same
+    stream; a type the agent does not serve is ignored, not fatal to the stream."""
+    from envoy.config.listener.v3 import listener_pb2
+    from envoy.service.discovery.v3 import ads_pb2_grpc
+
+    from sds_sidecar.resources import LISTENER, ResourceStore
+
+    def listeners(*names):
+        return {n: listener_pb2.Listener(name=n) for n in names}
+
+    async def body():
+        cache, store = SecretCache(), ResourceStore(LISTENER)
+        cache.put("a", tls(ca))
+        store.replace(listeners("l1"))
+        server = await start_grpc(cache, lambda n: n == "a", tmp_path / "ads.sock", 0o600, {LISTENER: store})
+        channel = grpc.aio.insecure_channel(f"unix:{tmp_path / 'ads.sock'}")
+        try:
+            c = AdsClient(ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel))
+            c.out.put_nowait(discovery_pb2.DiscoveryRequest(type_url="type.example/Unknown"))
+            c.out.put_nowait(discovery_pb2.DiscoveryRequest(type_url=LISTENER))
+            r1 = await c.recv()
+            assert r1.type_url == LISTENER and [x.type_url for x in r1.resources] == [LISTENER]
+            # Two changes while r1 is unanswered: nothing yet.
+            store.replace(listeners("l1", "l2"))
+            store.replace(listeners("l2", "l3"))
+            assert await c.silent(), "a change waits for the response in flight"
+            c.out.put_nowait(discovery_pb2.DiscoveryRequest(type_url=LISTENER, version_info=r1.version_info,
+                                                            response_nonce=r1.nonce))
+            r2 = await c.recv()
+            got = sorted(_unpack_listener(x).name for x in r2.resources)
+            assert got == ["l2", "l3"], "the latest whole set, once"
+            assert await c.silent()
+            # Secrets on the same stream, by name.
+            c.out.put_nowait(discovery_pb2.DiscoveryRequest(type_url=TYPE_URL, resource_names=["a"]))
+            r3 = await c.recv()
+            assert r3.type_url == TYPE_URL and names_of(r3) == ["a"]
+            # An emptied store removes every listener (a SotW response without them).
+            c.out.put_nowait(discovery_pb2.DiscoveryRequest(type_url=LISTENER, version_info=r2.version_info,
+                                                            response_nonce=r2.nonce))
+            store.replace({})
+            r4 = await c.recv()
+            assert r4.type_url == LISTENER and len(r4.resources) == 0
+            c.out.put_nowait(None)
+        finally:
+            await channel.close()
+            await server.stop(0)
+
+    run(body())
+
+
+def _unpack_listener(any_):
+    from envoy.config.listener.v3 import listener_pb2
+
+    out = listener_pb2.Listener()
+    any_.Unpack(out)
+    return out
