@@ -41,16 +41,20 @@ class Controller:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._resolve_needed = False
+        self._settle_by: float | None = None
+        self._deadline: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._settle_by = self._loop.time() + self.s.settle_seconds
         self.renewer.on_stored = self._stored
         self.feed.start(self.claims_changed)
 
     def stop(self) -> None:
         self.feed.stop()
-        if self._timer:
-            self._timer.cancel()
+        for timer in (self._timer, self._deadline):
+            if timer:
+                timer.cancel()
 
     # -- triggers (debounced: thousands of changes in a burst make a handful of updates) -------
     def claims_changed(self) -> None:
@@ -101,10 +105,27 @@ class Controller:
         self._chains = {t: c for t, c in self._chains.items() if t in live}
         self._clusters = {t: c for t, c in self._clusters.items() if t in live}
 
+    def _settling(self) -> bool:
+        """True while a (re)started agent still waits for its tenants' first certificates. An
+        Envoy that outlived the agent keeps its listener until the first answer: answering with
+        the few tenants issued so far would drop the others until they are issued again."""
+        if self._settle_by is None:
+            return False
+        pending = [n for n in self.tenants if self.cache.get(n) is None and n not in self.renewer.failing]
+        if self.feed.synced and (not pending or self._loop.time() >= self._settle_by):
+            self._settle_by = None
+            return False
+        if self._deadline is None:  # look again at the deadline: failures wake nobody
+            self._deadline = self._loop.call_later(max(0.0, self._settle_by - self._loop.time()),
+                                                   self._schedule, False)
+        return True
+
     def publish(self) -> None:
         served = [t for name, t in self.tenants.items() if self.cache.get(name) is not None]
         TENANTS.labels("served").set(len(served))
         TENANTS.labels("waiting").set(len(self.tenants) - len(served))
+        if self._settling():
+            return
         for t in served:
             if t not in self._chains:
                 self._chains[t] = envoy.chain(t, self.s.gateway_min_tls_version, tuple(self.s.gateway_ecdh_curves))

@@ -26,5 +26,7 @@ class GatewaySettings(AgentSettings):
                                      "the cluster (local runs); re-read when it changes")
     watch_seconds: int = Field(300, ge=1)
     debounce_seconds: float = Field(0.2, ge=0, description="changes within this window make one update")
+    settle_seconds: float = Field(60, ge=0, description="at start, the first listener waits this long at most "
+                                  "for every tenant's first certificate")
 
     _split_curves = field_validator("gateway_ecdh_curves", mode="before")(lambda cls, v: _split(v))

@@ -20,6 +20,8 @@ class ResourceStore:
         self.type_url = type_url
         self._entries: dict[str, Entry] = {}
         self._watchers: set = set()
+        # Nothing is said before the first replace(): an empty answer would remove what Envoy has.
+        self.ready = False
 
     def get(self, name: str) -> Entry | None:
         return self._entries.get(name)
@@ -37,8 +39,8 @@ class ResourceStore:
             version = hashlib.sha256(packed.value).hexdigest()[:16]
             old = self._entries.get(name)
             new[name] = old if old is not None and old.version == version else Entry(version, None, packed)
-        changed = new.keys() != self._entries.keys() or any(new[n] is not self._entries[n] for n in new)
-        self._entries = new
+        changed = not self.ready or new.keys() != self._entries.keys() or any(new[n] is not self._entries[n] for n in new)
+        self._entries, self.ready = new, True
         if changed:
             for queue in self._watchers:
                 queue.put_nowait("")

@@ -231,6 +231,8 @@ class _WildcardStream(_SotwStream):
         yield from self._respond_all()
 
     def _respond_all(self):
+        if not getattr(self.cache, "ready", True):
+            return  # answered at the store's first replace() (its change notice)
         self.dirty = False
         entries = [(n, self.cache.get(n)) for n in self.cache.names()]
         version = _version_of(entries)

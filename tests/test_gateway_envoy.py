@@ -105,6 +105,21 @@ def test_thousand_tenants_by_sni_with_runtime_changes(cluster):
     audit = [json.loads(x) for x in issuer.audit_file.read_text().splitlines()]
     assert not [r for r in audit if r.get("decision") == "refused" and r.get("tenant") not in ("t2/site",)]
 
+    # The agent restarts (Envoy outlives it) and gets every tenant's certificate again from the
+    # issuer, which takes seconds. Answering Envoy's listener request before that would drop
+    # the tenants not yet issued; the agent waits (settle_seconds), so the listener is never
+    # modified and the tenants stay served from Envoy's cache meanwhile.
+    modified = gw.stat("listener_manager.listener_modified") + gw.stat("listener_manager.listener_in_place_updated")
+    lds = gw.stat("listener_manager.lds.update_success")
+    gw.agent.stop()
+    gw.agent.start()
+    harness.wait_for(lambda: (st := gw.status())["ready"] and st["served"] == st["tenants"] == TENANTS + 1, 120,
+                     what="all issued again")  # t2 left; newcomer and the squatter's free hostname came
+    harness.wait_for(lambda: gw.stat("listener_manager.lds.update_success") > lds, 10, what="LDS answered")
+    assert gw.stat("listener_manager.listener_modified") + gw.stat(
+        "listener_manager.listener_in_place_updated") == modified, "the listener was shrunk and regrown"
+    assert gw.served("t999.example.com") and gw.served("new.example.com")
+
 
 def test_rotating_one_tenant_touches_no_other(tmp_path):
     """Files source, so one tenant's certificate can be replaced alone (as cert-manager would)."""
@@ -166,3 +181,4 @@ def test_tenants_certificates_from_openbao(tmp_path, openbao):
     finally:
         gw.stop()
         backend.stop()
+
