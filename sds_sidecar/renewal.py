@@ -138,6 +138,8 @@ class Renewer:
         task = self._keepers.pop(name, None)
         if task is not None:
             task.cancel()
+        if self.stapler is not None:
+            self.stapler.drop(name)
         self.specs.pop(name, None)
         src = self.sources.pop(name, None)
         if src is not None and not keep_cached:

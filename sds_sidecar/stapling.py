@@ -46,6 +46,11 @@ class Stapler:
         if spec.kind == TLS_CERTIFICATE and spec.name not in self._tasks:
             self._tasks[spec.name] = asyncio.create_task(self._keep(spec, src, renew), name=f"ocsp:{spec.name}")
 
+    def drop(self, name: str) -> None:
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+
     async def stop(self) -> None:
         for t in self._tasks.values():
             t.cancel()
