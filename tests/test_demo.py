@@ -22,3 +22,17 @@ def test_demo_runs_end_to_end_and_cleans_up():
     assert "cleaned up: 2 processes" in out
     assert "PRIVATE KEY" not in out + run.stderr
     assert not harness.port_open(8443), "the demo left Envoy running"
+
+
+def test_gateway_demo_runs_and_cleans_up():
+    if harness.ENVOY is None:
+        pytest.skip("envoy binary not found")
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo_gateway.py")], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    out = run.stdout
+    assert "hostname 'shop.example.com' belongs to shop/storefront" in out
+    assert "rogue.example.com      -> certificate for ['rogue.example.com']" in out
+    assert "unknown.example.com    -> no certificate" in out
+    assert "served by the same Envoy: True" in out and "'hello shop'" in out
+    assert "PRIVATE KEY" not in out + run.stderr
