@@ -329,3 +329,20 @@ def test_webhook_and_issuer_run_in_one_process_as_the_chart_runs_them(tmp_path):
         kube.stop()
     text = (tmp_path / "serve.log").read_text()
     assert '"webhook serving"' in text and '"issuer serving"' in text and "PRIVATE KEY" not in text
+
+
+def test_a_declared_huge_body_is_refused_before_it_is_read(world):
+    """Content-Length: 100 MB and a trickle: 413 at once, nothing buffered (the issuer used to
+    read the whole body, then compare its size)."""
+    import socket
+    import ssl
+
+    _, issuer = world
+    ctx = ssl.create_default_context(cadata=issuer.ca_pem.decode())
+    with socket.create_connection(("127.0.0.1", issuer.port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        s.sendall(b"POST /v1/certificates HTTP/1.1\r\nHost: localhost\r\ncontent-type: application/json\r\n"
+                  b"content-length: 100000000\r\n\r\n{\"name\":")
+        s.settimeout(3)
+        head = s.recv(200).decode(errors="replace")
+    assert head.startswith("HTTP/1.1 413"), head

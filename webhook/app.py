@@ -6,6 +6,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import admission
+from .bodies import TooLarge, read_limited
 from .config import ConfigStore
 
 JSON = "application/json"
@@ -17,19 +18,10 @@ def create_app(store: ConfigStore, namespace_labels=None, max_body: int = 3 * 10
 
     @app.post("/mutate")
     async def mutate(request: Request) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit():
-            if int(length) > max_body:
-                return JSONResponse({"error": f"body larger than {max_body} bytes"}, 413)
-            body = await request.body()
-        else:  # chunked: read up to the limit, never more
-            chunks, size = [], 0
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > max_body:
-                    return JSONResponse({"error": f"body larger than {max_body} bytes"}, 413)
-                chunks.append(chunk)
-            body = b"".join(chunks)
+        try:
+            body = await read_limited(request, max_body)
+        except TooLarge as e:
+            return JSONResponse({"error": str(e)}, 413)
         status, out = admission.handle(body, store.get, namespace_labels)
         return Response(out, status, media_type=JSON)
 

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..bodies import TooLarge, read_limited
 from .identity import Refused
 from .service import Issuer
 
@@ -25,9 +26,10 @@ def _error(status: int, reason: str, message: str) -> Response:
 async def _read(request: Request, *fields: str) -> tuple[str, dict]:
     auth = request.headers.get("authorization", "")
     token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise Refused("bad_request", f"body larger than {MAX_BODY} bytes", 413)
+    try:
+        body = await read_limited(request, MAX_BODY)
+    except TooLarge as e:
+        raise Refused("bad_request", str(e), 413) from None
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -66,8 +68,9 @@ def create_app(issuer: Issuer, ready=lambda: True) -> FastAPI:
         # Public, as OCSP is: no token. A request is ~100 bytes.
         from .ocsp import respond
 
-        body = await request.body()
-        if len(body) > 4096:
+        try:
+            body = await read_limited(request, 4096)
+        except TooLarge:
             return _error(413, "bad_request", "an OCSP request is a few hundred bytes")
         return Response(respond(issuer.authority, body), media_type="application/ocsp-response")
 
