@@ -128,7 +128,8 @@ class Controller:
             return
         for t in served:
             if t not in self._chains:
-                self._chains[t] = envoy.chain(t, self.s.gateway_min_tls_version, tuple(self.s.gateway_ecdh_curves))
+                self._chains[t] = envoy.chain(t, self.s.gateway_min_tls_version, tuple(self.s.gateway_ecdh_curves),
+                                              self.s.gateway_ocsp_staple_policy)
                 self._clusters[t] = envoy.cluster(t, self.s.gateway_backend, self.s.cluster_domain)
         # Clusters first: on the one ADS stream Envoy then knows a chain's cluster before the chain.
         self.stores[CLUSTER].replace({envoy.cluster_name(t): self._clusters[t] for t in served})

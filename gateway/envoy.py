@@ -54,7 +54,8 @@ def bootstrap(agent_socket: str, admin_socket: str | None = None, admin_port: in
     }
 
 
-def chain(t: Claim, min_version: str = "TLSv1_2", curves: tuple[str, ...] = ()) -> listener_components_pb2.FilterChain:
+def chain(t: Claim, min_version: str = "TLSv1_2", curves: tuple[str, ...] = (),
+          staple_policy: str = "LENIENT_STAPLING") -> listener_components_pb2.FilterChain:
     common = {"tls_params": {"tls_minimum_protocol_version": min_version,
                              "tls_maximum_protocol_version": "TLSv1_3"},
               "tls_certificate_sds_secret_configs": [{"name": secret_name(t), "sds_config": ADS}]}
@@ -63,7 +64,7 @@ def chain(t: Claim, min_version: str = "TLSv1_2", curves: tuple[str, ...] = ()) 
     return json_format.ParseDict({
         "name": f"{t.namespace}/{t.name}",
         "filter_chain_match": {"server_names": list(t.hostnames)},
-        "transport_socket": b.downstream_tls(common, require_client_cert=False),
+        "transport_socket": b.downstream_tls(common, require_client_cert=False, staple_policy=staple_policy),
         "filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
             "stat_prefix": stat_prefix(t), "cluster": cluster_name(t)}}],

@@ -18,6 +18,8 @@ class GatewaySettings(AgentSettings):
                                  description="backend host template: {service}, {namespace}, {domain}")
     cluster_domain: str = "cluster.local"
     gateway_min_tls_version: Literal["TLSv1_2", "TLSv1_3"] = "TLSv1_2"
+    gateway_ocsp_staple_policy: Literal["LENIENT_STAPLING", "STRICT_STAPLING", "MUST_STAPLE"] = Field(
+        "LENIENT_STAPLING", description="with SDS_OCSP_STAPLING (docs/ocsp.md)")
     gateway_ecdh_curves: NameList = Field(default_factory=list, description="e.g. X25519MLKEM768,X25519")
     injector_config_file: Path | None = Field(None, description="the injector configuration (environments, "
                                               "business lines, namespacePolicy): the same file the webhook reads")
