@@ -5,6 +5,9 @@ connection; one tenant's rotation touching no other. The cluster is the Kubernet
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
 import time
 
 import pytest
@@ -154,9 +157,10 @@ def test_rotating_one_tenant_touches_no_other(tmp_path):
 
 
 @pytest.mark.vault_real
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not found")
 def test_tenants_certificates_from_openbao(tmp_path, openbao):
     """Vault as the gateway's source: `pki/sign` on the tenant's own business line's mount and
-    environment's role, with the tenant's hostnames only (real OpenBao)."""
+    environment's role, with the tenant's hostnames only, OCSP-stapled (real OpenBao)."""
     from cryptography import x509
 
     retail_ca = openbao.pki("pki_retail", cn="retail CA")
@@ -172,12 +176,19 @@ def test_tenants_certificates_from_openbao(tmp_path, openbao):
     config.write_text("namespacePolicy:\n  rules:\n    - namespaces: ['*-prod']\n      environments: [prod]\n")
     gw = GatewayRun(tmp_path, backend.port, source="vault", vault_addresses=openbao.addr, vault_allow_http="true",
                     vault_auth="token", vault_token=token, vault_pki_path="pki_{business_line}/sign/{env}",
-                    claims_file=str(tmp_path / "claims.json"), injector_config_file=str(config)).start()
+                    claims_file=str(tmp_path / "claims.json"), injector_config_file=str(config),
+                    ocsp_stapling="true", gateway_ocsp_staple_policy="MUST_STAPLE").start()
     try:
         for bl, ca_pem in (("retail", retail_ca), ("corporate", corporate_ca)):
             cert = gw.wait_served(f"www.{bl}.example.com", timeout=30)
             assert sorted(sans(cert)) == sorted([f"{bl}.example.com", f"www.{bl}.example.com"])
             cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem.encode()))
+            # Stapled from the tenant's own mount's OCSP responder (MUST_STAPLE: no staple, no TLS).
+            out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{gw.port}", "-servername",
+                                  f"{bl}.example.com", "-status"], input=b"", capture_output=True, timeout=10).stdout
+            assert b"Cert Status: good" in out
+            stapled = re.search(rb"Serial Number: ([0-9A-F]+)", out).group(1)
+            assert int(stapled, 16) == cert.serial_number, "the staple is about the served certificate"
     finally:
         gw.stop()
         backend.stop()

@@ -21,11 +21,13 @@ def status(port: int) -> dict:
     out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "localhost",
                           "-status", "-showcerts"], input=b"", capture_output=True, timeout=10).stdout.decode()
     served = subprocess.run(["openssl", "x509", "-noout", "-serial"], input=out.encode(), capture_output=True,
-                            timeout=10).stdout.decode().strip().partition("=")[2].lower()
+                            timeout=10).stdout.decode().strip().partition("=")[2]
+    served = format(int(served, 16), "x") if served else ""
     if "OCSP response: no response sent" in out or "OCSP Response Status" not in out:
         return {"served": served, "staple": None}
     cert_status = re.search(r"Cert Status: (\w+)", out).group(1)
-    stapled = re.search(r"Serial Number: ([0-9A-F]+)", out).group(1).lower()
+    # Compared as numbers: the two openssl printouts need not agree on a leading zero.
+    stapled = format(int(re.search(r"Serial Number: ([0-9A-F]+)", out).group(1), 16), "x")
     return {"served": served, "staple": cert_status, "stapled_serial": stapled}
 
 
