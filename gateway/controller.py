@@ -36,6 +36,7 @@ class Controller:
         self.tenants: dict[str, Claim] = {}  # secret name -> tenant
         self.refusals: tuple[Refusal, ...] = ()
         self.published = False
+        self.resolved = False
         self._chains: dict[Claim, object] = {}
         self._clusters: dict[Claim, object] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -94,6 +95,7 @@ class Controller:
                     t.namespace, t.name, t.hostnames, t.env, t.business_line, t.service, t.port))
                 self.renewer.add(spec, self.source)
         self.tenants = wanted
+        self.resolved = True
         if set(resolved.refusals) != set(self.refusals):
             for r in set(resolved.refusals) - set(self.refusals):
                 log.warning("%s", r.message, extra={"fields": {"reason": r.reason, "claim": f"{r.namespace}/{r.name}"}})
@@ -137,6 +139,11 @@ class Controller:
                                                          self.s.gateway_port)} if served else {}
         self.stores[LISTENER].replace(listeners)
         self.published = self.feed.synced
+
+    def knows(self, name: str) -> bool:
+        """Names Envoy may rightly ask for: the tenants', and, until the claims are first read
+        (a restarted agent, an Envoy that remembers), any tenant name."""
+        return name in self.tenants or (not self.resolved and name.startswith("gateway:"))
 
     def status(self) -> dict:
         waiting = sorted(n for n in self.tenants if self.cache.get(n) is None)

@@ -27,6 +27,7 @@ class GatewayAgent(Agent):
         self.controller = Controller(settings, config.get, feed or make_feed(settings), self.renewer, self.cache,
                                      stores, make_source(settings.source, settings))
         self.status = self.controller.status
+        self.knows = self.controller.knows
 
     async def start(self) -> None:
         await super().start()

@@ -54,6 +54,7 @@ class Agent:
         self.settings = settings
         self.stores = stores
         self.status = None  # what /readyz reports; default: the renewer's view
+        self.knows = None  # which names are expected (unknown ones are warned about); default: the renewer's
         self.cache = SecretCache()
         specs = specs_of(settings)
         if sources is None:
@@ -76,7 +77,7 @@ class Agent:
         http_socket = bind_tcp(s.http_host, s.http_port, "health port") if s.http_port else None
         # Serve before the first fetch: Envoy may already be asking, and its requests are
         # held as pending until the secrets arrive (istio #22443).
-        self.grpc = await start_grpc(self.cache, self.renewer.knows, s.socket_path, s.socket_mode_int, self.stores)
+        self.grpc = await start_grpc(self.cache, self.knows or self.renewer.knows, s.socket_path, s.socket_mode_int, self.stores)
         await self.renewer.start()
         if http_socket is not None:
             import contextlib
