@@ -235,3 +235,24 @@ def test_idle_and_trickling_clients_are_cut_off_and_memory_returns(procs, tmp_pa
     assert client.get("/healthz", extensions={"sni_hostname": "webhook-svc"}).status_code == 200
     print(f"RSS {base:.0f} -> {peak:.0f} MB with 300 slow connections -> {rss():.0f} MB after")
     assert rss() - base < 25, "memory must return near its baseline"
+
+
+def test_a_client_that_never_starts_the_tls_handshake_is_cut_off(procs, tmp_path, ca, kubeconfig):
+    """TCP connected, no ClientHello: closed by the server at its read timeout (1 s here), not
+    held for asyncio's default 60 s handshake timeout as uvicorn left it."""
+    import os
+    import socket
+    import time
+
+    os.environ["WEBHOOK_READ_TIMEOUT_SECONDS"] = "1"
+    try:
+        p, client, port, *_ = start_webhook(procs, tmp_path, ca, kubeconfig)
+    finally:
+        del os.environ["WEBHOOK_READ_TIMEOUT_SECONDS"]
+    silent = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
+    t0 = time.monotonic()
+    for s in silent:
+        assert s.recv(1) == b"", "the server closes the connection"
+        s.close()
+    assert time.monotonic() - t0 < 5, "closed at the handshake deadline, not after 60 s"
+    assert client.get("/healthz", extensions={"sni_hostname": "webhook-svc"}).status_code == 200

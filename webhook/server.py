@@ -38,6 +38,23 @@ async def watch_certificate(ctx: ssl.SSLContext, cert_file, key_file, interval: 
             log.warning("certificate reload failed, keeping the current one: %s", type(e).__name__)
 
 
+def _bound_tls_handshakes(loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+    """uvicorn creates its server without `ssl_handshake_timeout`, so a client that connects and
+    never sends its ClientHello holds a connection (and a concurrency slot) for asyncio's default
+    60 s. Every TLS server of this loop gets `seconds` instead."""
+    if getattr(loop, "_sds_handshake_timeout", None) is not None:
+        return
+    create = loop.create_server
+
+    async def create_server(*args, **kwargs):
+        if kwargs.get("ssl") is not None and kwargs.get("ssl_handshake_timeout") is None:
+            kwargs["ssl_handshake_timeout"] = seconds
+        return await create(*args, **kwargs)
+
+    loop.create_server = create_server
+    loop._sds_handshake_timeout = seconds
+
+
 async def serve_app(app, host: str, port: int, cert_file, key_file, name: str,
                     stop: asyncio.Event | None = None, read_timeout: float = 10.0,
                     max_concurrency: int = 1000, sock=None) -> None:
@@ -65,6 +82,8 @@ async def serve_app(app, host: str, port: int, cert_file, key_file, name: str,
         # TLS 1.2: forward-secret AEAD suites only (no CBC); TLS 1.3's are all AEAD.
         config.ssl.set_ciphers(TLS12_CIPHERS)
         watcher = asyncio.create_task(watch_certificate(config.ssl, cert_file, key_file))
+    if tls:
+        _bound_tls_handshakes(asyncio.get_running_loop(), read_timeout)
     server = uvicorn.Server(config)
     # Several servers share one loop: the caller owns the signals, uvicorn must not take them.
     server.capture_signals = contextlib.nullcontext
