@@ -12,10 +12,16 @@ from ..selection import Denied, check_policy, select
 from .tokens import Caller
 
 
-class Refused(Exception):
+class Refused(Denied):
+    """The issuer's answer to a request it will not serve: the webhook's Denied (reason, message
+    to act on, code) with the code as the HTTP status, 403 unless said."""
+
     def __init__(self, reason: str, message: str, status: int = 403):
-        super().__init__(message)
-        self.reason, self.message, self.status = reason, message, status
+        super().__init__(reason, message, status)
+
+    @property
+    def status(self) -> int:
+        return self.code
 
 
 @dataclass(frozen=True)
