@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
 
 import jsonpatch
 from hypothesis import strategies as st
@@ -13,6 +12,8 @@ from hypothesis import strategies as st
 from webhook import admission
 from webhook.annotations import SCHEMA
 from webhook.plan import AGENT, PROXY
+
+from .reviews import review
 
 PREFIX = "sds-injector.io/"
 NAMES = st.sampled_from(["app", "web", "sidecar", "sds-agent", "sds-envoy", "init", "data", "sds-socket", "cache"])
@@ -66,13 +67,6 @@ def pods(draw) -> dict:
                                   st.text(alphabet="abc_.-XYZ09", min_size=1, max_size=10), max_size=2))
     meta = {"generateName": "web-", "namespace": "shop", "labels": labels, "annotations": draw(ANNOTATIONS)}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
-
-
-def review(pod, namespace="shop") -> dict:
-    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-        "uid": str(uuid.uuid4()), "kind": {"group": "", "version": "v1", "kind": "Pod"},
-        "resource": {"group": "", "version": "v1", "resource": "pods"}, "namespace": namespace,
-        "operation": "CREATE", "object": pod}}
 
 
 @st.composite

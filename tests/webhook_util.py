@@ -2,18 +2,8 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
 
-
-def review(pod: dict | None, namespace: str = "shop", operation: str = "CREATE", kind: str = "Pod",
-           group: str = "", dry_run: bool = False) -> dict:
-    req = {"uid": str(uuid.uuid4()), "kind": {"group": group, "version": "v1", "kind": kind},
-           "resource": {"group": group, "version": "v1", "resource": kind.lower() + "s"},
-           "namespace": namespace, "operation": operation, "dryRun": dry_run,
-           "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"}}
-    if pod is not None:
-        req["object"] = pod
-    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": req}
+from devkit.reviews import review  # noqa: F401 - the tests' review(), shared with devkit
 
 
 def pod(annotations: dict | None = None, namespace: str = "shop", **spec) -> dict:
