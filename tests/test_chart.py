@@ -199,7 +199,9 @@ def test_rendered_webhook_certificate_serves_admission_over_https(procs, tmp_pat
 GATEWAY = ["--set", "gateway.enabled=true"]
 
 
-@pytest.mark.parametrize("extra", [[], ["--set", "gateway.source=files", "--set", "gateway.ecdhCurves={X25519MLKEM768,X25519}"]])
+@pytest.mark.parametrize("extra", [[], ["--set", "gateway.source=files", "--set", "gateway.ecdhCurves={X25519MLKEM768,X25519}"],
+                                   ["--set", "gateway.source=vault", "--set", "config.agent.vault.addresses={https://vault:8200}",
+                                    "--set", "gateway.ocspStapling=true", "--set", "gateway.ocspStaplePolicy=MUST_STAPLE"]])
 def test_gateway_renders_strictly_and_passes_pod_security_restricted(extra):
     from devkit.pod_security import violations
     from gateway.envoy import bootstrap
@@ -241,7 +243,20 @@ def test_gateway_renders_strictly_and_passes_pod_security_restricted(extra):
     else:
         assert not issuer_ca and "ISSUER_GATEWAY_IDENTITIES" not in webhook_env
         agent_env = {e["name"]: e.get("value") for e in spec["containers"][1]["env"]}
-        assert agent_env["SDS_GATEWAY_ECDH_CURVES"] == "X25519MLKEM768,X25519"
+        token = next(v for v in spec["volumes"] if v["name"] == "token")["projected"]["sources"][0]
+        if "gateway.source=vault" in extra:
+            # The pods' Vault settings, a token for Vault's audience, stapling as asked.
+            assert agent_env["SDS_VAULT_ADDRESSES"] == "https://vault:8200"
+            assert agent_env["SDS_VAULT_PKI_PATH"] == "pki_{business_line}/sign/{env}"
+            assert token["serviceAccountToken"]["audience"] == "vault"
+            assert agent_env["SDS_OCSP_STAPLING"] == "true" and agent_env["SDS_GATEWAY_OCSP_STAPLE_POLICY"] == "MUST_STAPLE"
+        else:
+            assert agent_env["SDS_GATEWAY_ECDH_CURVES"] == "X25519MLKEM768,X25519"
+    # What the chart sets, the gateway agent accepts (unknown settings are errors there).
+    from gateway.settings import GatewaySettings
+
+    agent_env = {e["name"]: e.get("value") for e in spec["containers"][1]["env"]}
+    GatewaySettings(**{k[4:].lower(): v for k, v in agent_env.items() if k.startswith("SDS_") and v is not None})
 
 
 def test_pod_security_check_catches_what_restricted_forbids():
