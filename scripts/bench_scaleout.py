@@ -15,10 +15,7 @@ import argparse
 import datetime as dt
 import http.client
 import json
-import os
-import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,9 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from devkit.harness import free_port, wait_for  # noqa: E402
 from devkit.issuer_run import IssuerRun  # noqa: E402
 from devkit.kube_api import KubeAPI  # noqa: E402
+from devkit.webhook_run import WebhookRun  # noqa: E402
 from scripts.bench_issuer import _rss_mb, drive  # noqa: E402
 from scripts.bench_webhook import machine  # noqa: E402
 from sds_sidecar.ca import LocalCA  # noqa: E402
@@ -55,50 +52,20 @@ def review(i: int) -> bytes:
 
 def admission(pods: int, threads: int = 8) -> tuple[float, int, float]:
     """(seconds for `pods` reviews, how many were injected, webhook RSS MB after)."""
-    kube = KubeAPI().start()  # the example policy has a label rule: the webhook watches namespaces
-    kube.add_namespace("shop-prod")
-    with tempfile.TemporaryDirectory() as tmp_s:
-        tmp = Path(tmp_s)
-        (tmp / "kubeconfig.json").write_text(kube.kubeconfig())
-        ca = LocalCA.generate("bench CA")
-        served = ca.issue("webhook", dns_names=["webhook"], ttl=dt.timedelta(hours=1))
-        (tmp / "tls.crt").write_bytes(served.chain_pem)
-        (tmp / "tls.key").write_bytes(served.key_pem)
-        (tmp / "ca.crt").write_bytes(ca.cert_pem)  # what injected agents trust the issuer with
-        port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "webhook", "serve", "--port", str(port), "--cert-file",
-                                   str(tmp / "tls.crt"), "--key-file", str(tmp / "tls.key"), "--config", str(CONFIG),
-                                   "--issuer-ca-file", str(tmp / "ca.crt"), "--kubeconfig", str(tmp / "kubeconfig.json")],
-                                  env={**os.environ, "WEBHOOK_LOG_LEVEL": "WARNING"}, stderr=open(tmp / "err", "wb"))
-        ctx = ssl.create_default_context(cadata=ca.cert_pem.decode())
-        ctx.check_hostname = False
+    with WebhookRun(namespaces=("shop-prod",)) as hook:
         local = threading.local()
 
         def post(body: bytes) -> bool:
             if not hasattr(local, "c"):
-                local.c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+                local.c = http.client.HTTPSConnection("127.0.0.1", hook.port, context=hook.ssl, timeout=10)
             local.c.request("POST", "/mutate", body, {"Content-Type": "application/json"})
             out = json.loads(local.c.getresponse().read())
             return bool(out["response"].get("patch"))
-        try:
-            def up():
-                c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=1)
-                c.request("GET", "/healthz")
-                return c.getresponse().status == 200
-            try:
-                wait_for(up, 30, what="webhook")
-            except TimeoutError:
-                raise RuntimeError((tmp / "err").read_text()[-2000:]) from None
-            bodies = [review(i) for i in range(pods)]
-            t = time.perf_counter()
-            with ThreadPoolExecutor(threads) as pool:
-                injected = sum(pool.map(post, bodies))
-            wall = time.perf_counter() - t
-            return wall, injected, _rss_mb(server.pid)
-        finally:
-            server.terminate()
-            server.wait(10)
-            kube.stop()
+        bodies = [review(i) for i in range(pods)]
+        t = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            injected = sum(pool.map(post, bodies))
+        return time.perf_counter() - t, injected, _rss_mb(hook.proc.pid)
 
 
 def issuance(pods: int) -> tuple[dict, float]:

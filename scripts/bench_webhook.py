@@ -27,8 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-from sds_sidecar.ca import LocalCA  # noqa: E402
-from devkit.harness import free_port, wait_for  # noqa: E402
+from devkit.webhook_run import WebhookRun  # noqa: E402
 from webhook import admission  # noqa: E402
 from webhook.config import load_config  # noqa: E402
 
@@ -154,52 +153,57 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+RATIOS = ROOT / "scripts" / "bench_webhook.json"
+TOLERANCE = 0.25  # a ratio may be 25 % worse than recorded before --check fails (2 noisy cores)
+
+
+def check(ratios: dict, record: bool) -> int:
+    """--record: keep these ratios; --check: exit 1 when one is worse than recorded."""
+    if record:
+        RATIOS.write_text(json.dumps(ratios, indent=1) + "\n")
+        return 0
+    recorded = json.loads(RATIOS.read_text())
+    worse = {k: (v, recorded[k]) for k, v in ratios.items() if k in recorded and v < recorded[k] * (1 - TOLERANCE)}
+    for k, (v, r) in worse.items():
+        print(f"REGRESSION {k}: {v:.2f} of the baseline vs recorded {r:.2f} (tolerance {TOLERANCE:.0%})",
+              file=sys.stderr)
+    return 1 if worse else 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
-    ap.add_argument("--record", action="store_true")
+    ap.add_argument("--record", action="store_true", help="append the tables to docs/benchmarks.md")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="fail on a regression of the throughput ratios "
+                      "(workload / the /noop baseline, same run) against scripts/bench_webhook.json")
+    mode.add_argument("--record-ratios", action="store_true", help="write the ratios to scripts/bench_webhook.json")
     args = ap.parse_args()
     gen = args.generator if args.generator != "auto" else ("wrk" if shutil.which("wrk") else "python")
     load = run_wrk if gen == "wrk" else run_python
     lines = [f"Load generator: {gen} (one process; the server is one uvicorn worker with TLS)", ""]
-    with tempfile.TemporaryDirectory() as tmp_s:
-        tmp = Path(tmp_s)
-        ca = LocalCA.generate("bench CA")
-        served = ca.issue("webhook", dns_names=["webhook"], ttl=dt.timedelta(hours=1))
-        (tmp / "tls.crt").write_bytes(served.chain_pem)
-        (tmp / "tls.key").write_bytes(served.key_pem)
-        port = free_port()
-        env = {**os.environ, "WEBHOOK_BENCHMARK_BASELINE": "true", "WEBHOOK_LOG_LEVEL": "WARNING"}
-        server = subprocess.Popen([sys.executable, "-m", "webhook", "serve", "--port", str(port), "--cert-file",
-                                   str(tmp / "tls.crt"), "--key-file", str(tmp / "tls.key"), "--config",
-                                   str(CONFIG_FILE)], env=env, stderr=subprocess.DEVNULL)
-        try:
-            ctx = ssl.create_default_context(cadata=ca.cert_pem.decode())
-            ctx.check_hostname = False
-
-            def up():
-                c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=1)
-                c.request("GET", "/healthz")
-                return c.getresponse().status == 200
-            wait_for(up, 20, what="webhook")
-            # Warm-up (first TLS handshakes, first plan per selection): steady state is measured.
-            for path, body in [("/noop", WORKLOADS["typical"]), *[("/mutate", b) for b in WORKLOADS.values()]]:
-                load(port, path, body, 1, 1, tmp)
-            header = "| workload | concurrency | requests/s | p50 ms | p95 ms | p99 ms | errors | vs baseline |"
-            lines += [header, "|---|---|---|---|---|---|---|---|"]
-            for conc in [int(c) for c in args.concurrency.split(",")]:
-                base = load(port, "/noop", WORKLOADS["typical"], conc, args.seconds, tmp)
-                for name, path, body in [("baseline /noop", "/noop", WORKLOADS["typical"]),
-                                         *[(n, "/mutate", b) for n, b in WORKLOADS.items()]]:
-                    r = base if path == "/noop" else load(port, path, body, conc, args.seconds, tmp)
-                    lines.append(f"| {name} | {conc} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p95']:.2f} | "
-                                 f"{r['p99']:.2f} | {r['errors']} | {r['rps'] / base['rps']:.2f} |")
-                    print(lines[-1], flush=True)
-        finally:
-            server.terminate()
-            server.wait(10)
+    ratios = {}
+    with tempfile.TemporaryDirectory() as tmp_s, WebhookRun(baseline=True) as hook:
+        tmp, port = Path(tmp_s), hook.port
+        # Warm-up (first TLS handshakes, first plan per selection): steady state is measured.
+        for path, body in [("/noop", WORKLOADS["typical"]), *[("/mutate", b) for b in WORKLOADS.values()]]:
+            load(port, path, body, 1, 1, tmp)
+        header = "| workload | concurrency | requests/s | p50 ms | p95 ms | p99 ms | errors | vs baseline |"
+        lines += [header, "|---|---|---|---|---|---|---|---|"]
+        for conc in [int(c) for c in args.concurrency.split(",")]:
+            base = load(port, "/noop", WORKLOADS["typical"], conc, args.seconds, tmp)
+            for name, path, body in [("baseline /noop", "/noop", WORKLOADS["typical"]),
+                                     *[(n, "/mutate", b) for n, b in WORKLOADS.items()]]:
+                r = base if path == "/noop" else load(port, path, body, conc, args.seconds, tmp)
+                if path != "/noop":
+                    ratios[f"{name}@{conc}"] = r["rps"] / base["rps"]
+                lines.append(f"| {name} | {conc} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p95']:.2f} | "
+                             f"{r['p99']:.2f} | {r['errors']} | {r['rps'] / base['rps']:.2f} |")
+                print(lines[-1], flush=True)
+    if args.check or args.record_ratios:
+        return check(ratios, args.record_ratios)
     lines += ["", "In-process (no HTTP, one thread): time to answer the AdmissionReview", "",
               "| workload | body | p50 ms | p99 ms |", "|---|---|---|---|"]
     for name, p50, p99 in in_process():
