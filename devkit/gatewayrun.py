@@ -61,7 +61,6 @@ class GatewayRun(EnvoyAdmin):
                     **{f"SDS_{k.upper()}": v if isinstance(v, str) else json.dumps(v) for k, v in settings.items()}})
         self.backend_port = backend_port
         self.agent = Proc([sys.executable, "-m", "gateway", "serve"], workdir / "gateway-agent.log", env)
-        self.agent_env = env
         config = workdir / "gateway-envoy.json"
         config.write_text(json.dumps(bootstrap(str(self.socket), admin_port=self.admin_port)))
         self.envoy = Proc([ENVOY, "-c", str(config), "--disable-hot-restart", "--concurrency", str(concurrency),

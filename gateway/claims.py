@@ -59,9 +59,6 @@ class Resolved:
     tenants: tuple[Claim, ...]  # each with only the hostnames it owns
     refusals: tuple[Refusal, ...]
 
-    def owner(self, hostname: str) -> Claim | None:
-        return next((t for t in self.tenants if hostname in t.hostnames), None)
-
 
 def hostname_problem(h: str) -> str | None:
     if len(h) > 253:

@@ -231,7 +231,7 @@ class _WildcardStream(_SotwStream):
         yield from self._respond_all()
 
     def _respond_all(self):
-        if not getattr(self.cache, "ready", True):
+        if not self.cache.ready:
             return  # answered at the store's first replace() (its change notice)
         self.dirty = False
         entries = [(n, self.cache.get(n)) for n in self.cache.names()]
@@ -289,7 +289,9 @@ class _AdsStream(_Stream):
                   type_url=logs.clip(req.type_url, 120))
             return
         if req.node.id:
-            self.node = sub.node = req.node.id
+            self.node = req.node.id
+        # Envoy names its node on the stream's first message only: every type's logs need it.
+        sub.node = self.node
         yield from sub.on_request(req)
 
     def on_change(self, item: tuple[str, str]):
