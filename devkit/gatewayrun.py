@@ -24,11 +24,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class EchoBackend:
-    """Every tenant's Service, on one loopback port: echoes what it gets."""
+    """Every tenant's Service, on one loopback port: echoes what it gets, after `greeting` (to
+    tell backends apart)."""
 
-    def __init__(self):
+    def __init__(self, greeting: bytes = b""):
         class Echo(socketserver.BaseRequestHandler):
             def handle(self):
+                if greeting:
+                    self.request.sendall(greeting)
                 while data := self.request.recv(65536):
                     self.request.sendall(data)
 

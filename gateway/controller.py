@@ -38,7 +38,7 @@ class Controller:
         self.published = False
         self.resolved = False
         self._chains: dict[Claim, object] = {}
-        self._clusters: dict[Claim, object] = {}
+        self._backends = envoy.backends(settings.gateway_max_connections)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._resolve_needed = False
@@ -105,7 +105,6 @@ class Controller:
         self.refusals = resolved.refusals
         live = set(wanted.values())
         self._chains = {t: c for t, c in self._chains.items() if t in live}
-        self._clusters = {t: c for t, c in self._clusters.items() if t in live}
 
     def _settling(self) -> bool:
         """True while a (re)started agent still waits for its tenants' first certificates. An
@@ -130,11 +129,11 @@ class Controller:
             return
         for t in served:
             if t not in self._chains:
-                self._chains[t] = envoy.chain(t, self.s.gateway_min_tls_version, tuple(self.s.gateway_ecdh_curves),
-                                              self.s.gateway_ocsp_staple_policy)
-                self._clusters[t] = envoy.cluster(t, self.s.gateway_backend, self.s.cluster_domain)
-        # Clusters first: on the one ADS stream Envoy then knows a chain's cluster before the chain.
-        self.stores[CLUSTER].replace({envoy.cluster_name(t): self._clusters[t] for t in served})
+                host = envoy.backend_host(t, self.s.gateway_backend, self.s.cluster_domain)
+                self._chains[t] = envoy.chain(t, host, self.s.gateway_min_tls_version,
+                                              tuple(self.s.gateway_ecdh_curves), self.s.gateway_ocsp_staple_policy)
+        # The cluster first: on the one ADS stream Envoy then knows it before the chains using it.
+        self.stores[CLUSTER].replace({envoy.BACKENDS: self._backends} if served else {})
         listeners = {envoy.LISTENER_NAME: envoy.listener([self._chains[t] for t in served], self.s.gateway_address,
                                                          self.s.gateway_port)} if served else {}
         self.stores[LISTENER].replace(listeners)

@@ -4,7 +4,14 @@ ADS, and the listener and clusters the agent serves for the current tenants.
 One listener, one filter chain per tenant matched by SNI (`server_names`), each with its own
 certificate by SDS; no default chain, so a name no tenant owns gets no certificate (the
 handshake is refused and counted as `no_filter_chain_match`). Each chain proxies to its tenant's
-own Service, in its own namespace: a claim cannot point the gateway anywhere else."""
+own Service, in its own namespace: a claim cannot point the gateway anywhere else.
+
+All chains share one backend cluster, a dynamic forward proxy whose host each chain fixes (a
+filter state set from our configuration, never from the client's SNI). A cluster per tenant cost
+Envoy more than the tenants' TLS contexts: measured with 5,000 tenants, static configuration,
+this machine: chains alone 1.5 s / 147 MB private, plus a DNS cluster each 3.9 s / 394 MB, with
+one shared forward-proxy cluster 2.0 s / 163 MB. The price: upstream counters are the shared
+cluster's, not per tenant (the per-tenant `tcp.<prefix>.*` counters stay)."""
 from __future__ import annotations
 
 from google.protobuf import json_format
@@ -12,8 +19,10 @@ from google.protobuf import json_format
 # Registers the typed_config types the listener and clusters name, for json_format.
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
-from envoy.extensions.clusters.dns.v3 import dns_cluster_pb2  # noqa: F401
+from envoy.extensions.clusters.dynamic_forward_proxy.v3 import cluster_pb2 as dfp_cluster_pb2  # noqa: F401
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
+from envoy.extensions.filters.network.set_filter_state.v3 import set_filter_state_pb2  # noqa: F401
+from envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3 import sni_dynamic_forward_proxy_pb2  # noqa: F401
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
 
@@ -22,15 +31,14 @@ from webhook import bootstrap as b
 from .claims import Claim
 
 LISTENER_NAME = "gateway"
+BACKENDS = "gateway-backends"
+# One backend host per tenant; Envoy's default (1,024) would refuse tenants beyond it.
+MAX_BACKEND_HOSTS = 100_000
 ADS = {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "0s"}
 
 
 def secret_name(t: Claim) -> str:
     return f"gateway:{t.namespace}/{t.name}"
-
-
-def cluster_name(t: Claim) -> str:
-    return f"gateway|{t.namespace}|{t.name}"
 
 
 def stat_prefix(t: Claim) -> str:
@@ -54,7 +62,23 @@ def bootstrap(agent_socket: str, admin_socket: str | None = None, admin_port: in
     }
 
 
-def chain(t: Claim, min_version: str = "TLSv1_2", curves: tuple[str, ...] = (),
+def dns_cache() -> dict:
+    """The backends' DNS cache; the cluster and every chain's resolving filter must name the same.
+    Re-resolved every 30 s while used, forgotten after 5 idle minutes."""
+    return {"name": BACKENDS, "dns_lookup_family": "V4_PREFERRED", "dns_refresh_rate": "30s",
+            "host_ttl": "300s", "max_hosts": MAX_BACKEND_HOSTS}
+
+
+def backend_host(t: Claim, backend: str, cluster_domain: str) -> str:
+    """`backend`: a template of the backend host, e.g. "{service}.{namespace}.svc.{domain}"."""
+    return backend.format(service=t.service, namespace=t.namespace, domain=cluster_domain)
+
+
+def _constant(key: str, value: str) -> dict:
+    return {"object_key": key, "format_string": {"text_format_source": {"inline_string": value}}}
+
+
+def chain(t: Claim, host: str, min_version: str = "TLSv1_2", curves: tuple[str, ...] = (),
           staple_policy: str = "LENIENT_STAPLING") -> listener_components_pb2.FilterChain:
     common = {"tls_params": {"tls_minimum_protocol_version": min_version,
                              "tls_maximum_protocol_version": "TLSv1_3"},
@@ -65,9 +89,21 @@ def chain(t: Claim, min_version: str = "TLSv1_2", curves: tuple[str, ...] = (),
         "name": f"{t.namespace}/{t.name}",
         "filter_chain_match": {"server_names": list(t.hostnames)},
         "transport_socket": b.downstream_tls(common, require_client_cert=False, staple_policy=staple_policy),
-        "filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-            "stat_prefix": stat_prefix(t), "cluster": cluster_name(t)}}],
+        "filters": [
+            # The upstream is this tenant's Service, set here: the resolving filter would use the
+            # client's SNI (anyone's hostname) if nothing were set.
+            {"name": "envoy.filters.network.set_filter_state", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config",
+                "on_new_connection": [_constant("envoy.upstream.dynamic_host", host),
+                                      _constant("envoy.upstream.dynamic_port", str(t.port))]}},
+            # Resolves before connecting (the cluster alone would fail a connection to a name not
+            # yet in its cache).
+            {"name": "envoy.filters.network.sni_dynamic_forward_proxy", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3.FilterConfig",
+                "dns_cache_config": dns_cache(), "port_value": t.port}},
+            {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                "stat_prefix": stat_prefix(t), "cluster": BACKENDS}}],
     }, listener_components_pb2.FilterChain())
 
 
@@ -86,18 +122,17 @@ def listener(chains: list[listener_components_pb2.FilterChain], address: str, po
     return out
 
 
-def cluster(t: Claim, backend: str, cluster_domain: str) -> cluster_pb2.Cluster:
-    """`backend`: a template of the backend host, e.g. "{service}.{namespace}.svc.{domain}"."""
-    host = backend.format(service=t.service, namespace=t.namespace, domain=cluster_domain)
+def backends(max_connections: int) -> cluster_pb2.Cluster:
+    """The one cluster every tenant's chain proxies through. Its circuit breakers are the
+    gateway's connection limit: Envoy's default of 1,024 would cap every tenant together."""
+    limits = {"max_connections": max_connections, "max_pending_requests": max_connections,
+              "max_requests": max_connections}
     return json_format.ParseDict({
-        "name": cluster_name(t),
-        # Thousands of tenants: re-resolve at the record's TTL, not every 5 s each; one endpoint
-        # for all of a name's addresses (what LOGICAL_DNS was).
-        "cluster_type": {"name": "envoy.cluster.dns", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.clusters.dns.v3.DnsCluster",
-            "dns_refresh_rate": "30s", "respect_dns_ttl": True, "all_addresses_in_single_endpoint": True,
-            "dns_lookup_family": "V4_PREFERRED"}},
+        "name": BACKENDS,
         "connect_timeout": "2s",
-        "load_assignment": {"cluster_name": cluster_name(t), "endpoints": [{"lb_endpoints": [{"endpoint": {
-            "address": {"socket_address": {"address": host, "port_value": t.port}}}}]}]},
+        "lb_policy": "CLUSTER_PROVIDED",
+        "cluster_type": {"name": "envoy.clusters.dynamic_forward_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig",
+            "dns_cache_config": dns_cache()}},
+        "circuit_breakers": {"thresholds": [limits]},
     }, cluster_pb2.Cluster())

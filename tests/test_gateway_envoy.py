@@ -156,6 +156,32 @@ def test_rotating_one_tenant_touches_no_other(tmp_path):
         backend.stop()
 
 
+def test_each_tenant_reaches_the_backend_its_claim_names_not_its_sni(tmp_path):
+    """All tenants share one forward-proxy cluster; the upstream of each chain is fixed from its
+    claim. Were it not, the resolving filter would take the client's SNI as the upstream host:
+    any client could steer the gateway's connections. Here the SNIs resolve nowhere, so only the
+    claim's backend answers (fails with the chain's dynamic_host/port filter state removed)."""
+    backends = {name: EchoBackend(greeting=f"I am {name}\n".encode()) for name in ("a", "b")}
+    claims = [{"apiVersion": "v1", "kind": "ConfigMap", "immutable": True, "metadata": {
+        "name": "site", "namespace": name, "creationTimestamp": "2026-01-01T00:00:00Z", "labels": CLAIM_LABELS},
+        "data": claim([f"{name}.example.com", f"*.{name}.example.com"], backend.port)} for name, backend in backends.items()]
+    (tmp_path / "claims.yaml").write_text(json.dumps({"kind": "List", "items": claims}))
+    gw = GatewayRun(tmp_path, backends["a"].port, source="local-ca", claims_file=str(tmp_path / "claims.yaml"),
+                    debounce_seconds="0.05").start()
+    try:
+        for name in ("a", "b"):
+            gw.wait_served(f"{name}.example.com")
+            for sni in (f"{name}.example.com", f"localhost.{name}.example.com"):
+                with gw.connect(sni) as conn:
+                    assert conn.recv(64) == f"I am {name}\n".encode(), sni
+                    conn.sendall(b"ping")
+                    assert conn.recv(64) == b"ping"
+    finally:
+        gw.stop()
+        for b in backends.values():
+            b.stop()
+
+
 @pytest.mark.vault_real
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not found")
 def test_tenants_certificates_from_openbao(tmp_path, openbao):
