@@ -226,6 +226,10 @@ def test_gateway_renders_strictly_and_passes_pod_security_restricted(extra):
     cm = objs[("ConfigMap", "rel-sds-injector-gateway-envoy")]
     assert yaml.safe_load(cm["data"]["bootstrap.yaml"]) == bootstrap(
         "/var/run/sds/sds.sock", "/var/run/sds-admin/admin.sock", max_connections=50000)
+    # One connection budget: the backends cluster's circuit breakers (the agent's setting) are
+    # Envoy's downstream limit, not Envoy's default of 1,024 for every tenant together.
+    agent_env = {e["name"]: e.get("value") for c in gw["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}
+    assert agent_env["SDS_GATEWAY_MAX_CONNECTIONS"] == "50000"
     # Least privilege: claims and namespace labels, read-only; no Secret anywhere.
     role = objs[("ClusterRole", "rel-sds-injector-gateway")]
     assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps", "namespaces"],
