@@ -28,8 +28,12 @@ class EchoBackend:
     tell backends apart)."""
 
     def __init__(self, greeting: bytes = b""):
+        self.accepted = 0
+        backend = self
+
         class Echo(socketserver.BaseRequestHandler):
             def handle(self):
+                backend.accepted += 1
                 if greeting:
                     self.request.sendall(greeting)
                 while data := self.request.recv(65536):

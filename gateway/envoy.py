@@ -42,7 +42,8 @@ def secret_name(t: Claim) -> str:
 
 
 def stat_prefix(t: Claim) -> str:
-    # Per-tenant counters: tcp.<prefix>.downstream_cx_total counts completed handshakes.
+    # Per-tenant counters: tcp.<prefix>.downstream_cx_total counts connections whose SNI chose
+    # this tenant (handshakes completed or not; failures are the listener's ssl.connection_error).
     return f"gw_{t.namespace}_{t.name}".replace(".", "_")
 
 
@@ -101,9 +102,12 @@ def chain(t: Claim, host: str, min_version: str = "TLSv1_2", curves: tuple[str, 
             {"name": "envoy.filters.network.sni_dynamic_forward_proxy", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3.FilterConfig",
                 "dns_cache_config": dns_cache(), "port_value": t.port}},
+            # The backend is dialled only once the client has finished its handshake: a bare
+            # ClientHello naming a tenant does not make the gateway open connections to it.
             {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-                "stat_prefix": stat_prefix(t), "cluster": BACKENDS}}],
+                "stat_prefix": stat_prefix(t), "cluster": BACKENDS,
+                "upstream_connect_mode": "ON_DOWNSTREAM_TLS_HANDSHAKE", "max_early_data_bytes": 0}}],
     }, listener_components_pb2.FilterChain())
 
 

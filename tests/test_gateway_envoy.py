@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
+import ssl
 import subprocess
 import time
 
@@ -160,7 +162,8 @@ def test_each_tenant_reaches_the_backend_its_claim_names_not_its_sni(tmp_path):
     """All tenants share one forward-proxy cluster; the upstream of each chain is fixed from its
     claim. Were it not, the resolving filter would take the client's SNI as the upstream host:
     any client could steer the gateway's connections. Here the SNIs resolve nowhere, so only the
-    claim's backend answers (fails with the chain's dynamic_host/port filter state removed)."""
+    claim's backend answers (fails with the chain's dynamic_host/port filter state removed). And
+    a failed handshake dials no backend (fails with tcp_proxy's upstream_connect_mode IMMEDIATE)."""
     backends = {name: EchoBackend(greeting=f"I am {name}\n".encode()) for name in ("a", "b")}
     claims = [{"apiVersion": "v1", "kind": "ConfigMap", "immutable": True, "metadata": {
         "name": "site", "namespace": name, "creationTimestamp": "2026-01-01T00:00:00Z", "labels": CLAIM_LABELS},
@@ -176,6 +179,17 @@ def test_each_tenant_reaches_the_backend_its_claim_names_not_its_sni(tmp_path):
                     assert conn.recv(64) == f"I am {name}\n".encode(), sni
                     conn.sendall(b"ping")
                     assert conn.recv(64) == b"ping"
+        # A client that sends a tenant's SNI but never completes the handshake (here: it does not
+        # trust the certificate) makes the gateway open no connection to that tenant's backend.
+        before = backends["a"].accepted
+        refusing = ssl.create_default_context()  # trusts nothing the gateway presents
+        for _ in range(5):
+            with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as raw:
+                with pytest.raises(ssl.SSLCertVerificationError):
+                    refusing.wrap_socket(raw, server_hostname="a.example.com")
+        harness.wait_for(lambda: gw.stat_matching("ssl.connection_error") >= 5, 5, what="the refused handshakes seen")
+        time.sleep(0.3)
+        assert backends["a"].accepted == before
     finally:
         gw.stop()
         for b in backends.values():
