@@ -39,6 +39,8 @@ class Controller:
         self.resolved = False
         self._chains: dict[Claim, object] = {}
         self._backends = envoy.backends(settings.gateway_max_connections)
+        self._make_chain = envoy.Chains(settings.gateway_min_tls_version, tuple(settings.gateway_ecdh_curves),
+                                        settings.gateway_ocsp_staple_policy)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._resolve_needed = False
@@ -130,8 +132,7 @@ class Controller:
         for t in served:
             if t not in self._chains:
                 host = envoy.backend_host(t, self.s.gateway_backend, self.s.cluster_domain)
-                self._chains[t] = envoy.chain(t, host, self.s.gateway_min_tls_version,
-                                              tuple(self.s.gateway_ecdh_curves), self.s.gateway_ocsp_staple_policy)
+                self._chains[t] = self._make_chain(t, host)
         # The cluster first: on the one ADS stream Envoy then knows it before the chains using it.
         self.stores[CLUSTER].replace({envoy.BACKENDS: self._backends} if served else {})
         listeners = {envoy.LISTENER_NAME: envoy.listener([self._chains[t] for t in served], self.s.gateway_address,

@@ -21,10 +21,10 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.clusters.dynamic_forward_proxy.v3 import cluster_pb2 as dfp_cluster_pb2  # noqa: F401
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
-from envoy.extensions.filters.network.set_filter_state.v3 import set_filter_state_pb2  # noqa: F401
-from envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3 import sni_dynamic_forward_proxy_pb2  # noqa: F401
-from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
+from envoy.extensions.filters.network.set_filter_state.v3 import set_filter_state_pb2
+from envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3 import sni_dynamic_forward_proxy_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from webhook import bootstrap as b
 
@@ -79,14 +79,15 @@ def _constant(key: str, value: str) -> dict:
     return {"object_key": key, "format_string": {"text_format_source": {"inline_string": value}}}
 
 
-def chain(t: Claim, host: str, min_version: str = "TLSv1_2", curves: tuple[str, ...] = (),
-          staple_policy: str = "LENIENT_STAPLING") -> listener_components_pb2.FilterChain:
+def chain_spec(t: Claim, host: str, min_version: str = "TLSv1_2", curves: tuple[str, ...] = (),
+               staple_policy: str = "LENIENT_STAPLING") -> dict:
+    """A tenant's filter chain, as Envoy's JSON. `Chains` builds the same protobuf faster."""
     common = {"tls_params": {"tls_minimum_protocol_version": min_version,
                              "tls_maximum_protocol_version": "TLSv1_3"},
               "tls_certificate_sds_secret_configs": [{"name": secret_name(t), "sds_config": ADS}]}
     if curves:
         common["tls_params"]["ecdh_curves"] = list(curves)
-    return json_format.ParseDict({
+    return {
         "name": f"{t.namespace}/{t.name}",
         "filter_chain_match": {"server_names": list(t.hostnames)},
         "transport_socket": b.downstream_tls(common, require_client_cert=False, staple_policy=staple_policy),
@@ -108,11 +109,54 @@ def chain(t: Claim, host: str, min_version: str = "TLSv1_2", curves: tuple[str, 
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
                 "stat_prefix": stat_prefix(t), "cluster": BACKENDS,
                 "upstream_connect_mode": "ON_DOWNSTREAM_TLS_HANDSHAKE", "max_early_data_bytes": 0}}],
-    }, listener_components_pb2.FilterChain())
+    }
+
+
+class Chains:
+    """Builds tenants' chains from one parsed `chain_spec`, filling in only what differs per
+    tenant: parsing the JSON form for each of 10,000 tenants took a third of the gateway agent's
+    CPU while it issued their certificates. tests/test_gateway_units.py holds the two forms equal."""
+
+    def __init__(self, min_version: str = "TLSv1_2", curves: tuple[str, ...] = (),
+                 staple_policy: str = "LENIENT_STAPLING"):
+        blank = Claim("ns", "name", "", ("host.example",), "svc", 1, "", "")
+        self._base = json_format.ParseDict(chain_spec(blank, "host", min_version, curves, staple_policy),
+                                           listener_components_pb2.FilterChain())
+        self._tls = tls_pb2.DownstreamTlsContext()
+        self._base.transport_socket.typed_config.Unpack(self._tls)
+        self._state, self._resolve, self._proxy = (
+            cls() for cls in (set_filter_state_pb2.Config, sni_dynamic_forward_proxy_pb2.FilterConfig,
+                              tcp_proxy_pb2.TcpProxy))
+        for f, msg in zip(self._base.filters, (self._state, self._resolve, self._proxy)):
+            f.typed_config.Unpack(msg)
+        del self._base.filter_chain_match.server_names[:]
+
+    def __call__(self, t: Claim, host: str) -> listener_components_pb2.FilterChain:
+        out = listener_components_pb2.FilterChain()
+        out.CopyFrom(self._base)
+        out.name = f"{t.namespace}/{t.name}"
+        out.filter_chain_match.server_names.extend(t.hostnames)
+        tls = tls_pb2.DownstreamTlsContext()
+        tls.CopyFrom(self._tls)
+        tls.common_tls_context.tls_certificate_sds_secret_configs[0].name = secret_name(t)
+        out.transport_socket.typed_config.Pack(tls)
+        state = set_filter_state_pb2.Config()
+        state.CopyFrom(self._state)
+        state.on_new_connection[0].format_string.text_format_source.inline_string = host
+        state.on_new_connection[1].format_string.text_format_source.inline_string = str(t.port)
+        resolve = sni_dynamic_forward_proxy_pb2.FilterConfig()
+        resolve.CopyFrom(self._resolve)
+        resolve.port_value = t.port
+        proxy = tcp_proxy_pb2.TcpProxy()
+        proxy.CopyFrom(self._proxy)
+        proxy.stat_prefix = stat_prefix(t)
+        for f, msg in zip(out.filters, (state, resolve, proxy)):
+            f.typed_config.Pack(msg)
+        return out
 
 
 def listener(chains: list[listener_components_pb2.FilterChain], address: str, port: int) -> listener_pb2.Listener:
-    """`chains`: built by `chain`, once per tenant (parsing 10,000 of them on every change would
+    """`chains`: built by `Chains`, once per tenant (parsing 10,000 of them on every change would
     cost seconds); sorted by name so the same tenants always make the same listener."""
     out = json_format.ParseDict({
         "name": LISTENER_NAME,
