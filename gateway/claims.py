@@ -137,31 +137,47 @@ def parse(cm: dict, cfg: InjectorConfig) -> Claim | Refusal:
     return Claim(ns, name, str(meta.get("creationTimestamp") or ""), hosts, service, int(port), env, bl)
 
 
-def _policy_refusal(c: Claim, cfg: InjectorConfig, labels: dict | None) -> Refusal | None:
+def _within_policy(c: Claim, cfg: InjectorConfig, labels: dict | None) -> tuple[Claim | None, list[Refusal]]:
+    """The claim with only the hostnames its namespace may claim (None: nothing left, or the
+    environment or business line refused), and the refusals."""
+    def refuse(reason: str, message: str) -> tuple[None, list[Refusal]]:
+        return None, [Refusal(c.namespace, c.name, reason, f"gateway claim {c.key}: {message}")]
+
     if c.namespace in cfg.system_namespaces:
-        return Refusal(c.namespace, c.name, "system_namespace", f"gateway claim {c.key}: namespace "
-                       f"{c.namespace!r} is a system namespace")
+        return refuse("system_namespace", f"namespace {c.namespace!r} is a system namespace")
     asked = f"asked for env={c.env}, business-line={c.business_line or '-'}"
     try:
         i, rule = governing_rule(c.namespace, cfg.namespace_policy, labels, asked)
     except Denied as d:
-        return Refusal(c.namespace, c.name, d.reason, f"gateway claim {c.key}: {d.message}")
-    problems = origin_problems(rule, c.env, c.business_line or None)
+        return refuse(d.reason, d.message)
+    problems = origin_problems(rule, c.env, c.business_line)
     if problems:
-        return Refusal(c.namespace, c.name, "policy", f"gateway claim {c.key}: namespace {c.namespace!r} may not "
-                       f"use {'; '.join(problems)} (namespacePolicy.rules[{i}])")
-    return None
+        return refuse("policy", f"namespace {c.namespace!r} may not use {'; '.join(problems)} "
+                      f"(namespacePolicy.rules[{i}])")
+    allowed = tuple(h for h in c.hostnames if rule.allows_hostname(h))
+    refusals = [Refusal(c.namespace, c.name, "hostname_not_allowed",
+                        f"gateway claim {c.key}: hostname {h!r} is not one namespace {c.namespace!r} may claim "
+                        f"(gatewayHostnames: {', '.join(rule.gateway_hostnames) or 'none'}, namespacePolicy.rules[{i}]); "
+                        f"it is not served") for h in c.hostnames if h not in allowed]
+    if not allowed:
+        return None, refusals
+    return Claim(c.namespace, c.name, c.created, allowed, c.service, c.port, c.env, c.business_line), refusals
 
 
 def resolve(objects: list[dict], cfg: InjectorConfig, labels_of: Callable[[str], dict | None]) -> Resolved:
     """Every claim ConfigMap → the tenants (each with the hostnames it owns) and the refusals.
-    Claims the policy refuses own nothing, so they cannot block a tenant that may have the name."""
+    Claims (and hostnames) the policy refuses own nothing, so they cannot block a tenant that may
+    have the name."""
     claims, refusals = [], []
     for cm in objects:
         parsed = parse(cm, cfg)
-        if isinstance(parsed, Claim):
-            parsed = _policy_refusal(parsed, cfg, labels_of(parsed.namespace)) or parsed
-        (claims if isinstance(parsed, Claim) else refusals).append(parsed)
+        if isinstance(parsed, Refusal):
+            refusals.append(parsed)
+            continue
+        claim, refused = _within_policy(parsed, cfg, labels_of(parsed.namespace))
+        refusals.extend(refused)
+        if claim is not None:
+            claims.append(claim)
     owners = _Owners()
     tenants = []
     for c in sorted(claims, key=lambda c: (c.created, c.namespace, c.name)):

@@ -120,3 +120,59 @@ def test_ten_thousand_tenants_with_wildcards_do_not_collide():
     r = resolve(objs, CFG, labels)
     assert len(r.tenants) == 10_000
     assert [(f.namespace, f.reason) for f in r.refusals] == [("shop-late", "hostname_taken")]
+
+
+# The policy also says which hostnames a namespace may claim: without it, whoever claims a name
+# first owns it, so any namespace could take a bank's hostname before the bank does.
+CFG_HOSTS = InjectorConfig.model_validate({"namespacePolicy": {"rules": [
+    {"namespaces": ["bank-*"], "environments": ["prod"], "gatewayHostnames": ["bank.example.com", "*.bank.example.com"]},
+    {"namespaces": ["shop-*"], "environments": ["dev"], "gatewayHostnames": ["*.shop.example.com"]},
+    {"namespaces": ["*"], "environments": ["dev"], "gatewayHostnames": []},
+]}})
+
+
+@pytest.mark.parametrize("claims, owned, refused", [
+    # an earlier claim of another namespace's hostname owns nothing: the bank keeps its name
+    ([cm("shop-evil", "c", "login.bank.example.com", T1, env="dev"), cm("bank-1", "c", "login.bank.example.com", T2, env="prod")],
+     {"login.bank.example.com": "bank-1/c"}, {("shop-evil", "c"): "'login.bank.example.com' is not one namespace 'shop-evil' may claim"}),
+    # exact and below: the name itself, any depth below, wildcards below
+    ([cm("bank-1", "c", "bank.example.com,a.b.bank.example.com,*.bank.example.com", env="prod")],
+     {"bank.example.com": "bank-1/c", "a.b.bank.example.com": "bank-1/c", "*.bank.example.com": "bank-1/c"}, {}),
+    # a suffix is not a parent: evilbank.example.com is not below bank.example.com
+    ([cm("bank-1", "c", "evilbank.example.com", env="prod")], {}, {("bank-1", "c"): "'evilbank.example.com' is not one"}),
+    # "*.shop.example.com" allows what is below it, not shop.example.com itself
+    ([cm("shop-a", "c", "shop.example.com", env="dev")], {}, {("shop-a", "c"): "gatewayHostnames: *.shop.example.com"}),
+    # partly allowed: the allowed hostnames are served, the others refused by name
+    ([cm("shop-a", "c", "a.shop.example.com,a.bank.example.com", env="dev")], {"a.shop.example.com": "shop-a/c"},
+     {("shop-a", "c"): "'a.bank.example.com' is not one"}),
+    # an empty list: the namespace may claim nothing
+    ([cm("team-x", "c", "x.example.com", env="dev")], {}, {("team-x", "c"): "gatewayHostnames: none"}),
+])
+def test_hostnames_the_policy_allows(claims, owned, refused):
+    r = resolve(claims, CFG_HOSTS, labels)
+    got = {h: t.key for t in r.tenants for h in t.hostnames}
+    refusals = {(f.namespace, f.name): f for f in r.refusals}
+    assert got == owned
+    assert set(refusals) == set(refused), {k: v.message for k, v in refusals.items()}
+    for key, text in refused.items():
+        assert text in refusals[key].message, refusals[key].message
+        assert refusals[key].reason == "hostname_not_allowed"
+
+
+@pytest.mark.parametrize("pattern", ["Shop.example.com", "*.*.example.com", "a.*.example.com", "*example.com",
+                                     "example", "*.", "10.0.0.1/8", ""])
+def test_bad_hostname_patterns_are_refused_at_load(pattern):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="gatewayHostnames"):
+        InjectorConfig.model_validate({"namespacePolicy": {"rules": [
+            {"namespaces": ["*"], "gatewayHostnames": [pattern]}]}})
+
+
+def test_granting_gateway_hostnames_does_not_redo_every_pod():
+    """The config revision marks what injection depends on; gateway hostnames are not part of it."""
+    def cfg(**rule):
+        return InjectorConfig.model_validate({"namespacePolicy": {"rules": [{"namespaces": ["*"], **rule}]}})
+
+    assert cfg(gatewayHostnames=["*.shop.example.com"]).revision == cfg().revision
+    assert cfg(environments=["dev"]).revision != cfg().revision

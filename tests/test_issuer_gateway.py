@@ -101,3 +101,36 @@ def test_refusals_are_audited(world):
     records = [json.loads(x) for x in issuer.audit_file.read_text().splitlines()]
     reasons = {r["reason"] for r in records if r["decision"] == "refused" and "tenant" in r}
     assert {"not_a_gateway", "no_such_tenant"} <= reasons
+
+
+def test_a_namespace_cannot_take_a_hostname_its_policy_does_not_grant(tmp_path):
+    """shop-prod claims the bank's login hostname a month before the bank does. With the bank's
+    domain granted only to bank-prod (gatewayHostnames), the issuer signs it for the bank and
+    refuses shop-prod, whatever the gateway asks (fails with the hostname check removed: the
+    earlier claim would own the name)."""
+    import yaml
+
+    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg["namespacePolicy"]["rules"][:0] = [
+        {"namespaces": ["bank-prod"], "environments": ["prod"], "gatewayHostnames": ["*.bank.example.com"]},
+        {"namespaces": ["shop-prod"], "environments": ["prod"], "gatewayHostnames": ["*.shop.example.com"]}]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    kube = KubeAPI().start()
+    kube.add_configmap("shop-prod", "site", claim(["login.bank.example.com"], 8080, env="prod"),
+                       labels=CLAIM_LABELS, created="2026-01-01T00:00:00Z")
+    kube.add_configmap("bank-prod", "site", claim(["login.bank.example.com"], 8080, env="prod"),
+                       labels=CLAIM_LABELS, created="2026-02-01T00:00:00Z")
+    issuer = IssuerRun(tmp_path, kube, tmp_path / "config.yaml", verifier="jwks",
+                       gateway_identities=json.dumps(["sds-gateway/gateway"])).start()
+    try:
+        token = kube.mint(kube.add_pod("sds-gateway", "gw-1", "gateway"))
+        status, out = ask(issuer, token, "shop-prod/site")
+        assert (status, out["reason"]) == (403, "no_such_tenant"), out
+        status, out = ask(issuer, token, "bank-prod/site")
+        assert status == 200, out
+        leaf = x509.load_pem_x509_certificates(out["certificate_chain"].encode())[0]
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.DNSName) == ["login.bank.example.com"]
+    finally:
+        issuer.stop()
+        kube.stop()

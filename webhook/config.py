@@ -3,6 +3,7 @@ plus WEBHOOK_* environment variables for the server itself. Re-read when the fil
 from __future__ import annotations
 
 import fnmatch
+import re
 from functools import cached_property
 import hashlib
 import os
@@ -56,6 +57,9 @@ class LabelSelector(Strict):
         return all(labels.get(k) == v for k, v in self.match_labels.items())
 
 
+_HOSTNAME_PATTERN = re.compile(r"^(\*\.)?([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
 class PolicyRule(Strict):
     """Which namespaces (names, globs allowed, or a label selector) may use what."""
 
@@ -68,12 +72,23 @@ class PolicyRule(Strict):
     certificate_prefixes: list[str] = Field(default_factory=list, alias="certificatePrefixes")
     certificates: list[str] = Field(default_factory=list)
     trust_bundles: list[str] = Field(default_factory=list, alias="trustBundles")
+    # Gateway hostnames these namespaces may claim (docs/gateway.md): "shop.example.com", or
+    # "*.shop.example.com" for every name below it (wildcard claims included), or "*" for any.
+    # Without it, the first namespace to claim a name owns it, whoever that is.
+    gateway_hostnames: list[str] = Field(default_factory=lambda: ["*"], alias="gatewayHostnames")
 
     @model_validator(mode="after")
     def _has_target(self):
         if not self.namespaces and self.namespace_selector is None:
             raise ValueError("a policy rule needs namespaces or namespaceSelector")
+        bad = [p for p in self.gateway_hostnames if p != "*" and not _HOSTNAME_PATTERN.match(p)]
+        if bad:
+            raise ValueError(f"gatewayHostnames {bad}: each is a lowercase DNS name, '*.' and a DNS name, or '*'")
         return self
+
+    def allows_hostname(self, hostname: str) -> bool:
+        return any(p == "*" or p == hostname or (p.startswith("*.") and hostname.endswith(p[1:]))
+                   for p in self.gateway_hostnames)
 
     def matches(self, namespace: str, labels: dict[str, str] | None) -> bool:
         if any(fnmatch.fnmatchcase(namespace, p) for p in self.namespaces):
@@ -198,8 +213,10 @@ class InjectorConfig(Strict):
 
     @cached_property  # the config is frozen; hashing its dump on every admission would dominate
     def revision(self) -> str:
-        """Identifies what this config injects: a pod injected under another revision is redone."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+        """Identifies what this config injects: a pod injected under another revision is redone.
+        Gateway hostnames inject nothing: granting one must not redo every pod."""
+        dump = self.model_dump_json(exclude={"namespace_policy": {"rules": {"__all__": {"gateway_hostnames"}}}})
+        return hashlib.sha256(dump.encode()).hexdigest()[:12]
 
 
 def with_issuer_ca(cfg: InjectorConfig, pem: str) -> InjectorConfig:
