@@ -26,6 +26,7 @@ TENANTS = Gauge("sds_gateway_tenants", "Tenants by state: served by Envoy, or wa
                 ["state"])
 REFUSED = Gauge("sds_gateway_refused_claims", "Claims (or hostnames of claims) refused, by reason", ["reason"])
 MAX_REPORTED = 100
+CONFIG_CHECK_SECONDS = 1.0
 
 
 class Controller:
@@ -46,16 +47,19 @@ class Controller:
         self._resolve_needed = False
         self._settle_by: float | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        self._config_timer: asyncio.TimerHandle | None = None
+        self._resolved_with = None  # the injector config of the last resolution
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._settle_by = self._loop.time() + self.s.settle_seconds
         self.renewer.on_stored = self._stored
         self.feed.start(self.claims_changed)
+        self._config_timer = self._loop.call_later(CONFIG_CHECK_SECONDS, self._config_check)
 
     def stop(self) -> None:
         self.feed.stop()
-        for timer in (self._timer, self._deadline):
+        for timer in (self._timer, self._deadline, self._config_timer):
             if timer:
                 timer.cancel()
 
@@ -63,6 +67,13 @@ class Controller:
     def claims_changed(self) -> None:
         """Any thread (the informers call it from theirs)."""
         self._loop.call_soon_threadsafe(self._schedule, True)
+
+    def _config_check(self) -> None:
+        """A policy change (a hostname grant revoked, an environment withdrawn) applies without
+        waiting for a claim to change: the config store re-reads its file when it changed."""
+        if self.resolved and self.config() is not self._resolved_with:
+            self._schedule(True)
+        self._config_timer = self._loop.call_later(CONFIG_CHECK_SECONDS, self._config_check)
 
     def _stored(self, name: str) -> None:
         if name in self.tenants:
@@ -78,7 +89,8 @@ class Controller:
         try:
             if self._resolve_needed and self.feed.synced:
                 self._resolve_needed = False
-                self.apply(resolve(self.feed.objects(), self.config(), self.feed.labels_of))
+                self._resolved_with = self.config()
+                self.apply(resolve(self.feed.objects(), self._resolved_with, self.feed.labels_of))
             self.publish()
         except Exception:  # a bug here must not stop later updates; Envoy keeps what it has
             log.exception("gateway update failed; retrying")

@@ -196,6 +196,40 @@ def test_each_tenant_reaches_the_backend_its_claim_names_not_its_sni(tmp_path):
             b.stop()
 
 
+def test_a_revoked_hostname_grant_stops_being_served_without_a_claim_change(tmp_path):
+    """The operator withdraws b's domain from the namespace policy: b's hostname is no longer
+    served (the claim itself unchanged), a is untouched, Envoy is the same process."""
+    import yaml
+
+    def policy(b_hosts):
+        return {"namespacePolicy": {"rules": [
+            {"namespaces": ["a"], "environments": ["dev"], "gatewayHostnames": ["*.a.example.com"]},
+            {"namespaces": ["b"], "environments": ["dev"], "gatewayHostnames": b_hosts}]}}
+
+    config = tmp_path / "injector.yaml"
+    config.write_text(yaml.safe_dump(policy(["*.b.example.com"])))
+    backend = EchoBackend()
+    claims = [{"apiVersion": "v1", "kind": "ConfigMap", "immutable": True, "metadata": {
+        "name": "site", "namespace": ns, "creationTimestamp": "2026-01-01T00:00:00Z", "labels": CLAIM_LABELS},
+        "data": claim([f"www.{ns}.example.com"], backend.port)} for ns in ("a", "b")]
+    (tmp_path / "claims.yaml").write_text(json.dumps({"kind": "List", "items": claims}))
+    gw = GatewayRun(tmp_path, backend.port, source="local-ca", claims_file=str(tmp_path / "claims.yaml"),
+                    injector_config_file=str(config), debounce_seconds="0.05").start()
+    try:
+        a = gw.wait_served("www.a.example.com").serial_number
+        gw.wait_served("www.b.example.com")
+        pid = gw.envoy.p.pid
+        config.write_text(yaml.safe_dump(policy([])))
+        harness.wait_for(lambda: gw.served("www.b.example.com") is None, 15, 0.1, what="b no longer served")
+        assert gw.handshake("www.a.example.com").serial_number == a
+        assert gw.envoy.p.pid == pid and gw.envoy.p.poll() is None
+        refused = {r["claim"]: r["reason"] for r in gw.status()["refused"]}
+        assert refused == {"b/site": "hostname_not_allowed"}
+    finally:
+        gw.stop()
+        backend.stop()
+
+
 @pytest.mark.vault_real
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not found")
 def test_tenants_certificates_from_openbao(tmp_path, openbao):
