@@ -318,3 +318,48 @@ def test_sign_with_a_default_role_carries_the_spiffe_id_and_service_names(bao):
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://cluster.local/ns/shop/sa/web"]
     assert {"web", "web.shop", "web.shop.svc", "web.shop.svc.cluster.local"} <= set(san.get_values_for_type(x509.DNSName))
+
+
+def test_restarted_watches_do_not_postpone_the_poll(bao, ca):
+    """Gateway tenants coming and going restart a source's change watch (Renewer._refollow).
+    Restarted more often than it polls, a watch that started its wait anew each time never
+    polled: a new KV version went unnoticed for as long as the churn lasted. The schedule (and a
+    round under way) belong to the source, not to one watch."""
+    import contextlib
+
+    from tests.conftest import remember_key
+    from devkit.harness import issue
+
+    b = bao()
+    kv = b.client().secrets.kv.v2
+    first, second = issue(ca), issue(ca)
+    for p in (first, second):
+        remember_key(p.key_pem)
+
+    def put(p):
+        kv.create_or_update_secret("shop/web-cert", {"certificate": p.chain_pem.decode(),
+                                                     "private_key": p.key_pem.decode()}, mount_point="secret")
+    put(first)
+    s = settings(b, b.token(["secret/data/shop/*", "secret/metadata/shop/*"]), vault_mode="kv",
+                 vault_poll_seconds=1.0)
+    src = VaultSource(s)
+
+    async def scenario():
+        await src.fetch(CERT)
+        put(second)
+        seen: list[str] = []
+
+        async def watch():
+            async for name in src.changes([CERT]):
+                seen.append(name)
+
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not seen:
+            task = asyncio.create_task(watch())
+            await asyncio.sleep(0.3)  # a tenant came or went: the renewer restarts the watch
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert seen == [CERT.name], "the new version was not noticed while the watch was being restarted"
+
+    asyncio.run(scenario())

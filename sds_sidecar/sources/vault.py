@@ -47,6 +47,10 @@ class VaultSource(Source):
         self._issuers: dict[str, tuple[list[str], float]] = {}  # mount -> (issuer refs, listed at)
         self._chains: dict[str, str] = {}  # mount -> CA chain last read
         self._outage = asyncio.Event()
+        # The poll's schedule and a round under way outlive one change watch: the renewer restarts
+        # the watch whenever gateway tenants come or go, and must not postpone the poll doing so.
+        self._next_poll: float | None = None
+        self._round: asyncio.Future | None = None
 
     def issues(self, spec: SecretSpec) -> bool:
         return self.s.vault_mode == "pki" and spec.kind == material.TLS_CERTIFICATE
@@ -299,10 +303,11 @@ class VaultSource(Source):
 
         specs = list(specs)
         poll = self.s.vault_poll_seconds
-        # Agents started together (a scale-out) must not poll together: a random phase, then ±10 %.
-        next_poll = time.monotonic() + random.uniform(0.5, 1.0) * poll
+        if self._next_poll is None:
+            # Agents started together (a scale-out) must not poll together: a random phase, then ±10 %.
+            self._next_poll = time.monotonic() + random.uniform(0.5, 1.0) * poll
         while True:
-            wait = max(0.0, next_poll - time.monotonic())
+            wait = 0.0 if self._round is not None else max(0.0, self._next_poll - time.monotonic())
             if self.pending:
                 wait = min(wait, PROBE_SECONDS)
             try:
@@ -313,9 +318,18 @@ class VaultSource(Source):
             if self.pending and await asyncio.to_thread(self.vault.any_healthy):
                 for name in sorted(self.pending):
                     yield name
-            if time.monotonic() >= next_poll:
-                next_poll = time.monotonic() + poll * random.uniform(0.9, 1.1)
-                for name in await asyncio.to_thread(self._poll, specs):
+            if self._round is None and time.monotonic() >= self._next_poll:
+                self._next_poll = time.monotonic() + poll * random.uniform(0.9, 1.1)
+                self._round = asyncio.ensure_future(asyncio.to_thread(self._poll, specs))
+            if self._round is not None:
+                # Shielded: a watch restarted mid-round leaves the round running for the next.
+                round_ = self._round
+                try:
+                    changed = await asyncio.shield(round_)
+                finally:
+                    if round_.done():  # finished, or failed: the next watch starts a new one
+                        self._round = None
+                for name in changed:
                     yield name
 
     def _kv_changed(self, name: str) -> bool:
