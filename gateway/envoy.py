@@ -65,9 +65,12 @@ def bootstrap(agent_socket: str, admin_socket: str | None = None, admin_port: in
 
 def dns_cache() -> dict:
     """The backends' DNS cache; the cluster and every chain's resolving filter must name the same.
-    Re-resolved every 30 s while used, forgotten after 5 idle minutes."""
+    Re-resolved every 30 s while used, forgotten after 5 idle minutes. Lookups in flight are not
+    capped at Envoy's 1,024: a restarted gateway taking traffic for thousands of tenants at once
+    resolves them all together."""
     return {"name": BACKENDS, "dns_lookup_family": "V4_PREFERRED", "dns_refresh_rate": "30s",
-            "host_ttl": "300s", "max_hosts": MAX_BACKEND_HOSTS}
+            "host_ttl": "300s", "max_hosts": MAX_BACKEND_HOSTS,
+            "dns_cache_circuit_breaker": {"max_pending_requests": MAX_BACKEND_HOSTS}}
 
 
 def backend_host(t: Claim, backend: str, cluster_domain: str) -> str:
