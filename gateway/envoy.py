@@ -1,5 +1,5 @@
 """What the gateway's Envoy is told: a bootstrap that takes everything else from the agent over
-ADS, and the listener and clusters the agent serves for the current tenants.
+ADS, and the listener and the backends cluster the agent serves for the current tenants.
 
 One listener, one filter chain per tenant matched by SNI (`server_names`), each with its own
 certificate by SDS; no default chain, so a name no tenant owns gets no certificate (the
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from google.protobuf import json_format
 
-# Registers the typed_config types the listener and clusters name, for json_format.
+# Registers the typed_config types the listener and the cluster name, for json_format.
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.clusters.dynamic_forward_proxy.v3 import cluster_pb2 as dfp_cluster_pb2  # noqa: F401

@@ -1,5 +1,5 @@
 """The gateway agent: the SDS agent's cache, renewal and gRPC server, plus the claim feed and
-the controller, serving listeners, clusters and certificates over ADS."""
+the controller, serving the listener, the backends cluster and certificates over ADS."""
 from __future__ import annotations
 
 from sds_sidecar.agent import Agent, make_source
