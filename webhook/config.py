@@ -81,6 +81,10 @@ class PolicyRule(Strict):
     def _has_target(self):
         if not self.namespaces and self.namespace_selector is None:
             raise ValueError("a policy rule needs namespaces or namespaceSelector")
+        return self
+
+    @model_validator(mode="after")
+    def _hostname_patterns(self):
         bad = [p for p in self.gateway_hostnames if p != "*" and not _HOSTNAME_PATTERN.match(p)]
         if bad:
             raise ValueError(f"gatewayHostnames {bad}: each is a lowercase DNS name, '*.' and a DNS name, or '*'")
