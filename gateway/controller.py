@@ -41,7 +41,7 @@ class Controller:
         self._chains: dict[Claim, object] = {}
         self._backends = envoy.backends(settings.gateway_max_connections)
         self._make_chain = envoy.Chains(settings.gateway_min_tls_version, tuple(settings.gateway_ecdh_curves),
-                                        settings.gateway_ocsp_staple_policy)
+                                        settings.gateway_ocsp_staple_policy, settings.gateway_handshake_timeout_seconds)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._resolve_needed = False

@@ -83,7 +83,7 @@ def _constant(key: str, value: str) -> dict:
 
 
 def chain_spec(t: Claim, host: str, min_version: str = "TLSv1_2", curves: tuple[str, ...] = (),
-               staple_policy: str = "LENIENT_STAPLING") -> dict:
+               staple_policy: str = "LENIENT_STAPLING", handshake_timeout: float = 10) -> dict:
     """A tenant's filter chain, as Envoy's JSON. `Chains` builds the same protobuf faster."""
     common = {"tls_params": {"tls_minimum_protocol_version": min_version,
                              "tls_maximum_protocol_version": "TLSv1_3"},
@@ -94,6 +94,9 @@ def chain_spec(t: Claim, host: str, min_version: str = "TLSv1_2", curves: tuple[
         "name": f"{t.namespace}/{t.name}",
         "filter_chain_match": {"server_names": list(t.hostnames)},
         "transport_socket": b.downstream_tls(common, require_client_cert=False, staple_policy=staple_policy),
+        # The ClientHello has the listener's 5 s; the rest of the handshake has this. A client that
+        # stalls would otherwise hold its connection for tcp_proxy's idle timeout (an hour).
+        "transport_socket_connect_timeout": f"{handshake_timeout:g}s",
         "filters": [
             # The upstream is this tenant's Service, set here: the resolving filter would use the
             # client's SNI (anyone's hostname) if nothing were set.
@@ -127,10 +130,10 @@ class Chains:
     CPU while it issued their certificates. tests/test_gateway_units.py holds the two forms equal."""
 
     def __init__(self, min_version: str = "TLSv1_2", curves: tuple[str, ...] = (),
-                 staple_policy: str = "LENIENT_STAPLING"):
+                 staple_policy: str = "LENIENT_STAPLING", handshake_timeout: float = 10):
         blank = Claim("ns", "name", "", ("host.example",), "svc", 1, "", "")
-        self._base = json_format.ParseDict(chain_spec(blank, "host", min_version, curves, staple_policy),
-                                           listener_components_pb2.FilterChain())
+        spec = chain_spec(blank, "host", min_version, curves, staple_policy, handshake_timeout)
+        self._base = json_format.ParseDict(spec, listener_components_pb2.FilterChain())
         self._tls = tls_pb2.DownstreamTlsContext()
         self._base.transport_socket.typed_config.Unpack(self._tls)
         self._state, self._resolve, self._proxy = (

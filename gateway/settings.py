@@ -20,6 +20,8 @@ class GatewaySettings(AgentSettings):
     gateway_max_connections: int = Field(50_000, ge=1, description="upstream connections over all tenants "
                                          "(the backends cluster's circuit breakers); match Envoy's downstream limit")
     gateway_min_tls_version: Literal["TLSv1_2", "TLSv1_3"] = "TLSv1_2"
+    gateway_handshake_timeout_seconds: float = Field(10, gt=0, description="a client must finish its TLS "
+                                                     "handshake this long after its tenant was chosen by SNI")
     gateway_ocsp_staple_policy: Literal["LENIENT_STAPLING", "STRICT_STAPLING", "MUST_STAPLE"] = Field(
         "LENIENT_STAPLING", description="with SDS_OCSP_STAPLING (docs/ocsp.md)")
     gateway_ecdh_curves: NameList = Field(default_factory=list, description="e.g. X25519MLKEM768,X25519")

@@ -196,6 +196,38 @@ def test_each_tenant_reaches_the_backend_its_claim_names_not_its_sni(tmp_path):
             b.stop()
 
 
+def test_a_client_that_stalls_its_handshake_is_cut_off(tmp_path):
+    """A client sends a tenant's ClientHello and then nothing: without a deadline on the rest of
+    the handshake it holds a gateway connection for tcp_proxy's idle timeout (an hour), and a few
+    thousand such clients fill the gateway's connection limit. The chain's handshake deadline
+    (here 1 s) closes it (fails without transport_socket_connect_timeout)."""
+    backend = EchoBackend()
+    claims = [{"apiVersion": "v1", "kind": "ConfigMap", "immutable": True, "metadata": {
+        "name": "site", "namespace": "a", "creationTimestamp": "2026-01-01T00:00:00Z", "labels": CLAIM_LABELS},
+        "data": claim(["a.example.com"], backend.port)}]
+    (tmp_path / "claims.yaml").write_text(json.dumps({"kind": "List", "items": claims}))
+    gw = GatewayRun(tmp_path, backend.port, source="local-ca", claims_file=str(tmp_path / "claims.yaml"),
+                    gateway_handshake_timeout_seconds="1").start()
+    try:
+        gw.wait_served("a.example.com")
+        time.sleep(0.2)  # the served check's own backend connection has arrived
+        before = backend.accepted
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        client = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="a.example.com")
+        with pytest.raises(ssl.SSLWantReadError):
+            client.do_handshake()
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as raw:
+            raw.sendall(outgoing.read())  # the ClientHello, and then silence
+            t0 = time.monotonic()
+            while raw.recv(65536):  # the server's flight, then the close
+                pass
+            assert time.monotonic() - t0 < 5, "held past the handshake deadline"
+        assert backend.accepted == before, "no backend connection for a handshake never finished"
+    finally:
+        gw.stop()
+        backend.stop()
+
+
 def test_a_revoked_hostname_grant_stops_being_served_without_a_claim_change(tmp_path):
     """The operator withdraws b's domain from the namespace policy: b's hostname is no longer
     served (the claim itself unchanged), a is untouched, Envoy is the same process."""

@@ -15,8 +15,8 @@ TENANTS = [
     Claim("a", "b", "2026-01-01T00:00:00Z", ("*.pay.example.com",), "api", 65535, "dev", ""),
     Claim("team.x", "site", "2026-01-01T00:00:00Z", tuple(f"h{i}.example.com" for i in range(100)), "web", 1, "dev", ""),
 ]
-SETTINGS = [("TLSv1_2", (), "LENIENT_STAPLING"), ("TLSv1_3", ("X25519MLKEM768", "X25519"), "MUST_STAPLE"),
-            ("TLSv1_2", ("P-256",), "STRICT_STAPLING")]
+SETTINGS = [("TLSv1_2", (), "LENIENT_STAPLING", 10), ("TLSv1_3", ("X25519MLKEM768", "X25519"), "MUST_STAPLE", 1),
+            ("TLSv1_2", ("P-256",), "STRICT_STAPLING", 2.5)]
 
 
 @pytest.mark.parametrize("settings", SETTINGS)
