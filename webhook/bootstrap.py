@@ -114,10 +114,15 @@ def http_manager(stat_prefix: str, route: dict | None = None, forward_client_cer
     return {"name": "envoy.filters.network.http_connection_manager", "typed_config": cfg}
 
 
+HANDSHAKE_TIMEOUT = "10s"
+
+
 def listener(name: str, address: str, port: int, filters: list[dict], transport_socket: dict | None = None) -> dict:
     chain: dict = {"filters": filters}
     if transport_socket:
         chain["transport_socket"] = transport_socket
+        # A peer that stalls its TLS handshake is cut off, not held for the idle timeout (an hour).
+        chain["transport_socket_connect_timeout"] = HANDSHAKE_TIMEOUT
     return {
         "name": name,
         "address": {"socket_address": {"address": address, "port_value": port}},
