@@ -34,10 +34,13 @@ class EchoBackend:
         class Echo(socketserver.BaseRequestHandler):
             def handle(self):
                 backend.accepted += 1
-                if greeting:
-                    self.request.sendall(greeting)
-                while data := self.request.recv(65536):
-                    self.request.sendall(data)
+                try:
+                    if greeting:
+                        self.request.sendall(greeting)
+                    while data := self.request.recv(65536):
+                        self.request.sendall(data)
+                except ConnectionError:  # the client left mid-stream: nothing to echo to
+                    pass
 
         class Server(socketserver.ThreadingTCPServer):
             # socketserver's default backlog is 5: a burst of gateway connections overflows it,

@@ -228,6 +228,34 @@ def test_a_client_that_stalls_its_handshake_is_cut_off(tmp_path):
         backend.stop()
 
 
+def test_clients_that_do_not_read_hold_little_of_the_gateway(tmp_path):
+    """A tenant's backend streams 20 MB to clients that never read. Envoy buffers up to its
+    per-connection limit before it stops reading the backend: 1 MiB by default (50,000 such
+    clients would hold ~60 GB), 32 KiB here (fails without per_connection_buffer_limit_bytes)."""
+    backend = EchoBackend(greeting=b"x" * (20 << 20))
+    claims = [{"apiVersion": "v1", "kind": "ConfigMap", "immutable": True, "metadata": {
+        "name": "site", "namespace": "a", "creationTimestamp": "2026-01-01T00:00:00Z", "labels": CLAIM_LABELS},
+        "data": claim(["a.example.com"], backend.port)}]
+    (tmp_path / "claims.yaml").write_text(json.dumps({"kind": "List", "items": claims}))
+    gw = GatewayRun(tmp_path, backend.port, source="local-ca", claims_file=str(tmp_path / "claims.yaml")).start()
+    clients = []
+    try:
+        gw.wait_served("a.example.com")
+        for _ in range(5):
+            conn = gw.connect("a.example.com")
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read
+            clients.append(conn)
+        buffered = "tcp.gw_a_site.downstream_cx_tx_bytes_buffered"
+        harness.wait_for(lambda: gw.stat(buffered) > 0, 10, what="Envoy buffering for the clients")
+        time.sleep(1)  # let the buffers fill to whatever bound there is
+        assert 0 < gw.stat(buffered) <= 5 * 128 * 1024, gw.stat(buffered)
+    finally:
+        for conn in clients:
+            conn.close()
+        gw.stop()
+        backend.stop()
+
+
 def test_a_revoked_hostname_grant_stops_being_served_without_a_claim_change(tmp_path):
     """The operator withdraws b's domain from the namespace policy: b's hostname is no longer
     served (the claim itself unchanged), a is untouched, Envoy is the same process."""
