@@ -142,3 +142,15 @@ def claim(hostnames: list[str], backend_port: int, env: str = "dev", service: st
 
 
 CLAIM_LABELS = {"sds-injector.io/gateway-claim": "true"}
+
+
+def claim_configmap(namespace: str, data: dict, name: str = "site", created: str = "2026-01-01T00:00:00Z") -> dict:
+    """A claim as the API server holds it: an immutable, labelled ConfigMap."""
+    return {"apiVersion": "v1", "kind": "ConfigMap", "immutable": True, "metadata": {
+        "name": name, "namespace": namespace, "creationTimestamp": created, "labels": CLAIM_LABELS}, "data": data}
+
+
+def write_claims(path: Path, configmaps: list[dict]) -> str:
+    """A claims file for the gateway agent (its claims_file setting, returned as such)."""
+    path.write_text(json.dumps({"kind": "List", "items": configmaps}))
+    return str(path)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import random
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from devkit.gatewayrun import CLAIM_LABELS, EchoBackend, GatewayRun, claim, sans  # noqa: E402
+from devkit.gatewayrun import EchoBackend, GatewayRun, claim, claim_configmap, sans, write_claims  # noqa: E402
 from devkit.process import memory_mb  # noqa: E402
 from devkit.harness import wait_for  # noqa: E402
 from scripts.bench_webhook import machine  # noqa: E402
@@ -46,12 +45,10 @@ def handshakes(gw: GatewayRun, names: list[str], count: int, threads: int = 4) -
 
 def run(n: int, workdir: Path, backend: EchoBackend, **extra) -> dict:
     # A live backend: with none, tcp_proxy's failed upstream connect can cut a handshake short.
-    items = [{"apiVersion": "v1", "kind": "ConfigMap", "immutable": True, "metadata": {
-        "name": "site", "namespace": f"t{i}", "creationTimestamp": "2026-01-01T00:00:00Z", "labels": CLAIM_LABELS},
-        "data": claim([f"t{i}.example.com"], backend.port)} for i in range(n)]
-    (workdir / "claims.json").write_text(json.dumps({"kind": "List", "items": items}))
+    items = [claim_configmap(f"t{i}", claim([f"t{i}.example.com"], backend.port)) for i in range(n)]
+    claims = write_claims(workdir / "claims.json", items)
     t0 = time.monotonic()
-    gw = GatewayRun(workdir, backend.port, source="local-ca", claims_file=str(workdir / "claims.json"),
+    gw = GatewayRun(workdir, backend.port, source="local-ca", claims_file=claims,
                     local_ca_cert_ttl_seconds="86400", **extra).start()
     try:
         wait_for(lambda: gw.status().get("served") == n, 600, 0.05, what="all certificates issued")
@@ -60,10 +57,9 @@ def run(n: int, workdir: Path, backend: EchoBackend, **extra) -> dict:
         wait_for(lambda: all(gw.served(s) for s in sample), 600, 0.05, what="Envoy serving the sample")
         served = time.monotonic() - t0
         # One more tenant while N are served: the in-place listener update's cost at this size.
-        items.append({**items[0], "metadata": {**items[0]["metadata"], "namespace": "late"},
-                      "data": claim(["late.example.com"], backend.port)})
+        items.append(claim_configmap("late", claim(["late.example.com"], backend.port)))
         t_add = time.monotonic()
-        (workdir / "claims.json").write_text(json.dumps({"kind": "List", "items": items}))
+        write_claims(workdir / "claims.json", items)
         wait_for(lambda: gw.served("late.example.com"), 120, 0.05, what="the added tenant")
         added = time.monotonic() - t_add
         # Correctness, after the clock: every SNI gets its own tenant's certificate.

@@ -6,7 +6,6 @@ SNI gets none; a fourth tenant is added at run time and served by the same Envoy
     python scripts/demo_gateway.py"""
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -15,19 +14,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from devkit import harness  # noqa: E402
-from devkit.gatewayrun import CLAIM_LABELS, EchoBackend, GatewayRun, claim, sans  # noqa: E402
+from devkit.gatewayrun import EchoBackend, GatewayRun, claim, claim_configmap, sans, write_claims  # noqa: E402
 
 CLAIMS = [  # (namespace, claim, hostnames, created)
     ("shop", "storefront", ["shop.example.com", "www.shop.example.com"], "2026-01-01T00:00:00Z"),
     ("bank", "portal", ["bank.example.com"], "2026-01-02T00:00:00Z"),
     ("rogue", "grab", ["shop.example.com", "rogue.example.com"], "2026-01-03T00:00:00Z"),
 ]
-
-
-def configmap(ns: str, name: str, hosts: list[str], created: str, port: int) -> dict:
-    return {"apiVersion": "v1", "kind": "ConfigMap", "immutable": True,
-            "metadata": {"name": name, "namespace": ns, "creationTimestamp": created, "labels": CLAIM_LABELS},
-            "data": claim(hosts, port)}
 
 
 def main() -> int:
@@ -37,9 +30,9 @@ def main() -> int:
     backend = EchoBackend()
     with tempfile.TemporaryDirectory(prefix="sds-gateway-demo-") as tmp:
         work = Path(tmp)
-        items = [configmap(*c, backend.port) for c in CLAIMS]
+        items = [claim_configmap(ns, claim(hosts, backend.port), name, created) for ns, name, hosts, created in CLAIMS]
         claims_file = work / "claims.json"
-        claims_file.write_text(json.dumps({"kind": "List", "items": items}))
+        write_claims(claims_file, items)
         print("== 1. Claims (immutable ConfigMaps labelled sds-injector.io/gateway-claim=true):")
         for ns, name, hosts, created in CLAIMS:
             print(f"   {f'{ns}/{name}':<16} {', '.join(hosts):<42} created {created}")
@@ -55,8 +48,8 @@ def main() -> int:
                 cert = gw.handshake(sni)
                 print(f"   {sni:<22} -> certificate for {sans(cert)}, serial {cert.serial_number:x}")
             print(f"   {'unknown.example.com':<22} -> {'no certificate' if gw.served('unknown.example.com') is None else 'SERVED'}")
-            items.append(configmap("news", "site", ["news.example.com"], "2026-01-04T00:00:00Z", backend.port))
-            claims_file.write_text(json.dumps({"kind": "List", "items": items}))
+            items.append(claim_configmap("news", claim(["news.example.com"], backend.port), "site", "2026-01-04T00:00:00Z"))
+            write_claims(claims_file, items)
             cert = gw.wait_served("news.example.com", timeout=30)
             print(f"== 4. Tenant news/site added at run time: {sans(cert)} served by the same Envoy: "
                   f"{gw.envoy.p.pid == pid and gw.envoy.p.poll() is None}")

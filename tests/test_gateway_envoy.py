@@ -15,7 +15,7 @@ import time
 import pytest
 
 from devkit import harness
-from devkit.gatewayrun import CLAIM_LABELS, EchoBackend, GatewayRun, claim, sans
+from devkit.gatewayrun import CLAIM_LABELS, EchoBackend, GatewayRun, claim, claim_configmap, sans, write_claims
 from devkit.issuer_run import IssuerRun
 from devkit.kube_api import KubeAPI
 
@@ -137,11 +137,9 @@ def test_rotating_one_tenant_touches_no_other(tmp_path):
     for name in ("a", "b", "c"):
         harness.write_cert_dir(root, f"gateway:{name}/site", ca.issue(f"{name}.example.com",
                                dns_names=[f"{name}.example.com"]))
-        claims.append({"apiVersion": "v1", "kind": "ConfigMap", "immutable": True, "metadata": {
-            "name": "site", "namespace": name, "creationTimestamp": "2026-01-01T00:00:00Z", "labels": CLAIM_LABELS},
-            "data": claim([f"{name}.example.com"], backend.port)})
-    (tmp_path / "claims.yaml").write_text(json.dumps({"kind": "List", "items": claims}))
-    gw = GatewayRun(tmp_path, backend.port, source="files", files_root=str(root), claims_file=str(tmp_path / "claims.yaml"),
+        claims.append(claim_configmap(name, claim([f"{name}.example.com"], backend.port)))
+    gw = GatewayRun(tmp_path, backend.port, source="files", files_root=str(root),
+                    claims_file=write_claims(tmp_path / "claims.yaml", claims),
                     debounce_seconds="0.05").start()
     try:
         before = {n: gw.wait_served(f"{n}.example.com").serial_number for n in "abc"}
@@ -165,11 +163,9 @@ def test_each_tenant_reaches_the_backend_its_claim_names_not_its_sni(tmp_path):
     claim's backend answers (fails with the chain's dynamic_host/port filter state removed). And
     a failed handshake dials no backend (fails with tcp_proxy's upstream_connect_mode IMMEDIATE)."""
     backends = {name: EchoBackend(greeting=f"I am {name}\n".encode()) for name in ("a", "b")}
-    claims = [{"apiVersion": "v1", "kind": "ConfigMap", "immutable": True, "metadata": {
-        "name": "site", "namespace": name, "creationTimestamp": "2026-01-01T00:00:00Z", "labels": CLAIM_LABELS},
-        "data": claim([f"{name}.example.com", f"*.{name}.example.com"], backend.port)} for name, backend in backends.items()]
-    (tmp_path / "claims.yaml").write_text(json.dumps({"kind": "List", "items": claims}))
-    gw = GatewayRun(tmp_path, backends["a"].port, source="local-ca", claims_file=str(tmp_path / "claims.yaml"),
+    claims = [claim_configmap(name, claim([f"{name}.example.com", f"*.{name}.example.com"], backend.port))
+              for name, backend in backends.items()]
+    gw = GatewayRun(tmp_path, backends["a"].port, source="local-ca", claims_file=write_claims(tmp_path / "claims.yaml", claims),
                     debounce_seconds="0.05").start()
     try:
         for name in ("a", "b"):
@@ -202,11 +198,8 @@ def test_a_client_that_stalls_its_handshake_is_cut_off(tmp_path):
     thousand such clients fill the gateway's connection limit. The chain's handshake deadline
     (here 1 s) closes it (fails without transport_socket_connect_timeout)."""
     backend = EchoBackend()
-    claims = [{"apiVersion": "v1", "kind": "ConfigMap", "immutable": True, "metadata": {
-        "name": "site", "namespace": "a", "creationTimestamp": "2026-01-01T00:00:00Z", "labels": CLAIM_LABELS},
-        "data": claim(["a.example.com"], backend.port)}]
-    (tmp_path / "claims.yaml").write_text(json.dumps({"kind": "List", "items": claims}))
-    gw = GatewayRun(tmp_path, backend.port, source="local-ca", claims_file=str(tmp_path / "claims.yaml"),
+    claims = write_claims(tmp_path / "claims.yaml", [claim_configmap("a", claim(["a.example.com"], backend.port))])
+    gw = GatewayRun(tmp_path, backend.port, source="local-ca", claims_file=claims,
                     gateway_handshake_timeout_seconds="1").start()
     try:
         gw.wait_served("a.example.com")
@@ -233,11 +226,8 @@ def test_clients_that_do_not_read_hold_little_of_the_gateway(tmp_path):
     per-connection limit before it stops reading the backend: 1 MiB by default (50,000 such
     clients would hold ~60 GB), 32 KiB here (fails without per_connection_buffer_limit_bytes)."""
     backend = EchoBackend(greeting=b"x" * (20 << 20))
-    claims = [{"apiVersion": "v1", "kind": "ConfigMap", "immutable": True, "metadata": {
-        "name": "site", "namespace": "a", "creationTimestamp": "2026-01-01T00:00:00Z", "labels": CLAIM_LABELS},
-        "data": claim(["a.example.com"], backend.port)}]
-    (tmp_path / "claims.yaml").write_text(json.dumps({"kind": "List", "items": claims}))
-    gw = GatewayRun(tmp_path, backend.port, source="local-ca", claims_file=str(tmp_path / "claims.yaml")).start()
+    claims = write_claims(tmp_path / "claims.yaml", [claim_configmap("a", claim(["a.example.com"], backend.port))])
+    gw = GatewayRun(tmp_path, backend.port, source="local-ca", claims_file=claims).start()
     clients = []
     try:
         gw.wait_served("a.example.com")
@@ -269,11 +259,9 @@ def test_a_revoked_hostname_grant_stops_being_served_without_a_claim_change(tmp_
     config = tmp_path / "injector.yaml"
     config.write_text(yaml.safe_dump(policy(["*.b.example.com"])))
     backend = EchoBackend()
-    claims = [{"apiVersion": "v1", "kind": "ConfigMap", "immutable": True, "metadata": {
-        "name": "site", "namespace": ns, "creationTimestamp": "2026-01-01T00:00:00Z", "labels": CLAIM_LABELS},
-        "data": claim([f"www.{ns}.example.com"], backend.port)} for ns in ("a", "b")]
-    (tmp_path / "claims.yaml").write_text(json.dumps({"kind": "List", "items": claims}))
-    gw = GatewayRun(tmp_path, backend.port, source="local-ca", claims_file=str(tmp_path / "claims.yaml"),
+    claims = write_claims(tmp_path / "claims.yaml",
+                          [claim_configmap(ns, claim([f"www.{ns}.example.com"], backend.port)) for ns in ("a", "b")])
+    gw = GatewayRun(tmp_path, backend.port, source="local-ca", claims_file=claims,
                     injector_config_file=str(config), debounce_seconds="0.05").start()
     try:
         a = gw.wait_served("www.a.example.com").serial_number
@@ -301,16 +289,14 @@ def test_tenants_certificates_from_openbao(tmp_path, openbao):
     corporate_ca = openbao.pki("pki_corporate", cn="corporate CA")
     token = openbao.token(["pki_retail/sign/prod", "pki_corporate/sign/prod"])
     backend = EchoBackend()
-    claims = [{"apiVersion": "v1", "kind": "ConfigMap", "immutable": True, "metadata": {
-        "name": "site", "namespace": f"{bl}-prod", "creationTimestamp": "2026-01-01T00:00:00Z", "labels": CLAIM_LABELS},
-        "data": claim([f"{bl}.example.com", f"www.{bl}.example.com"], backend.port, env="prod",
-                      **{"business-line": bl})} for bl in ("retail", "corporate")]
-    (tmp_path / "claims.json").write_text(json.dumps({"kind": "List", "items": claims}))
+    claims = write_claims(tmp_path / "claims.json", [claim_configmap(f"{bl}-prod", claim(
+        [f"{bl}.example.com", f"www.{bl}.example.com"], backend.port, env="prod", **{"business-line": bl}))
+        for bl in ("retail", "corporate")])
     config = tmp_path / "config.yaml"
     config.write_text("namespacePolicy:\n  rules:\n    - namespaces: ['*-prod']\n      environments: [prod]\n")
     gw = GatewayRun(tmp_path, backend.port, source="vault", vault_addresses=openbao.addr, vault_allow_http="true",
                     vault_auth="token", vault_token=token, vault_pki_path="pki_{business_line}/sign/{env}",
-                    claims_file=str(tmp_path / "claims.json"), injector_config_file=str(config),
+                    claims_file=claims, injector_config_file=str(config),
                     ocsp_stapling="true", gateway_ocsp_staple_policy="MUST_STAPLE").start()
     try:
         for bl, ca_pem in (("retail", retail_ca), ("corporate", corporate_ca)):
