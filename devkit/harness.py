@@ -191,6 +191,23 @@ class Envoy(Proc, EnvoyAdmin):
         return wait_for(live, timeout, what="envoy LIVE")
 
 
+def stalled_handshake_seconds(port: int, server_name: str, timeout: float) -> float:
+    """Send a ClientHello to 127.0.0.1:`port`, then nothing: seconds until the server closes the
+    connection (socket.timeout past `timeout`)."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname=server_name)
+    try:
+        client.do_handshake()
+    except ssl.SSLWantReadError:
+        pass  # the ClientHello is written and the client waits for the server: as intended
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+        raw.sendall(outgoing.read())
+        t0 = time.monotonic()
+        while raw.recv(65536):  # the server's flight, then the close
+            pass
+        return time.monotonic() - t0
+
+
 def tls_get(port: int, ca_pem: bytes, server_name: str = "localhost", client: tuple[Path, Path] | None = None,
             path: str = "/", timeout: float = 3) -> tuple[x509.Certificate, str]:
     """One HTTPS request on a new connection; returns the certificate the server presented and
