@@ -4,9 +4,15 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from sds_sidecar.ca import LocalCA
 from devkit import harness
+
+# Every property test in the suite draws the same examples on every run and every clone: none
+# may pass or fail by luck. Long random runs live in scripts/ (fuzz_webhook.py).
+settings.register_profile("suite", derandomize=True, database=None)
+settings.load_profile("suite")
 
 _KEY_LINES: set[str] = set()
 

@@ -52,3 +52,11 @@ def test_e2e_kind():
         pytest.skip(f"kind end-to-end needs docker, kind, kubectl and helm: {reason}")
     r = subprocess.run([str(ROOT / "scripts" / "e2e-kind.sh")], capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-5000:]
+
+
+def test_property_tests_in_the_suite_are_derandomized():
+    """The suite's hypothesis profile: the same examples every run (a fresh clone cannot fail
+    by the luck of the draw), and no example database carried between runs."""
+    from hypothesis import settings
+    assert settings.default.derandomize is True
+    assert settings.default.database is None
