@@ -1,9 +1,12 @@
-# Both entry points in one image: `python -m webhook serve` and `python -m sds_sidecar serve`.
+# Every program in one image: `python -m webhook serve|issuer`, `python -m sds_sidecar serve`,
+# `python -m gateway serve`, on the shared layers of sds_core.
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY sds_core ./sds_core
 COPY sds_sidecar ./sds_sidecar
 COPY webhook ./webhook
+COPY gateway ./gateway
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir .
 

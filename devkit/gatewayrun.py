@@ -57,6 +57,19 @@ class EchoBackend:
         self.server.server_close()
 
 
+# What the operator grants in the tests, benchmarks and demos: the default policy's environments,
+# every namespace may claim names under example.com (the product's default grants nothing).
+EXAMPLE_GRANTS = {"namespacePolicy": {"rules": [
+    {"namespaces": ["*"], "environments": ["dev", "staging"], "gatewayHostnames": ["*.example.com"]}]}}
+
+
+def example_grants(workdir: Path) -> Path:
+    """An injector configuration file with EXAMPLE_GRANTS, for the gateway and the issuer."""
+    path = workdir / "injector-config.json"
+    path.write_text(json.dumps(EXAMPLE_GRANTS))
+    return path
+
+
 class GatewayRun(EnvoyAdmin):
     admin_timeout = 5  # 10,000 tenants' stats take a while
 
@@ -64,6 +77,7 @@ class GatewayRun(EnvoyAdmin):
         self.workdir = workdir
         self.port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
         self.socket = workdir / "gateway.sock"
+        settings.setdefault("injector_config_file", str(example_grants(workdir)))
         env = {k: v for k, v in os.environ.items() if not k.startswith("SDS_")}
         env.update({"SDS_SOCKET_PATH": str(self.socket), "SDS_HTTP_PORT": str(self.http_port),
                     "SDS_GATEWAY_ADDRESS": "127.0.0.1", "SDS_GATEWAY_PORT": str(self.port),

@@ -260,3 +260,34 @@ def issue(ca: LocalCA, name: str = "localhost", spiffe: str | None = None, ttl_h
           not_before: dt.datetime | None = None) -> Issued:
     return ca.issue(name, dns_names=[name], uris=[spiffe] if spiffe else [],
                     ttl=dt.timedelta(hours=ttl_hours), not_before=not_before)
+
+
+class TLSAnswerer:
+    """A TLS server answering every GET with 200 and `{}`, holding the certificate it is given:
+    what a redirected call (DNS spoofing, a hijacked Service address) reaches in attack tests."""
+
+    def __init__(self, crt: Path, key: Path):
+        import http.server
+        import threading
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(crt, key)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                self.send_response(200)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *a):
+                pass
+
+        self.port = free_port()
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()

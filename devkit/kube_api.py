@@ -8,7 +8,9 @@ real API server.
 - GET/POST/PUT /api/v1/namespaces/{ns}/secrets[/{name}] (create 409 AlreadyExists; replace
   409 Conflict on a stale resourceVersion)
 - POST /apis/authentication.k8s.io/v1/tokenreviews (signature, expiry, audiences, bound pod
-  name and uid, as kube-apiserver checks them)
+  name and uid, as kube-apiserver checks them; a token bound to a pod being deleted is
+  "invalidated"; positive answers are cached for `review_cache_seconds`, 10 s as observed on
+  kube-apiserver 1.36, so a token reviewed just before its pod's deletion still passes)
 - GET  /.well-known/openid-configuration, /openid/v1/jwks (service-account issuer discovery)
 
 Projected tokens (`mint`) carry iss, sub, aud (list), exp, iat, nbf, jti and `kubernetes.io`
@@ -52,6 +54,8 @@ class KubeAPI:
         self.events: list[tuple[int, str, str, dict]] = []  # (rv, resource, type, object)
         self.cond = threading.Condition()
         self.requests: list[tuple[str, str]] = []
+        self.review_cache_seconds = 10.0
+        self._reviewed: dict[str, tuple[float, dict]] = {}  # token -> (cached until, positive status)
         self.fail_watches = False
         self.mode = "ok"  # "hang": never answer; "error": 500 to everything (an API server in trouble)
         self.server: ThreadingHTTPServer | None = None
@@ -91,6 +95,15 @@ class KubeAPI:
                         "containers": [{"name": "app", "image": "app:1"}]},
                "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
         return self._store("pods", pod, "ADDED")
+
+    def terminate_pod(self, namespace: str, name: str, grace_seconds: int = 30) -> dict:
+        """A graceful delete as kube-apiserver does it for a pod bound to a node: the pod stays,
+        with deletionTimestamp and deletionGracePeriodSeconds set (MODIFIED), until the kubelet
+        confirms."""
+        pod = copy.deepcopy(self.objects["pods"][(namespace, name)])
+        pod["metadata"]["deletionTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + grace_seconds))
+        pod["metadata"]["deletionGracePeriodSeconds"] = grace_seconds
+        return self._store("pods", pod, "MODIFIED")
 
     def delete_pod(self, namespace: str, name: str) -> None:
         pod = self.objects["pods"][(namespace, name)]
@@ -147,6 +160,10 @@ class KubeAPI:
         spec = body.get("spec") or {}
         audiences = spec.get("audiences") or [ISSUER]
         status: dict = {"authenticated": False}
+        cached = self._reviewed.get(spec.get("token", ""))
+        if cached and cached[0] > time.monotonic():
+            return {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {},
+                    "spec": spec, "status": cached[1]}
         try:
             claims = jwt.decode(spec.get("token", ""), self.key.public_key(), algorithms=["RS256"],
                                 audience=audiences, issuer=ISSUER)
@@ -154,6 +171,8 @@ class KubeAPI:
             pod = self.objects["pods"].get((k8s["namespace"], k8s["pod"]["name"]))
             if pod is None or pod["metadata"]["uid"] != k8s["pod"]["uid"]:
                 raise jwt.InvalidTokenError(f"pod {k8s['pod']['name']} ({k8s['pod']['uid']}) not found")
+            if pod["metadata"].get("deletionTimestamp"):
+                raise jwt.InvalidTokenError("service account token has been invalidated")
             status = {"authenticated": True, "audiences": [a for a in audiences if a in claims["aud"]],
                       "user": {"username": claims["sub"], "uid": k8s["serviceaccount"]["uid"],
                                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{k8s['namespace']}",
@@ -162,6 +181,7 @@ class KubeAPI:
                                          "authentication.kubernetes.io/pod-uid": [k8s["pod"]["uid"]],
                                          "authentication.kubernetes.io/node-name": [k8s["node"]["name"]],
                                          "authentication.kubernetes.io/credential-id": [f"JTI={claims['jti']}"]}}}
+            self._reviewed[spec["token"]] = (time.monotonic() + self.review_cache_seconds, status)
         except (jwt.PyJWTError, KeyError) as e:
             status = {"authenticated": False, "error": f"[invalid bearer token, {e}]"}
         return {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {},

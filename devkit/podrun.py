@@ -60,9 +60,14 @@ class App:
 
 class LocalPod:
     def __init__(self, pod: dict, workdir: Path, secrets: dict[str, dict[str, bytes]] | None = None,
-                 name: str | None = None, tokens: dict[str, str] | None = None):
-        """`tokens`: projected service-account tokens by audience, as the kubelet writes them."""
+                 name: str | None = None, tokens: dict[str, str] | None = None,
+                 dns: dict[str, str] | None = None):
+        """`tokens`: projected service-account tokens by audience, as the kubelet writes them.
+        `dns`: the cluster's DNS as this pod sees it (hostname -> address): Envoy's outbound
+        endpoints are resolved through it, while SNI and peer verification keep the hostname,
+        exactly as when a name resolves (or is redirected) to that address."""
         self.tokens = tokens or {}
+        self.dns = dns or {}
         self.pod = pod
         self.name = name or pod["metadata"].get("name") or pod["metadata"].get("generateName", "pod")
         self.workdir = workdir / self.name
@@ -113,10 +118,23 @@ class LocalPod:
         # kubelet expands $(VAR) in command and args from the container's env.
         argv = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in argv]
         argv = [self._localise(a, mounts) for a in argv]
+        if c["name"] == "sds-envoy" and self.dns:
+            i = argv.index("--config-yaml") + 1
+            argv[i] = self._resolve(argv[i])
         env = {k: self._localise(v, mounts) for k, v in env.items()}
         exe = {"python": sys.executable, "envoy": harness.ENVOY}
         argv[0] = exe.get(argv[0], argv[0])
         return argv, env
+
+    def _resolve(self, bootstrap: str) -> str:
+        boot = json.loads(bootstrap)
+        for cluster in boot["static_resources"]["clusters"]:
+            for group in cluster.get("load_assignment", {}).get("endpoints", []):
+                for ep in group["lb_endpoints"]:
+                    sock = ep["endpoint"]["address"].get("socket_address")
+                    if sock and sock["address"] in self.dns:
+                        sock["address"] = self.dns[sock["address"]]
+        return json.dumps(boot)
 
     def start(self, app_ports: list[int], timeout: float = 30) -> "LocalPod":
         import os

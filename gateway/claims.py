@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sds_core import names
 from webhook.config import PREFIX, InjectorConfig
 from webhook.selection import Denied, governing_rule, origin_problems
 
@@ -60,7 +61,7 @@ class Resolved:
     refusals: tuple[Refusal, ...]
 
 
-def hostname_problem(h: str) -> str | None:
+def hostname_problem(h: str, cluster_domain: str) -> str | None:
     if len(h) > 253:
         return "longer than 253 characters"
     labels = h.split(".")
@@ -74,6 +75,9 @@ def hostname_problem(h: str) -> str | None:
         return "not a DNS name (lowercase letters, digits and '-', labels of 1-63 characters; '*' only as the first label)"
     if all(label.isdigit() for label in labels):
         return "an IP address, not a hostname"
+    if names.is_cluster_internal(h, cluster_domain):
+        # An edge certificate for such a name would answer for a workload inside the cluster.
+        return "a cluster-internal name (*.svc, the cluster domain or *.cluster.local): edge certificates never carry one"
     return None
 
 
@@ -118,7 +122,7 @@ def parse(cm: dict, cfg: InjectorConfig) -> Claim | Refusal:
         return refuse("invalid", "data.hostnames is empty (a comma-separated list of hostnames)")
     if len(hosts) > MAX_HOSTNAMES:
         return refuse("invalid", f"{len(hosts)} hostnames; at most {MAX_HOSTNAMES} per claim")
-    bad = [f"{h!r}: {p}" for h in hosts if (p := hostname_problem(h))]
+    bad = [f"{h!r}: {p}" for h in hosts if (p := hostname_problem(h, cfg.agent.cluster_domain))]
     if bad:
         return refuse("invalid_hostname", "; ".join(bad[:5]))
     service = str(data.get("service", ""))

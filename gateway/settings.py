@@ -16,7 +16,6 @@ class GatewaySettings(AgentSettings):
     gateway_port: int = Field(8443, ge=1, le=65535, description="the tenants' TLS port")
     gateway_backend: str = Field("{service}.{namespace}.svc.{domain}",
                                  description="backend host template: {service}, {namespace}, {domain}")
-    cluster_domain: str = "cluster.local"
     gateway_max_connections: int = Field(50_000, ge=1, description="upstream connections over all tenants "
                                          "(the backends cluster's circuit breakers); match Envoy's downstream limit")
     gateway_min_tls_version: Literal["TLSv1_2", "TLSv1_3"] = "TLSv1_2"

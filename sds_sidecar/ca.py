@@ -87,8 +87,10 @@ class LocalCA:
         return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
     def intermediate(self, common_name: str, days: float = 365, permitted_uri_domains: list[str] = (),
-                     not_before: dt.datetime | None = None) -> "LocalCA":
-        """A signing CA under this one. URI name constraints keep it to the trust domain."""
+                     not_before: dt.datetime | None = None, excluded_uri_domains: list[str] = (),
+                     excluded_dns: list[str] = ()) -> "LocalCA":
+        """A signing CA under this one. Name constraints keep it to (or out of) the trust domain
+        and out of the excluded DNS subtrees."""
         key = ec.generate_private_key(ec.SECP256R1())
         start = not_before or dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
         end = min(start + dt.timedelta(days=days), self.cert.not_valid_after_utc)
@@ -107,10 +109,12 @@ class LocalCA:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(self.key_identifier, critical=False)
         )
-        if permitted_uri_domains:
+        excluded = ([x509.UniformResourceIdentifier(d) for d in excluded_uri_domains]
+                    + [x509.DNSName(d) for d in excluded_dns])
+        if permitted_uri_domains or excluded:
             builder = builder.add_extension(x509.NameConstraints(
-                permitted_subtrees=[x509.UniformResourceIdentifier(d) for d in permitted_uri_domains],
-                excluded_subtrees=None), critical=True)
+                permitted_subtrees=[x509.UniformResourceIdentifier(d) for d in permitted_uri_domains] or None,
+                excluded_subtrees=excluded or None), critical=True)
         return LocalCA(builder.sign(self.key, hashes.SHA256()), key)
 
     def sign(self, public_key, common_name: str, dns_names: list[str] = (), uris: list[str] = (),
@@ -127,9 +131,12 @@ class LocalCA:
         usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
             [ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
         rsa_key = isinstance(public_key, rsa.RSAPublicKey)
+        # A CN that does not fit X.509's 64 characters is left out, never truncated (a cut name
+        # can be another one); with no subject the SANs are the identity and marked critical.
+        subject = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)] if 0 < len(common_name) <= 64 else []
         builder = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64])]))
+            .subject_name(x509.Name(subject))
             .issuer_name(self.cert.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
@@ -143,7 +150,7 @@ class LocalCA:
             .add_extension(self.key_identifier, critical=False)
         )
         if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=not subject)
         return builder.sign(self.key, hashes.SHA256())
 
     def issue(self, common_name: str, dns_names: list[str] = (), uris: list[str] = (),

@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
+from sds_core import names
+
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -58,6 +60,9 @@ class AgentSettings(BaseSettings):
     env: str = ""
     business_line: str = ""
     trust_domain: str = "cluster.local"
+    # Where the cluster's Service names end (svc.<cluster domain>): not the trust domain, which
+    # names SPIFFE IDs and need not be a DNS suffix at all.
+    cluster_domain: str = "cluster.local"
     dns_names: NameList = Field(default_factory=list)
 
     # Rotation: renew when the remaining lifetime falls below min(fraction*lifetime, floor),
@@ -150,11 +155,9 @@ class AgentSettings(BaseSettings):
         return self
 
     def dns_sans(self) -> list[str]:
-        names = list(self.dns_names)
-        if self.service:
-            names += [self.service, f"{self.service}.{self.namespace}", f"{self.service}.{self.namespace}.svc",
-                      f"{self.service}.{self.namespace}.svc.{self.trust_domain}"]
-        return list(dict.fromkeys(names))
+        services = [self.service] if self.service else []
+        return list(dict.fromkeys([*self.dns_names, *names.workload_dns_names(services, self.namespace,
+                                                                                self.cluster_domain)]))
 
     def template_values(self, name: str = "") -> dict[str, str]:
         """What path, role and name templates may use."""
@@ -170,4 +173,4 @@ class AgentSettings(BaseSettings):
 
     @property
     def spiffe_id(self) -> str:
-        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
+        return names.spiffe_id(self.trust_domain, self.namespace, self.service_account)

@@ -7,10 +7,12 @@ import pytest
 from gateway.claims import resolve
 from webhook.config import InjectorConfig
 
+# Ownership among claims the operator allows: every rule grants any hostname ("*").
 CFG = InjectorConfig.model_validate({"namespacePolicy": {"rules": [
-    {"namespaces": ["shop-*"], "environments": ["prod", "dev"], "businessLines": ["retail"]},
-    {"namespaceSelector": {"matchLabels": {"tier": "bank"}}, "environments": ["prod"], "businessLines": ["corporate"]},
-    {"namespaces": ["*"], "environments": ["dev"]},
+    {"namespaces": ["shop-*"], "environments": ["prod", "dev"], "businessLines": ["retail"], "gatewayHostnames": ["*"]},
+    {"namespaceSelector": {"matchLabels": {"tier": "bank"}}, "environments": ["prod"], "businessLines": ["corporate"],
+     "gatewayHostnames": ["*"]},
+    {"namespaces": ["*"], "environments": ["dev"], "gatewayHostnames": ["*"]},
 ]}})
 
 
@@ -176,3 +178,22 @@ def test_granting_gateway_hostnames_does_not_redo_every_pod():
 
     assert cfg(gatewayHostnames=["*.shop.example.com"]).revision == cfg().revision
     assert cfg(environments=["dev"]).revision != cfg().revision
+
+
+def test_by_default_no_namespace_may_claim_any_hostname():
+    """The default grant is nothing: with "*" the first namespace to claim a bank's hostname
+    would own it and the issuer would sign it."""
+    default = InjectorConfig.model_validate({})
+    owned, refused = owners(cm("team-x", "c", "bank.example.com", env="dev"), cfg=default)
+    assert owned == {} and refused[("team-x", "c")].reason == "hostname_not_allowed"
+    assert "gatewayHostnames: none" in refused[("team-x", "c")].message
+
+
+@pytest.mark.parametrize("hostname", [
+    "ledger.bank-prod.svc.cluster.local", "ledger.bank-prod.svc", "x.svc.corp", "cluster.local", "a.cluster.local",
+    "*.bank-prod.svc.cluster.local"])
+def test_cluster_internal_names_are_never_claimable_even_where_everything_is_granted(hostname):
+    owned, refused = owners(cm("shop-a", "c", hostname, env="dev"))
+    assert owned == {}, "an edge certificate would answer for a workload"
+    assert refused[("shop-a", "c")].reason == "invalid_hostname"
+    assert "cluster-internal" in refused[("shop-a", "c")].message

@@ -15,7 +15,8 @@ import time
 import pytest
 
 from devkit import harness
-from devkit.gatewayrun import CLAIM_LABELS, EchoBackend, GatewayRun, claim, claim_configmap, sans, write_claims
+from devkit.gatewayrun import (CLAIM_LABELS, EchoBackend, GatewayRun, claim, claim_configmap, example_grants, sans,
+                              write_claims)
 from devkit.issuer_run import IssuerRun
 from devkit.kube_api import KubeAPI
 
@@ -41,7 +42,8 @@ def cluster(tmp_path):
     for i in range(TENANTS):
         kube.add_configmap(f"t{i}", "site", claim([f"t{i}.example.com", f"www.t{i}.example.com"], backend.port),
                            labels=CLAIM_LABELS, created=f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}Z")
-    issuer = IssuerRun(tmp_path, kube, verifier="jwks", gateway_identities=json.dumps([f"{GATEWAY_NS}/{GATEWAY_SA}"]),
+    issuer = IssuerRun(tmp_path, kube, example_grants(tmp_path), verifier="jwks",
+                       gateway_identities=json.dumps([f"{GATEWAY_NS}/{GATEWAY_SA}"]),
                        cert_ttl_seconds=3600).start()
     pod = kube.add_pod(GATEWAY_NS, "gateway-0", GATEWAY_SA)
     token = tmp_path / "token"
@@ -284,7 +286,8 @@ def test_tenants_certificates_from_openbao(tmp_path, openbao):
         [f"{bl}.example.com", f"www.{bl}.example.com"], backend.port, env="prod", **{"business-line": bl}))
         for bl in ("retail", "corporate")])
     config = tmp_path / "config.yaml"
-    config.write_text("namespacePolicy:\n  rules:\n    - namespaces: ['*-prod']\n      environments: [prod]\n")
+    config.write_text("namespacePolicy:\n  rules:\n    - namespaces: ['*-prod']\n      environments: [prod]\n"
+                      "      gatewayHostnames: ['*.example.com']\n")
     gw = GatewayRun(tmp_path, backend.port, source="vault", vault_addresses=openbao.addr, vault_allow_http="true",
                     vault_auth="token", vault_token=token, vault_pki_path="pki_{business_line}/sign/{env}",
                     claims_file=claims, injector_config_file=str(config),

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from devkit import harness
 from devkit.issuer_run import IssuerRun
 from devkit.kube_api import KubeAPI
 from sds_sidecar.sources.issuer import csr_pem, new_key
@@ -63,7 +64,7 @@ def test_identity_comes_from_the_cluster(world):
     cert = leaf_of(out)
     uris, dns, ips = sans(cert)
     assert uris == ["spiffe://cluster.local/ns/shop-prod/sa/cart"]
-    assert dns == ["cart", "cart.shop-prod", "cart.shop-prod.svc", "cart.shop-prod.svc.cluster.local"]
+    assert dns == ["cart.shop-prod", "cart.shop-prod.svc", "cart.shop-prod.svc.cluster.local"]  # never bare
     assert ips == ["10.0.0.7"]
     assert cert.public_key().public_numbers() == key.public_key().public_numbers()  # our key, never theirs
     chain = x509.load_pem_x509_certificates(out["certificate_chain"].encode())
@@ -346,3 +347,45 @@ def test_a_declared_huge_body_is_refused_before_it_is_read(world):
         s.settimeout(3)
         head = s.recv(200).decode(errors="replace")
     assert head.startswith("HTTP/1.1 413"), head
+
+
+def _wait_refused(issuer, token, reason: str) -> dict:
+    """The issuer's pod view follows a watch: wait (briefly) for it to see the change."""
+    out: dict = {}
+
+    def refused():
+        nonlocal out
+        status, out = sign(issuer, token, "retail-service-cert")
+        return status != 200 and out.get("reason") == reason
+    harness.wait_for(refused, timeout=10, what=f"refusal {reason}")
+    return out
+
+
+def test_a_pod_being_deleted_gets_no_certificate(world):
+    """Attack: a pod deleted with a grace period keeps running (and its token keeps its
+    signature) until the kubelet confirms. JWKS verification cannot see that; TokenReview says
+    'invalidated' once its ~10 s cache of positive answers runs out. The issuer refuses on the
+    pod object's deletionTimestamp in both modes, cached review or not."""
+    kube, issuer = world
+    pod = kube.add_pod("shop-prod", "cart-ending", "cart", {"app": "cart"}, PROD)
+    token = kube.mint(pod)
+    assert sign(issuer, token, "retail-service-cert")[0] == 200  # reviewed (and cached) while alive
+    kube.terminate_pod("shop-prod", "cart-ending")
+    out = _wait_refused(issuer, token, "pod_terminating")
+    assert "being deleted" in out["error"]
+    fresh = kube.mint(kube.objects["pods"][("shop-prod", "cart-ending")])
+    status, out = sign(issuer, fresh, "retail-service-cert")
+    assert status in (401, 403) and "certificate_chain" not in out, out
+
+
+def test_a_deleted_pods_token_is_refused_while_tokenreview_still_caches_it(world):
+    """Real TokenReview answers `authenticated: true` for ~10 s after the pod is deleted (its
+    cache, modelled by the double): only the issuer's own pod check stops the token then."""
+    kube, issuer = world
+    pod = kube.add_pod("shop-prod", "cart-cached", "cart", {"app": "cart"}, PROD)
+    token = kube.mint(pod)
+    assert sign(issuer, token, "retail-service-cert")[0] == 200
+    kube.delete_pod("shop-prod", "cart-cached")
+    if issuer.env["ISSUER_TOKEN_VERIFIER"] == "tokenreview":  # JWKS never asked the API server
+        assert kube.review({"spec": {"token": token, "audiences": ["sds-injector"]}})["status"]["authenticated"]
+    _wait_refused(issuer, token, "pod_gone")

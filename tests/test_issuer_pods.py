@@ -48,16 +48,17 @@ def cluster(tmp_path):
     issuer = IssuerRun(tmp_path, kube, ROOT / "examples" / "config.yaml").start()
     pods: list[LocalPod] = []
 
-    def run(namespace, name, sa, annotations, cfg, app_ports=()) -> LocalPod:
+    def run(namespace, name, sa, annotations, cfg, app_ports=(), dns=None) -> LocalPod:
         """Create the pod in the API (as the API server stores it), inject it, run its sidecars
-        with a projected token minted for it."""
+        with a projected token minted for it (`dns`: what the pod's names resolve to)."""
         labels = {"app": sa}
         stored = kube.add_pod(namespace, name, sa, labels, annotations)
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": dict(stored["metadata"]),
                "spec": {"serviceAccountName": sa, "containers": [{"name": "app", "image": "app:1"}]}}
         out = decide(pod, namespace, cfg)
         assert out.action == "inject", out.message
-        p = LocalPod(jsonpatch.apply_patch(pod, out.patch), tmp_path, tokens={"sds-injector": kube.mint(stored)})
+        p = LocalPod(jsonpatch.apply_patch(pod, out.patch), tmp_path, tokens={"sds-injector": kube.mint(stored)},
+                     dns=dns)
         pods.append(p)
         return p.start(list(app_ports))
 

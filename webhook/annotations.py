@@ -158,7 +158,11 @@ SCHEMA: tuple[Annotation, ...] = (
                "comma-separated, e.g. `8443:8080`."),
     Annotation("outbound", "list", _outbound, "none",
                "Local plain ports whose traffic Envoy sends over mTLS: `LOCAL_PORT=HOST:PORT[@spiffe://ID]`, "
-               "comma-separated. The peer must present the SPIFFE ID (or, without one, HOST as DNS SAN)."),
+               "comma-separated. A HOST in the cluster (`svc`, `svc.ns`, `svc.ns.svc[.domain]`) is verified by "
+               "identity, never by DNS name alone: the peer must hold a SPIFFE ID of the namespace HOST names "
+               "(`svc` alone: the pod's own), or exactly the pinned ID, which must lie in that namespace. "
+               "Any other HOST (outside the cluster; write a two-label external name with a trailing dot, "
+               "`example.com.`) is verified by its DNS SAN, or by the pinned ID."),
     Annotation("mtls", "bool", _bool, "true",
                "Require client certificates on inbound ports.", "true, false"),
     Annotation("allowed-peers", "list", _peers, "workloads of the pod's own namespace",

@@ -213,9 +213,9 @@ def pod_bootstrap(sel, cfg, admin_socket: str, agent_ready_path: str) -> dict:
             [http_manager(f"inbound_{tls_port}", {"route": {"cluster": app}}, forward_client_cert=sel.mtls)],
             downstream_tls(common, require_client_cert=sel.mtls, staple_policy=sel.ocsp_staple_policy)))
     for local, host, port, peer in sel.outbound:
-        sans = san_matchers(spiffe_ids=[peer]) if peer else san_matchers(dns=[host])
+        sans = san_matchers(list(peer.spiffe_ids), list(peer.spiffe_prefixes), list(peer.dns))
         name = f"outbound-{local}"
-        clusters.append(static_cluster(name, host, port, upstream_tls(common_tls(cert, trust, sans, **tls), host),
+        clusters.append(static_cluster(name, host, port, upstream_tls(common_tls(cert, trust, sans, **tls), host.rstrip(".")),
                                        http2_reuse=True, dns=True))
         listeners.append(listener(name, "127.0.0.1", local,
                                   [http_manager(f"outbound_{local}", {"route": {"cluster": name}})]))

@@ -74,8 +74,8 @@ class PolicyRule(Strict):
     trust_bundles: list[str] = Field(default_factory=list, alias="trustBundles")
     # Gateway hostnames these namespaces may claim (docs/gateway.md): "shop.example.com", or
     # "*.shop.example.com" for every name below it (wildcard claims included), or "*" for any.
-    # Without it, the first namespace to claim a name owns it, whoever that is.
-    gateway_hostnames: list[str] = Field(default_factory=lambda: ["*"], alias="gatewayHostnames")
+    # None by default: with "*" the first namespace to claim a name would own it, whoever that is.
+    gateway_hostnames: list[str] = Field(default_factory=list, alias="gatewayHostnames")
 
     @model_validator(mode="after")
     def _has_target(self):
@@ -156,6 +156,9 @@ class IssuerAgentConfig(Strict):
 class AgentConfig(Strict):
     source: Literal["issuer", "local-ca", "files", "vault"] = "issuer"
     trust_domain: str = Field("cluster.local", alias="trustDomain")
+    # The cluster's DNS suffix (svc.<clusterDomain>): DNS SANs and which outbound hosts are
+    # in-cluster names. Not the trust domain, though both default to cluster.local.
+    cluster_domain: str = Field("cluster.local", alias="clusterDomain")
     # local-ca is for local runs (demo, tests) only: a Secret named here holds a CA *key* and is
     # mounted into every pod. Never in a cluster: use the issuer.
     local_ca_secret: str | None = Field(None, alias="localCASecret")

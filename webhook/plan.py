@@ -168,6 +168,7 @@ def _agent(sel: Selection, cfg: InjectorConfig, res: dict) -> tuple[dict, list[d
         {"name": "SDS_ENV", "value": sel.env},
         {"name": "SDS_BUSINESS_LINE", "value": sel.business_line or ""},
         {"name": "SDS_TRUST_DOMAIN", "value": a.trust_domain},
+        {"name": "SDS_CLUSTER_DOMAIN", "value": a.cluster_domain},
         # Loopback only: kubelet probes reach it through Envoy's status listener.
         {"name": "SDS_HTTP_HOST", "value": "127.0.0.1"},
         {"name": "SDS_HTTP_PORT", "value": str(a.http_port)},

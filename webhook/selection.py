@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from sds_core import names
+
 from . import annotations as ann
 from .config import InjectorConfig, NamespacePolicy, PolicyRule
 
@@ -27,7 +29,8 @@ class Selection:
     certificates: tuple[str, ...]
     trust_bundles: tuple[str, ...]
     inbound: tuple[tuple[int, int], ...] = ()
-    outbound: tuple[tuple[int, str, int, str | None], ...] = ()
+    # (local port, host, port, how the peer is verified)
+    outbound: tuple[tuple[int, str, int, names.PeerCheck], ...] = ()
     mtls: bool = True
     allowed_peers: tuple[str, ...] = ()
     tls_min_version: str = "TLSv1_2"
@@ -53,6 +56,14 @@ def _service_name(pod: dict, annotated: str | None) -> str:
         if isinstance(labels.get(key), str) and (name := _dns_label(labels[key])):
             return name
     return (pod.get("spec") or {}).get("serviceAccountName") or "default"
+
+
+def _outbound(targets, namespace: str, config: InjectorConfig) -> tuple:
+    try:
+        return tuple((local, host, port, names.outbound_peer_check(host, pin, namespace, config.agent.trust_domain))
+                     for local, host, port, pin in targets)
+    except ValueError as e:
+        raise Denied("invalid_annotation", f"annotation {ann.PREFIX}outbound: {e}", 400) from None
 
 
 def _max_version(values: dict) -> str:
@@ -118,7 +129,7 @@ def select(pod: dict, namespace: str, config: InjectorConfig, values: dict | Non
         namespace=namespace, service=service,
         service_account=(pod.get("spec") or {}).get("serviceAccountName") or "default",
         env=env, business_line=bl_name, certificates=certs, trust_bundles=trust,
-        inbound=tuple(values.get("inbound", ())), outbound=tuple(values.get("outbound", ())),
+        inbound=tuple(values.get("inbound", ())), outbound=_outbound(values.get("outbound", ()), namespace, config),
         mtls=values.get("mtls", True), allowed_peers=tuple(values.get("allowed-peers", ())),
         tls_min_version=values.get("tls-min-version", "TLSv1_2"),
         tls_max_version=_max_version(values),

@@ -1,6 +1,8 @@
-"""The signing CAs: one root, and under it one intermediate per environment (URI name
-constraints keep each to the trust domain). A trust bundle holds only its environment's
-intermediate, so a certificate of another environment fails the handshake.
+"""The signing CAs: one root, and under it per environment one workload intermediate (URI name
+constraints keep it to the trust domain) and one edge intermediate for gateway certificates
+(`<env>-edge`: no SPIFFE ID of the trust domain, no cluster-domain name). A workload trust
+bundle holds only its environment's workload intermediate, so a certificate of another
+environment, or any edge certificate, fails a workload handshake.
 
 The keys live only in one Secret of the release namespace, created at run time by the first
 replica to start (create-if-absent; a replica that loses the race reads the winner's Secret),
@@ -23,6 +25,12 @@ from sds_sidecar.validation import parse_certificates, parse_private_key
 
 log = logging.getLogger("issuer.authority")
 _KEY_SAFE = re.compile(r"^[-_a-zA-Z0-9]+$")
+EDGE = "-edge"
+
+
+def edge(env: str) -> str:
+    """The name of `env`'s edge CA: it signs gateway certificates, which workloads never trust."""
+    return env + EDGE
 
 
 def _pem_key(key) -> bytes:
@@ -55,14 +63,20 @@ class Authority:
 
     @classmethod
     def generate(cls, environments: list[str], trust_domain: str, days: float = 3650,
-                 rotation: Rotation | None = None) -> "Authority":
+                 rotation: Rotation | None = None, cluster_domain: str = "cluster.local") -> "Authority":
         root = LocalCA.generate("sds-injector root CA", days=days)
         life = (rotation or Rotation()).lifetime_days
-        return cls(root, {e: cls._intermediate(root, e, trust_domain, life) for e in environments})
+        return cls(root, {name: cls._intermediate(root, name, trust_domain, life, cluster_domain)
+                          for name in ca_names(environments)})
 
     @staticmethod
-    def _intermediate(root: LocalCA, env: str, trust_domain: str, days: float = 365) -> LocalCA:
-        return root.intermediate(f"sds-injector {env} CA", days=days, permitted_uri_domains=[trust_domain])
+    def _intermediate(root: LocalCA, name: str, trust_domain: str, days: float = 365,
+                      cluster_domain: str = "cluster.local") -> LocalCA:
+        if name.endswith(EDGE):
+            return root.intermediate(f"sds-injector {name[:-len(EDGE)]} edge CA", days=days,
+                                     excluded_uri_domains=[trust_domain],
+                                     excluded_dns=list(dict.fromkeys([cluster_domain, "cluster.local"])))
+        return root.intermediate(f"sds-injector {name} CA", days=days, permitted_uri_domains=[trust_domain])
 
     def ca(self, env: str) -> LocalCA:
         try:
@@ -83,7 +97,8 @@ class Authority:
                 certs.append(old)
         return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
-    def rotate(self, trust_domain: str, r: Rotation, at: dt.datetime | None = None) -> list[str]:
+    def rotate(self, trust_domain: str, r: Rotation, at: dt.datetime | None = None,
+               cluster_domain: str = "cluster.local") -> list[str]:
         """Advance every environment's rotation by the clock; returns what changed."""
         at = at or dt.datetime.now(dt.timezone.utc)
         changed = []
@@ -97,7 +112,7 @@ class Authority:
                 self.envs[env] = self.nexts.pop(env)[0]
                 changed.append(f"{env}: next CA now signs")
             elif env not in self.nexts and (ca.cert.not_valid_after_utc - at).total_seconds() < r.before:
-                self.nexts[env] = (self._intermediate(self.root, env, trust_domain, r.lifetime_days), at)
+                self.nexts[env] = (self._intermediate(self.root, env, trust_domain, r.lifetime_days, cluster_domain), at)
                 changed.append(f"{env}: next CA introduced into the trust bundle")
         return changed
 
@@ -134,9 +149,14 @@ class Authority:
         return cls(load("root"), envs, nexts, retired)
 
 
+def ca_names(environments: list[str]) -> list[str]:
+    """Every CA the issuer keeps: each environment's workload CA and its edge CA."""
+    return [n for env in environments for n in (env, edge(env))]
+
+
 def load_or_create(core, namespace: str, secret_name: str, environments: list[str], trust_domain: str,
                    attempts: int = 5, rotation: Rotation | None = None,
-                   at: dt.datetime | None = None) -> Authority:
+                   at: dt.datetime | None = None, cluster_domain: str = "cluster.local") -> Authority:
     """The cluster's Authority: the Secret created if absent, missing environments' CAs added,
     rotations advanced by the clock. Safe with any number of replicas doing it at once: the API
     server's create and resourceVersion-checked replace decide, the losers re-read."""
@@ -144,8 +164,9 @@ def load_or_create(core, namespace: str, secret_name: str, environments: list[st
 
     rotation = rotation or Rotation()
     for env in environments:
-        if not _KEY_SAFE.match(env) or env == "root":
-            raise ValueError(f"environment name {env!r} cannot name a CA (letters, digits, '-', '_'; not 'root')")
+        if not _KEY_SAFE.match(env) or env == "root" or env.endswith(EDGE):
+            raise ValueError(f"environment name {env!r} cannot name a CA (letters, digits, '-', '_'; not 'root', "
+                             f"not ending in {EDGE!r})")
     for _ in range(attempts):
         try:
             resp = core.read_namespaced_secret(secret_name, namespace, _preload_content=False, _request_timeout=10)
@@ -153,7 +174,7 @@ def load_or_create(core, namespace: str, secret_name: str, environments: list[st
         except ApiException as e:
             if e.status != 404:
                 raise
-            auth = Authority.generate(environments, trust_domain, rotation=rotation)
+            auth = Authority.generate(environments, trust_domain, rotation=rotation, cluster_domain=cluster_domain)
             body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                     "metadata": {"name": secret_name, "namespace": namespace,
                                  "labels": {"app.kubernetes.io/name": "sds-injector",
@@ -168,10 +189,11 @@ def load_or_create(core, namespace: str, secret_name: str, environments: list[st
                     raise
                 continue  # another replica won: read its Secret
         auth = Authority.from_secret_data(secret.get("data") or {})
-        changes = [f"{env}: CA created" for env in environments if env not in auth.envs]
-        for env in environments:
-            auth.envs.setdefault(env, Authority._intermediate(auth.root, env, trust_domain, rotation.lifetime_days))
-        changes += auth.rotate(trust_domain, rotation, at)
+        changes = [f"{name}: CA created" for name in ca_names(environments) if name not in auth.envs]
+        for name in ca_names(environments):
+            auth.envs.setdefault(name, Authority._intermediate(auth.root, name, trust_domain, rotation.lifetime_days,
+                                                               cluster_domain))
+        changes += auth.rotate(trust_domain, rotation, at, cluster_domain)
         if not changes:
             return auth
         secret["data"] = auth.to_secret_data()  # carries metadata.resourceVersion: a stale replace fails

@@ -13,7 +13,8 @@ from ..namespaces import NamespaceLabels
 def _slim_pod(o: dict) -> dict:
     # Only what identity needs: 5,000 pods' full objects would be tens of MB.
     m, spec, status = o.get("metadata") or {}, o.get("spec") or {}, o.get("status") or {}
-    return {"metadata": {k: m.get(k) for k in ("name", "namespace", "uid", "labels", "annotations")},
+    return {"metadata": {k: m.get(k) for k in ("name", "namespace", "uid", "labels", "annotations",
+                                                    "deletionTimestamp")},
             "spec": {"serviceAccountName": spec.get("serviceAccountName") or "default",
                      "hostNetwork": bool(spec.get("hostNetwork"))},
             "status": {"podIP": status.get("podIP"), "podIPs": status.get("podIPs") or [],

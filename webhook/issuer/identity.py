@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sds_core import names
+
 from ..config import InjectorConfig
 from ..selection import Denied, check_policy, select
 from .tokens import Caller
@@ -39,15 +41,10 @@ class Grant:
     ips: tuple[str, ...]
 
 
-def dns_names(services: list[str], namespace: str, cluster_domain: str) -> list[str]:
-    out = []
-    for s in services:
-        out += [s, f"{s}.{namespace}", f"{s}.{namespace}.svc", f"{s}.{namespace}.svc.{cluster_domain}"]
-    return out
-
-
 def check_binding(caller: Caller, pod: dict | None) -> None:
-    """The token's pod exists now, is the same pod (uid), and runs as the token's account."""
+    """The token's pod exists now, is the same pod (uid), is not being deleted, and runs as the
+    token's account. TokenReview invalidates a deleted pod's token only after its ~10 s cache
+    and JWKS never does: the pod object is what says the pod is going away."""
     if pod is None:
         raise Refused("pod_gone", f"pod {caller.namespace}/{caller.pod_name}, to which the token is bound, "
                       "does not exist")
@@ -57,10 +54,13 @@ def check_binding(caller: Caller, pod: dict | None) -> None:
                       f"{caller.pod_name} (uid differs: the pod was deleted and re-created)")
     if meta.get("namespace") != caller.namespace or spec.get("serviceAccountName") != caller.service_account:
         raise Refused("pod_mismatch", "the token's namespace or service account does not match its pod")
+    if meta.get("deletionTimestamp"):
+        raise Refused("pod_terminating", f"pod {caller.namespace}/{caller.pod_name} is being deleted "
+                      f"(deletionTimestamp {meta['deletionTimestamp']}); no new certificates for it")
 
 
 def grant(caller: Caller, pod: dict | None, services: list[str], namespace_labels: dict | None,
-          cfg: InjectorConfig, cluster_domain: str) -> Grant:
+          cfg: InjectorConfig, max_dns_names: int = 100) -> Grant:
     check_binding(caller, pod)
     meta, spec, status = pod["metadata"], pod["spec"], pod["status"]
     if spec.get("hostNetwork"):
@@ -75,9 +75,13 @@ def grant(caller: Caller, pod: dict | None, services: list[str], namespace_label
         raise Refused(d.reason, d.message, 503 if d.code == 503 else 403) from None
     ips = [p.get("ip") for p in status.get("podIPs") or [] if p.get("ip")] or (
         [status["podIP"]] if status.get("podIP") else [])
-    names = dns_names(services, namespace, cluster_domain)
+    dns = names.workload_dns_names(services, namespace, cfg.agent.cluster_domain)
+    if len(dns) > max_dns_names:
+        raise Refused("too_many_dns_names", f"{len(services)} Services select pod {namespace}/{caller.pod_name}, "
+                      f"giving {len(dns)} DNS names; the issuer puts at most {max_dns_names} into one certificate "
+                      "(issuer setting max_dns_names): select the pod with fewer Services")
     return Grant(namespace=namespace, service_account=caller.service_account, pod=caller.pod_name,
-                 spiffe_id=f"spiffe://{cfg.agent.trust_domain}/ns/{namespace}/sa/{caller.service_account}",
+                 spiffe_id=names.spiffe_id(cfg.agent.trust_domain, namespace, caller.service_account),
                  env=sel.env, business_line=sel.business_line, certificates=sel.certificates,
-                 trust_bundles=sel.trust_bundles, common_name=services[0] if services else caller.service_account,
-                 dns_names=tuple(names), ips=tuple(dict.fromkeys(ips)))
+                 trust_bundles=sel.trust_bundles, common_name=names.common_name(dns),
+                 dns_names=tuple(dns), ips=tuple(dict.fromkeys(ips)))

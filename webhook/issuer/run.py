@@ -28,7 +28,7 @@ def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tup
     def settle():
         c = config()
         return load_or_create(core, settings.namespace, settings.ca_secret, c.environments, c.agent.trust_domain,
-                              rotation=rotation)
+                              rotation=rotation, cluster_domain=c.agent.cluster_domain)
     authority = settle()
     cluster = ClusterCache(api, gateway=bool(settings.gateway_identities)).start()
     if settings.token_verifier == "jwks":
@@ -36,7 +36,7 @@ def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tup
     else:
         verifier = TokenReviewVerifier(api, settings.audience)
     issuer = Issuer(authority, cluster, verifier, config, AuditLog(settings.replica, settings.audit_file),
-                    cert_ttl=dt.timedelta(seconds=settings.cert_ttl_seconds), cluster_domain=settings.cluster_domain,
+                    cert_ttl=dt.timedelta(seconds=settings.cert_ttl_seconds), max_dns_names=settings.max_dns_names,
                     overlap_seconds=settings.ca_overlap_seconds, gateways=settings.gateway_identities)
     threading.Thread(target=_refresh, args=(issuer, settle, settings.ca_refresh_seconds), name="ca-refresh",
                      daemon=True).start()

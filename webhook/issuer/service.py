@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ..config import InjectorConfig
 from .audit import AuditLog
-from .authority import Authority
+from .authority import Authority, edge
 from .identity import Grant, Refused, check_binding, grant
 from .inventory import ISSUED, REFUSED, Inventory
 from .tokens import Caller, TokenRefused
@@ -41,11 +41,11 @@ def public_key_of(csr_pem: str) -> object:
 class Issuer:
     def __init__(self, authority: Authority, cluster, verifier, config: Callable[[], InjectorConfig],
                  audit: AuditLog, inventory: Inventory | None = None, cert_ttl: dt.timedelta = dt.timedelta(hours=1),
-                 cluster_domain: str = "cluster.local", overlap_seconds: float = 48 * 3600,
+                 max_dns_names: int = 100, overlap_seconds: float = 48 * 3600,
                  gateways: list[str] = ()):
         self.authority, self.cluster, self.verifier, self.config = authority, cluster, verifier, config
         self.audit, self.inventory = audit, inventory or Inventory()
-        self.cert_ttl, self.cluster_domain, self.overlap = cert_ttl, cluster_domain, overlap_seconds
+        self.cert_ttl, self.max_dns_names, self.overlap = cert_ttl, max_dns_names, overlap_seconds
         self.gateways = frozenset(gateways)  # "namespace/serviceaccount"
 
     def _grant(self, token: str) -> tuple[Caller, Grant]:
@@ -56,7 +56,7 @@ class Issuer:
         pod = self.cluster.pod(caller.namespace, caller.pod_name)
         services = self.cluster.services_selecting(pod) if pod else []
         labels = self.cluster.namespace_labels(caller.namespace)
-        return caller, grant(caller, pod, services, labels, self.config(), self.cluster_domain)
+        return caller, grant(caller, pod, services, labels, self.config(), self.max_dns_names)
 
     def _authorize(self, token: str, name: str, kind: str, csr_pem: str | None = None):
         """(grant, the environment's CA, the CSR's key) — or a Refused, audited."""
@@ -124,7 +124,7 @@ class Issuer:
                 raise Refused("no_such_tenant", f"tenant {tenant!r} has no served hostnames: no such claim, or it was "
                               "refused (see the gateway's /readyz)")
             key = public_key_of(csr_pem)
-            ca = self._ca(claim.env)
+            ca = self._ca(edge(claim.env))  # never the workload CA: sidecars must not trust it as a peer
         except Refused as e:
             self._refused(e, caller, tenant=tenant)
         return claim, ca, key
