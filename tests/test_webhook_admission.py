@@ -360,6 +360,65 @@ def test_an_ephemeral_container_may_not_mount_the_injectors_volumes():
     assert out["response"]["allowed"] and "patch" not in out["response"]
 
 
+def _injected(annotations: dict) -> dict:
+    return jsonpatch.apply_patch(pod(annotations), decode_patch(call(review(pod(annotations)))[1]))
+
+
+def test_a_copy_of_an_injected_pod_is_checked_like_any_other():
+    """Attack: `kubectl debug --copy-to` (kubectl 1.35's default profile) copies the pod with its
+    injection status; a debug container in the copy mounting `sds-token` or `sds-socket` was
+    skipped as `already_injected`. The ownership checks run on every pod, injected or not."""
+    copy_ = _injected({"sds-injector.io/env": "dev"})
+    copy_["spec"]["containers"].append({"name": "debugger", "image": "busybox",
+                                        "volumeMounts": [{"name": "sds-token", "mountPath": "/t"}]})
+    _, out = call(review(copy_))
+    resp = out["response"]
+    assert not resp["allowed"] and resp["status"]["code"] == 403
+    assert "sds-token" in resp["status"]["message"] and "debugger" in resp["status"]["message"]
+    copy_["spec"]["containers"][-1]["volumeMounts"] = []
+    _, out = call(review(copy_))
+    assert out["response"]["allowed"] and "patch" not in out["response"]  # still just already injected
+
+
+def test_a_pod_sharing_its_process_namespace_is_denied():
+    """Attack: with shareProcessNamespace an app container running as the agent's uid read the
+    agent's socket through /proc/<agent pid>/root/... and fetched the pod's private key."""
+    for p in (pod({"sds-injector.io/env": "dev"}, shareProcessNamespace=True),
+              {**_injected({"sds-injector.io/env": "dev"}), "spec": {
+                  **_injected({"sds-injector.io/env": "dev"})["spec"], "shareProcessNamespace": True}}):
+        _, out = call(review(p))
+        resp = out["response"]
+        assert not resp["allowed"] and resp["status"]["code"] == 403, resp
+        assert "shareProcessNamespace" in resp["status"]["message"]
+    _, out = call(review(pod({"sds-injector.io/env": "dev"}, shareProcessNamespace=False)))
+    assert out["response"]["allowed"] and out["response"]["patch"]
+
+
+ISTIO = {"sds-injector.io/env": "dev", "sidecar.istio.io/inject": "true"}
+
+
+def test_in_istio_mode_only_istio_proxy_may_mount_the_workload_socket():
+    """Attack: in Istio mode the agent serves `default` (with its private key) on Istio's
+    `workload-socket`; an app container mounting that volume fetched it over SDS."""
+    thief = pod(ISTIO)
+    thief["spec"]["containers"].append({"name": "thief", "image": "x",
+                                        "volumeMounts": [{"name": "workload-socket", "mountPath": "/s"}]})
+    _, out = call(review(thief))
+    resp = out["response"]
+    assert not resp["allowed"] and "workload-socket" in resp["status"]["message"] and "thief" in resp["status"]["message"]
+    proxy = pod(ISTIO)
+    proxy["spec"]["containers"].append({"name": "istio-proxy", "image": "proxyv2",
+                                        "volumeMounts": [{"name": "workload-socket", "mountPath": "/s"}]})
+    _, out = call(review(proxy))
+    assert out["response"]["allowed"] and out["response"]["patch"]
+    injected = jsonpatch.apply_patch(proxy, decode_patch(out))
+    debug = {"name": "debugger", "image": "busybox", "volumeMounts": [{"name": "workload-socket", "mountPath": "/s"}]}
+    r = review({**injected, "spec": {**injected["spec"], "ephemeralContainers": [debug]}}, operation="UPDATE")
+    r["request"]["subResource"] = "ephemeralcontainers"
+    _, out = call(r)
+    assert not out["response"]["allowed"] and "workload-socket" in out["response"]["status"]["message"]
+
+
 def test_sidecars_get_no_api_token_and_envoy_admin_is_private():
     _, out = call(review(pod({"sds-injector.io/env": "dev", "sds-injector.io/inbound": "8443:8080"})))
     patched = jsonpatch.apply_patch(pod({"sds-injector.io/env": "dev"}), decode_patch(out))

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import orjson
 
-from . import metrics, podshape
+from . import istio, metrics, podshape
 from .config import InjectorConfig
 from .injector import decide
 from .plan import check_owned_mounts
@@ -135,7 +135,7 @@ def _ephemeral(uid: str, pod: dict) -> bytes:
     """`kubectl debug` adds ephemeral containers to a running pod: one may not mount the
     injector's volumes (the agent's socket hands out every private key it serves)."""
     try:
-        check_owned_mounts(pod, keys=("ephemeralContainers",))
+        check_owned_mounts(pod, keys=("ephemeralContainers",), mode=istio.mode(pod))
     except Denied as d:
         metrics.REQUESTS.labels("denied").inc()
         metrics.DENIALS.labels(d.reason).inc()

@@ -46,20 +46,26 @@ def decide(pod: dict, namespace: str, cfg: InjectorConfig,
         return Outcome("skip", "host_network")
     mode = istio.mode(pod)
     record = planning.injected_status(pod)
+    try:
+        # On every pod we inject or injected before, whatever its status annotation says: a copy
+        # (`kubectl debug --copy-to`) carries the status of the pod it copies.
+        stripped = planning.strip(pod)
+        planning.check_owned_mounts(stripped, mode=mode)
+        planning.check_process_isolation(pod)
+    except Denied as d:
+        return Outcome("deny", d.reason, d.message, d.code)
     if record and record.get("revision") == cfg.revision and record.get("mode", "envoy") == mode:
         return Outcome("skip", "already_injected")
     try:
         sel = select(pod, namespace, cfg, values)
         labels = namespace_labels(namespace) if cfg.namespace_policy.uses_labels and namespace_labels else None
         check_policy(sel, cfg.namespace_policy, labels)
-        stripped = planning.strip(pod)
         plan = planning.build(sel, cfg, mode, istio.has_socket_volume(stripped))
         if not (stripped.get("spec") or {}).get("containers"):
             # Only a container named like a sidecar can be stripped; if that was all the pod had,
             # the pod is not one the injector made.
             raise Denied("reserved_name", f"the pod's containers are named {planning.AGENT!r}/{planning.PROXY!r}, "
                          "names reserved for the sidecars; rename them", 400)
-        planning.check_owned_mounts(stripped)
         planning.check_collisions(stripped, plan, sel, cfg, mode)
     except Denied as d:
         return Outcome("deny", d.reason, d.message, d.code)

@@ -310,20 +310,35 @@ def strip(pod: dict) -> dict:
     return pod
 
 
-def check_owned_mounts(pod: dict, keys=("containers", "initContainers", "ephemeralContainers")) -> None:
+def check_owned_mounts(pod: dict, keys=("containers", "initContainers", "ephemeralContainers"),
+                       mode: str = "envoy") -> None:
     """A container of the pod's own (in `keys` of a pod without our sidecars) mounting a volume
     the injector adds would read the agent's socket (every private key it serves) or its
-    token: deny, naming both."""
+    token: deny, naming both. In Istio mode the agent serves on Istio's `workload-socket`, which
+    only istio-proxy may mount besides it."""
     spec = pod.get("spec") or {}
     for key in keys:
         for c in spec.get(key) or []:
             if not isinstance(c, dict):
                 continue
+            istio_owned = mode == "istio" and not (key != "ephemeralContainers" and c.get("name") == istio.PROXY)
             for m in c.get("volumeMounts") or []:
-                if isinstance(m, dict) and isinstance(m.get("name"), str) and owned_volume(m["name"]):
+                if not (isinstance(m, dict) and isinstance(m.get("name"), str)):
+                    continue
+                if owned_volume(m["name"]) or (istio_owned and m["name"] == istio.SOCKET_VOL):
                     raise Denied("owned_volume", f"container {c.get('name')!r} ({key}) mounts volume "
                                  f"{m['name']!r}, which belongs to the sds-injector sidecars; remove that "
                                  "volumeMount (the app reaches TLS through Envoy, never the agent)", 403)
+
+
+def check_process_isolation(pod: dict) -> None:
+    """With a shared process namespace any container running as the agent's uid reaches the
+    agent's socket (and memory) through /proc/<pid>/root: the app would get every private key."""
+    if (pod.get("spec") or {}).get("shareProcessNamespace") is True:
+        raise Denied("shared_process_namespace", "spec.shareProcessNamespace is true: every container could "
+                     "reach the SDS agent's socket and memory through /proc, and with them the pod's private "
+                     "keys; sds-injector does not inject such pods (remove shareProcessNamespace, or opt the "
+                     f"pod out with {ann.PREFIX}inject: \"false\")", 403)
 
 
 def check_collisions(pod: dict, plan: Plan, sel: Selection, cfg: InjectorConfig, mode: str = "envoy") -> None:

@@ -47,9 +47,7 @@ webhooks:
         - key: kubernetes.io/metadata.name
           operator: NotIn
           values: {{ concat (list "kube-system" "kube-public" "kube-node-lease" $root.Release.Namespace) $root.Values.webhook.excludeNamespaces | toJson }}
-    objectSelector:
-      matchExpressions:
-        - key: sds-injector.io/component
-          operator: NotIn
-          values: [webhook]
+    # No objectSelector: a pod label is settable by whoever edits the pod, so excluding the
+    # webhook's own pods by label would let any tenant skip the webhook. The release namespace
+    # (above) excludes them.
 {{- end -}}
