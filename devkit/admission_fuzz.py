@@ -10,7 +10,7 @@ import jsonpatch
 from hypothesis import strategies as st
 
 from webhook import admission
-from webhook.annotations import SCHEMA
+from sds_core.policy.annotations import SCHEMA
 from webhook.plan import AGENT, PROXY
 
 from .reviews import review

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from webhook import bootstrap as b
+from sds_core.envoy import bootstrap as b
 
 HELLO = "hello from envoy"
 

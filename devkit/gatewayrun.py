@@ -90,7 +90,7 @@ class GatewayRun(EnvoyAdmin):
         self.envoy = Proc([ENVOY, "-c", str(config), "--disable-hot-restart", "--concurrency", str(concurrency),
                            "-l", "warning"], workdir / "gateway-envoy.log")
 
-    def start(self) -> "GatewayRun":
+    def start(self) -> GatewayRun:
         self.agent.start()
         self.envoy.start()
         return self

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from sds_sidecar.ca import Issued, LocalCA
+from sds_core.pki.ca import Issued, LocalCA
 
 VENV_BIN = Path(sys.executable).parent
 ENVOY = shutil.which("envoy", path=f"{VENV_BIN}:{os.environ.get('PATH', '')}")
@@ -274,7 +274,7 @@ class TLSAnswerer:
         ctx.load_cert_chain(crt, key)
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 self.send_response(200)
                 self.send_header("content-length", "2")
                 self.end_headers()

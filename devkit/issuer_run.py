@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from sds_sidecar.ca import LocalCA
+from sds_core.pki.ca import LocalCA
 
 from . import process
 from .harness import free_port
@@ -57,17 +57,17 @@ class IssuerRun:
     def ca_pem(self) -> bytes:
         return self.serving_ca.cert_pem
 
-    def start(self, timeout: float = 30) -> "IssuerRun":
+    def start(self, timeout: float = 30) -> IssuerRun:
         return self.launch().wait_ready(timeout)
 
-    def launch(self) -> "IssuerRun":
+    def launch(self) -> IssuerRun:
         self._fh = open(self.log, "ab")
         # stdout carries the audit stream; both go to the log file here.
         self.proc = subprocess.Popen([sys.executable, "-m", "webhook", "issuer"], stdout=self._fh,
                                      stderr=subprocess.STDOUT, env=self.env, cwd=ROOT, start_new_session=True)
         return self
 
-    def wait_ready(self, timeout: float = 30) -> "IssuerRun":
+    def wait_ready(self, timeout: float = 30) -> IssuerRun:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

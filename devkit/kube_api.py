@@ -188,7 +188,7 @@ class KubeAPI:
                 "spec": spec, "status": status}
 
     # --- server -----------------------------------------------------------------------------
-    def start(self) -> "KubeAPI":
+    def start(self) -> KubeAPI:
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -223,7 +223,7 @@ class KubeAPI:
                     return True
                 return False
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 if self._trouble():
                     return None
                 url = urlparse(self.path)
@@ -295,7 +295,7 @@ class KubeAPI:
                 n = int(self.headers.get("content-length") or 0)
                 return json.loads(self.rfile.read(n) or b"{}")
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 parts = [p for p in urlparse(self.path).path.split("/") if p]
                 api.requests.append(("POST", self.path))
                 if not self._authorized():
@@ -313,7 +313,7 @@ class KubeAPI:
                     return self._send(201, obj)
                 return self._status(404, "NotFound", "the server could not find the requested resource")
 
-            def do_PUT(self):  # noqa: N802
+            def do_PUT(self):
                 parts = [p for p in urlparse(self.path).path.split("/") if p]
                 api.requests.append(("PUT", self.path))
                 if not self._authorized():

@@ -41,7 +41,7 @@ class OpenBao:
     def ca_file(self) -> Path | None:
         return self.workdir / "vault-ca.pem" if self.tls else None
 
-    def start(self, timeout: float = 20) -> "OpenBao":
+    def start(self, timeout: float = 20) -> OpenBao:
         args = [BAO, "server", "-dev", f"-dev-root-token-id={self.root_token}",
                 f"-dev-listen-address=127.0.0.1:{self.port}", "-dev-no-store-token"]
         if self.tls:

@@ -16,7 +16,7 @@ import jsonpatch
 import yaml
 from cryptography import x509
 
-from webhook.config import InjectorConfig, load_config
+from sds_core.policy.config import InjectorConfig, load_config
 from webhook.injector import decide
 
 from . import harness
@@ -38,7 +38,7 @@ class App:
 
     def __init__(self, name: str, port: int):
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 body = json.dumps({"app": name, "path": self.path,
                                    "xfcc": self.headers.get("x-forwarded-client-cert", "")}).encode()
                 self.send_response(200)
@@ -136,7 +136,7 @@ class LocalPod:
                         sock["address"] = self.dns[sock["address"]]
         return json.dumps(boot)
 
-    def start(self, app_ports: list[int], timeout: float = 30) -> "LocalPod":
+    def start(self, app_ports: list[int], timeout: float = 30) -> LocalPod:
         import os
 
         for port in app_ports:
@@ -149,7 +149,7 @@ class LocalPod:
             # probe passed, or at once when it has none.
             if c.get("startupProbe"):
                 self.wait_probe(c, c["startupProbe"], proc, timeout)
-        for c, proc in zip(self.containers(), self.procs):
+        for c, proc in zip(self.containers(), self.procs, strict=True):
             if c.get("readinessProbe"):
                 self.wait_probe(c, c["readinessProbe"], proc, timeout)
         return self

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sds_sidecar.ca import LocalCA
+from sds_core.pki.ca import LocalCA
 
 from .harness import free_port, wait_for
 from .kube_api import KubeAPI
@@ -26,7 +26,7 @@ class WebhookRun:
         self.namespaces, self.baseline = namespaces, baseline
         self.port = free_port()
 
-    def __enter__(self) -> "WebhookRun":
+    def __enter__(self) -> WebhookRun:
         self._tmp = tempfile.TemporaryDirectory()
         tmp = Path(self._tmp.name)
         self.kube = KubeAPI().start()

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
               "       python -m gateway bootstrap --agent-socket PATH [--admin-socket PATH]",
               file=sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr)
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
-    from sds_sidecar.__main__ import run
+    from sds_core.sds.run import run
 
     from .run import GatewayAgent
     from .settings import GatewaySettings

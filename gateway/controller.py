@@ -11,14 +11,15 @@ import logging
 
 from prometheus_client import Gauge
 
-from sds_sidecar import material
-from sds_sidecar.cache import SecretCache
-from sds_sidecar.renewal import Renewer
-from sds_sidecar.resources import CLUSTER, LISTENER, ResourceStore
-from sds_sidecar.sources.base import SecretSpec, Source, Tenant
+from sds_core.sds import material
+from sds_core.sds.cache import SecretCache
+from sds_core.sds.renewal import Renewer
+from sds_core.sds.resources import CLUSTER, LISTENER, ResourceStore
+from sds_core.sds.sources.base import SecretSpec, Source, Tenant
 
 from . import envoy
-from .claims import Claim, Refusal, resolve
+from sds_core.policy.claims import Claim, Refusal, resolve
+from sds_core.policy.config import InjectorConfig
 from .settings import GatewaySettings
 
 log = logging.getLogger("gateway")
@@ -48,14 +49,20 @@ class Controller:
         self._settle_by: float | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._config_timer: asyncio.TimerHandle | None = None
-        self._resolved_with = None  # the injector config of the last resolution
+        self._resolved_with: InjectorConfig | None = None  # the injector config of the last resolution
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("the gateway controller is not started")
+        return self._loop
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._settle_by = self._loop.time() + self.s.settle_seconds
         self.renewer.on_stored = self._stored
         self.feed.start(self.claims_changed)
-        self._config_timer = self._loop.call_later(CONFIG_CHECK_SECONDS, self._config_check)
+        self._config_timer = self.loop.call_later(CONFIG_CHECK_SECONDS, self._config_check)
 
     def stop(self) -> None:
         self.feed.stop()
@@ -66,14 +73,14 @@ class Controller:
     # -- triggers (debounced: thousands of changes in a burst make a handful of updates) -------
     def claims_changed(self) -> None:
         """Any thread (the informers call it from theirs)."""
-        self._loop.call_soon_threadsafe(self._schedule, True)
+        self.loop.call_soon_threadsafe(self._schedule, True)
 
     def _config_check(self) -> None:
         """A policy change (a hostname grant revoked, an environment withdrawn) applies without
         waiting for a claim to change: the config store re-reads its file when it changed."""
         if self.resolved and self.config() is not self._resolved_with:
             self._schedule(True)
-        self._config_timer = self._loop.call_later(CONFIG_CHECK_SECONDS, self._config_check)
+        self._config_timer = self.loop.call_later(CONFIG_CHECK_SECONDS, self._config_check)
 
     def _stored(self, name: str) -> None:
         if name in self.tenants:
@@ -82,20 +89,20 @@ class Controller:
     def _schedule(self, resolve_claims: bool) -> None:
         self._resolve_needed |= resolve_claims
         if self._timer is None:
-            self._timer = self._loop.call_later(self.s.debounce_seconds, self._update)
+            self._timer = self.loop.call_later(self.s.debounce_seconds, self._update)
 
     def _update(self) -> None:
         self._timer = None
         try:
             if self._resolve_needed and self.feed.synced:
                 self._resolve_needed = False
-                self._resolved_with = self.config()
-                self.apply(resolve(self.feed.objects(), self._resolved_with, self.feed.labels_of))
+                self._resolved_with = config = self.config()
+                self.apply(resolve(self.feed.objects(), config, self.feed.labels_of))
             self.publish()
         except Exception:  # a bug here must not stop later updates; Envoy keeps what it has
             log.exception("gateway update failed; retrying")
             self._resolve_needed = True
-            self._timer = self._loop.call_later(max(1.0, self.s.debounce_seconds), self._update)
+            self._timer = self.loop.call_later(max(1.0, self.s.debounce_seconds), self._update)
 
     # -- the two steps ---------------------------------------------------------------------------
     def apply(self, resolved) -> None:
@@ -127,11 +134,11 @@ class Controller:
         if self._settle_by is None:
             return False
         pending = [n for n in self.tenants if self.cache.get(n) is None and n not in self.renewer.failing]
-        if self.feed.synced and (not pending or self._loop.time() >= self._settle_by):
+        if self.feed.synced and (not pending or self.loop.time() >= self._settle_by):
             self._settle_by = None
             return False
         if self._deadline is None:  # look again at the deadline: failures wake nobody
-            self._deadline = self._loop.call_later(max(0.0, self._settle_by - self._loop.time()),
+            self._deadline = self.loop.call_later(max(0.0, self._settle_by - self.loop.time()),
                                                    self._schedule, False)
         return True
 

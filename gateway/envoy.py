@@ -14,6 +14,8 @@ one shared forward-proxy cluster 2.0 s / 163 MB. The price: upstream counters ar
 cluster's, not per tenant (the per-tenant `tcp.<prefix>.*` counters stay)."""
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf import json_format
 
 # Registers the typed_config types the listener and the cluster name, for json_format.
@@ -26,9 +28,9 @@ from envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3 import sni_dy
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
-from webhook import bootstrap as b
+from sds_core.envoy import bootstrap as b
 
-from .claims import Claim
+from sds_core.policy.claims import Claim
 
 LISTENER_NAME = "gateway"
 BACKENDS = "gateway-backends"
@@ -88,7 +90,7 @@ def _constant(key: str, value: str) -> dict:
 def chain_spec(t: Claim, host: str, min_version: str = "TLSv1_2", curves: tuple[str, ...] = (),
                staple_policy: str = "LENIENT_STAPLING", handshake_timeout: float = 10) -> dict:
     """A tenant's filter chain, as Envoy's JSON. `Chains` builds the same protobuf faster."""
-    common = {"tls_params": {"tls_minimum_protocol_version": min_version,
+    common: dict[str, Any] = {"tls_params": {"tls_minimum_protocol_version": min_version,
                              "tls_maximum_protocol_version": "TLSv1_3"},
               "tls_certificate_sds_secret_configs": [{"name": secret_name(t), "sds_config": ADS}]}
     if curves:
@@ -142,7 +144,7 @@ class Chains:
         self._state, self._resolve, self._proxy = (
             cls() for cls in (set_filter_state_pb2.Config, sni_dynamic_forward_proxy_pb2.FilterConfig,
                               tcp_proxy_pb2.TcpProxy))
-        for f, msg in zip(self._base.filters, (self._state, self._resolve, self._proxy)):
+        for f, msg in zip(self._base.filters, (self._state, self._resolve, self._proxy), strict=True):
             f.typed_config.Unpack(msg)
         del self._base.filter_chain_match.server_names[:]
 
@@ -158,7 +160,7 @@ class Chains:
         state.on_new_connection[1].format_string.text_format_source.inline_string = str(t.port)
         resolve.port_value = t.port
         proxy.stat_prefix = stat_prefix(t)
-        for f, msg in zip(out.filters, (state, resolve, proxy)):
+        for f, msg in zip(out.filters, (state, resolve, proxy), strict=True):
             f.typed_config.Pack(msg)
         return out
 

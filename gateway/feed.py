@@ -3,7 +3,6 @@ policy's label rules) or, for local runs, a file of the same objects."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 from collections.abc import Callable
@@ -11,30 +10,16 @@ from pathlib import Path
 
 import yaml
 
-from .claims import LABEL_SELECTOR
+from sds_core.kube.claims_informer import claims_informer, slim_claim
 
 log = logging.getLogger("gateway.feed")
-
-
-def _slim(cm: dict) -> dict:
-    m = cm.get("metadata") or {}
-    return {"metadata": {k: m.get(k) for k in ("name", "namespace", "creationTimestamp")},
-            "immutable": cm.get("immutable"), "data": cm.get("data") or {}}
-
-
-def claims_informer(core, watch_seconds: int = 300):
-    """Only labelled ConfigMaps: the gateway and the issuer never hold the cluster's others."""
-    from webhook.informer import Informer
-
-    return Informer("configmaps", functools.partial(core.list_config_map_for_all_namespaces,
-                                                    label_selector=LABEL_SELECTOR), _slim, watch_seconds)
 
 
 class ClusterFeed:
     def __init__(self, api_client, watch_seconds: int = 300):
         from kubernetes import client
 
-        from webhook.namespaces import NamespaceLabels
+        from sds_core.kube.namespaces import NamespaceLabels
 
         self.claims = claims_informer(client.CoreV1Api(api_client), watch_seconds)
         self.labels_of = NamespaceLabels(api_client, watch_seconds)
@@ -75,7 +60,7 @@ class FileFeed:
         self.path = path
         self._objects: list[dict] = []
         self._labels: dict[str, dict] = {}
-        self._stamp = None
+        self._stamp: tuple[int, int] | None = None
         self._task: asyncio.Task | None = None
         self.synced = False
 
@@ -96,9 +81,9 @@ class FileFeed:
             log.warning("claims file unreadable; previous claims kept: %s", type(e).__name__)
             return False
         items = [i for d in docs for i in (d.get("items") or [] if d.get("kind") == "List" else [d])]
-        self._objects = [_slim(i) for i in items if i.get("kind") == "ConfigMap"]
-        self._labels = {(i.get("metadata") or {}).get("name"): (i.get("metadata") or {}).get("labels") or {}
-                        for i in items if i.get("kind") == "Namespace"}
+        self._objects = [slim_claim(i) for i in items if i.get("kind") == "ConfigMap"]
+        self._labels = {name: (i.get("metadata") or {}).get("labels") or {} for i in items
+                        if i.get("kind") == "Namespace" and isinstance(name := (i.get("metadata") or {}).get("name"), str)}
         self._stamp, self.synced = stamp, True
         return True
 

@@ -2,9 +2,9 @@
 the controller, serving the listener, the backends cluster and certificates over ADS."""
 from __future__ import annotations
 
-from sds_sidecar.agent import Agent, make_source
-from sds_sidecar.resources import CLUSTER, LISTENER, ResourceStore
-from webhook.config import ConfigStore
+from sds_core.sds.agent import Agent, make_source
+from sds_core.sds.resources import CLUSTER, LISTENER, ResourceStore
+from sds_core.policy.config import ConfigStore
 
 from .controller import Controller
 from .feed import ClusterFeed, FileFeed
@@ -14,7 +14,7 @@ from .settings import GatewaySettings
 def make_feed(s: GatewaySettings):
     if s.claims_file is not None:
         return FileFeed(s.claims_file)
-    from webhook.kube import api_client
+    from sds_core.kube.client import api_client
 
     return ClusterFeed(api_client(s.kubeconfig), s.watch_seconds)
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from sds_sidecar.settings import AgentSettings, NameList, _split
+from sds_core.sds.settings import AgentSettings, NameList, _split
 from pydantic import field_validator
 
 

@@ -27,7 +27,7 @@ from devkit import harness  # noqa: E402
 from devkit.process import memory_mb  # noqa: E402
 from devkit.harness import issue, save_pair, tls_get  # noqa: E402
 from devkit.podrun import CONFIG, LocalPod, pod_from  # noqa: E402
-from sds_sidecar.ca import LocalCA  # noqa: E402
+from sds_core.pki.ca import LocalCA  # noqa: E402
 
 RECORD = ROOT / "scripts" / "footprint.json"
 TOLERANCE = 0.25  # a ratio may be 25 % worse than recorded before --check fails: 2 noisy cores
@@ -59,7 +59,7 @@ def one_pod(workdir: Path, ca: LocalCA, client: tuple[Path, Path], requests: int
                      what="first mTLS response")
     started = time.monotonic() - t0
     try:
-        agent, envoy = (next(pr for pr, c in zip(p.procs, p.containers()) if c["name"] == n)
+        agent, envoy = (next(pr for pr, c in zip(p.procs, p.containers(), strict=True) if c["name"] == n)
                         for n in ("sds-agent", "sds-envoy"))
         events = p.log_events()
         first_served = next(e for e in events if e.get("event") == "served")
@@ -93,7 +93,7 @@ def agent_socket_seconds(workdir: Path, tries: int = 10) -> float:
         t0 = time.monotonic()
         agent.start()
 
-        def accepting():
+        def accepting(sock=sock):
             with socket.socket(socket.AF_UNIX) as s:
                 s.connect(str(sock))
                 return True

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from devkit.issuer_run import IssuerRun  # noqa: E402
 from devkit.kube_api import KubeAPI  # noqa: E402
 from scripts.bench_webhook import machine  # noqa: E402
-from sds_sidecar.sources.issuer import csr_pem, new_key  # noqa: E402
+from sds_core.sds.sources.issuer import csr_pem, new_key  # noqa: E402
 
 
 def _worker(args) -> list[tuple[float, int]]:
@@ -110,7 +110,7 @@ def main() -> int:
             issuer.start(timeout=120)
             try:
                 base = drive(issuer, [(None, "", "")] * args.pods, args.procs, args.threads)
-                csr = drive(issuer, list(zip(tokens, ["retail-service-cert"] * len(tokens), csrs)), args.procs,
+                csr = drive(issuer, list(zip(tokens, ["retail-service-cert"] * len(tokens), csrs, strict=True)), args.procs,
                             args.threads)
                 rss = _rss_mb(issuer.proc.pid)
             finally:

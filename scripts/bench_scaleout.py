@@ -31,8 +31,8 @@ from devkit.kube_api import KubeAPI  # noqa: E402
 from devkit.webhook_run import WebhookRun  # noqa: E402
 from scripts.bench_issuer import _rss_mb, drive  # noqa: E402
 from scripts.bench_webhook import machine  # noqa: E402
-from sds_sidecar.ca import LocalCA  # noqa: E402
-from sds_sidecar.sources.issuer import csr_pem, new_key  # noqa: E402
+from sds_core.pki.ca import LocalCA  # noqa: E402
+from sds_core.sds.sources.issuer import csr_pem, new_key  # noqa: E402
 
 CONFIG = ROOT / "examples" / "config.yaml"
 ANNOTATIONS = {"sds-injector.io/env": "prod", "sds-injector.io/business-line": "retail",

@@ -20,8 +20,8 @@ from envoy.service.discovery.v3 import discovery_pb2  # noqa: E402
 from envoy.service.secret.v3 import sds_pb2_grpc  # noqa: E402
 
 from scripts.bench_webhook import machine  # noqa: E402
-from sds_sidecar.ca import LocalCA  # noqa: E402
-from sds_sidecar.server import TYPE_URL  # noqa: E402
+from sds_core.pki.ca import LocalCA  # noqa: E402
+from sds_core.sds.server import TYPE_URL  # noqa: E402
 from devkit import envoy_configs, harness  # noqa: E402
 
 
@@ -65,7 +65,7 @@ def rotation_and_footprint(work: Path, rotations: int, rss_seconds: float) -> li
             new = ca.issue("localhost", ["localhost"])
             t = time.monotonic()
             harness.write_cert_dir(root, "server-cert", new)
-            harness.wait_for(lambda: harness.peer_cert(port, ca.cert_pem).serial_number
+            harness.wait_for(lambda new=new: harness.peer_cert(port, ca.cert_pem).serial_number
                              == new.certificate.serial_number, 10, interval=0.002, what="rotation")
             lat.append((time.monotonic() - t) * 1000)
         time.sleep(rss_seconds)

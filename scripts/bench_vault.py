@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from devkit.openbao import OpenBao  # noqa: E402
 from scripts.bench_webhook import machine  # noqa: E402
-from sds_sidecar.sources.issuer import csr_pem, new_key  # noqa: E402
+from sds_core.sds.sources.issuer import csr_pem, new_key  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:

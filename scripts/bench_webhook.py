@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from devkit.webhook_run import WebhookRun  # noqa: E402
 from webhook import admission  # noqa: E402
-from webhook.config import load_config  # noqa: E402
+from sds_core.policy.config import load_config  # noqa: E402
 
 CONFIG_FILE = ROOT / "examples" / "config.yaml"
 CFG = load_config(CONFIG_FILE)

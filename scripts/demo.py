@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 from cryptography import x509  # noqa: E402
 
-from sds_sidecar.ca import LocalCA  # noqa: E402
+from sds_core.pki.ca import LocalCA  # noqa: E402
 from devkit import harness  # noqa: E402
 from devkit.podrun import CONFIG, LocalPod, pod_from  # noqa: E402
 

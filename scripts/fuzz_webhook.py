@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 from devkit.admission_fuzz import broken_reviews, check, pods, readmit, review  # noqa: E402
 from scripts.bench_webhook import machine  # noqa: E402
-from webhook.config import load_config, with_issuer_ca  # noqa: E402
+from sds_core.policy.config import load_config, with_issuer_ca  # noqa: E402
 
 
 def main() -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from sds_sidecar.ca import LocalCA
+from sds_core.pki.ca import LocalCA
 from devkit import harness
 
 # Every property test in the suite draws the same examples on every run and every clone: none

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from cryptography import x509
 
-from sds_sidecar.ca import LocalCA
-from sds_sidecar.validation import parse_private_key
+from sds_core.pki.ca import LocalCA
+from sds_core.pki.validation import parse_private_key
 from devkit import envoy_configs
 from tests.conftest import remember_key
 from devkit.harness import free_port, save_pair, tls_get

@@ -15,7 +15,7 @@ import yaml
 from cryptography import x509
 
 from devkit.harness import Proc, free_port, wait_for
-from webhook.config import InjectorConfig
+from sds_core.policy.config import InjectorConfig
 
 ROOT = Path(__file__).parent.parent
 CHART = ROOT / "charts" / "sds-injector"

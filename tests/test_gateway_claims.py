@@ -1,11 +1,11 @@
 """Hostname ownership of gateway tenant claims, as tables: who owns a hostname, who is refused and
-what the message says. The issuer and the gateway both run these rules (gateway/claims.py)."""
+what the message says. The issuer and the gateway both run these rules (sds_core/policy/claims.py)."""
 from __future__ import annotations
 
 import pytest
 
-from gateway.claims import resolve
-from webhook.config import InjectorConfig
+from sds_core.policy.claims import resolve
+from sds_core.policy.config import InjectorConfig
 
 # Ownership among claims the operator allows: every rule grants any hostname ("*").
 CFG = InjectorConfig.model_validate({"namespacePolicy": {"rules": [

@@ -130,7 +130,7 @@ def test_thousand_tenants_by_sni_with_runtime_changes(cluster):
 
 def test_rotating_one_tenant_touches_no_other(tmp_path):
     """Files source, so one tenant's certificate can be replaced alone (as cert-manager would)."""
-    from sds_sidecar.ca import LocalCA
+    from sds_core.pki.ca import LocalCA
 
     ca = LocalCA.generate("gateway files CA")
     backend = EchoBackend()  # a live backend: a refused upstream connect can cut a handshake short

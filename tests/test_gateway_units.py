@@ -7,7 +7,7 @@ from google.protobuf import json_format
 
 from envoy.config.listener.v3 import listener_components_pb2
 from gateway import envoy
-from gateway.claims import Claim
+from sds_core.policy.claims import Claim
 
 TENANTS = [
     Claim("shop-prod", "storefront-hosts", "2026-01-01T00:00:00Z", ("shop.example.com", "www.shop.example.com"),

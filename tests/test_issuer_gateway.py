@@ -14,7 +14,7 @@ from cryptography.x509.oid import NameOID
 from devkit.gatewayrun import CLAIM_LABELS, claim
 from devkit.issuer_run import IssuerRun
 from devkit.kube_api import KubeAPI
-from sds_sidecar.sources.issuer import csr_pem, new_key
+from sds_core.sds.sources.issuer import csr_pem, new_key
 
 CONFIG = Path(__file__).parent.parent / "examples" / "config.yaml"
 

@@ -22,9 +22,9 @@ from devkit import harness
 from devkit.issuer_run import IssuerRun
 from devkit.kube_api import KubeAPI
 from devkit.podrun import ROOT, LocalPod, spiffe_of
-from sds_sidecar.sources.issuer import csr_pem, new_key
+from sds_core.sds.sources.issuer import csr_pem, new_key
 from tests.conftest import remember_key
-from webhook.config import InjectorConfig, load_config, with_issuer_ca
+from sds_core.policy.config import InjectorConfig, load_config, with_issuer_ca
 from webhook.injector import decide
 
 EXAMPLE = load_config(ROOT / "examples" / "config.yaml")
@@ -159,4 +159,4 @@ def test_issuer_issued_pods_talk_mtls_within_their_environment_only(cluster, tmp
                      what="the agent noticing the issuer outage")
     assert harness.peer_cert(8443, prod_pem).serial_number == second
     assert envoy.p.poll() is None and call(15001)[0] == 200
-    assert harness.peer_cert(8443, prod_pem).not_valid_after_utc > dt.datetime.now(dt.timezone.utc)
+    assert harness.peer_cert(8443, prod_pem).not_valid_after_utc > dt.datetime.now(dt.UTC)

@@ -13,11 +13,11 @@ from cryptography import x509
 
 from devkit.issuer_run import IssuerRun
 from devkit.kube_api import KubeAPI
-from sds_sidecar.sources.issuer import csr_pem, new_key
+from sds_core.sds.sources.issuer import csr_pem, new_key
 from devkit.harness import wait_for
 from tests.test_issuer import CONFIG, PROD
 from webhook.issuer.authority import Rotation, load_or_create
-from webhook.kube import api_client
+from sds_core.kube.client import api_client
 
 ENVS, TD = ["prod", "dev"], "cluster.local"
 R = Rotation(before=30 * 86400, propagation=900, overlap=48 * 3600, lifetime_days=365)

@@ -18,10 +18,10 @@ from cryptography import x509
 
 from devkit import harness
 from devkit.harness import free_port, wait_for
-from webhook import bootstrap as b
+from sds_core.envoy import bootstrap as b
 from webhook import istio
 from webhook import plan as planning
-from webhook.config import load_config
+from sds_core.policy.config import load_config
 from webhook.injector import decide
 
 ROOT = Path(__file__).parent.parent
@@ -88,7 +88,7 @@ def test_istio_opt_out_is_honoured_unless_we_are_asked_explicitly():
 
 
 def test_agent_settings_in_istio_mode_are_valid_for_the_agent():
-    from sds_sidecar.settings import AgentSettings
+    from sds_core.sds.settings import AgentSettings
 
     pod = admit(copy.deepcopy(ISTIO_POD))
     agent = next(c for c in pod["spec"]["initContainers"] if c["name"] == planning.AGENT)

@@ -11,7 +11,7 @@ import pytest
 from devkit import harness
 from devkit.harness import issue, save_pair, tls_get
 from devkit.podrun import CONFIG, CONFIG_B, LocalPod, pod_from, spiffe_of
-from sds_sidecar.ca import LocalCA
+from sds_core.pki.ca import LocalCA
 from tests.conftest import remember_key
 
 

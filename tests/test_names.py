@@ -82,7 +82,7 @@ def test_a_pod_selected_by_too_many_services_is_refused_by_name(cluster, tmp_pat
     for i in range(40):  # 3 names each: 120 > the default cap of 100
         kube.add_service("shop-prod", f"s{i}", {"app": "wide"})
     stored = kube.add_pod("shop-prod", "wide-1", "wide", {"app": "wide"}, PROD)
-    from sds_sidecar.sources.issuer import csr_pem, new_key
+    from sds_core.sds.sources.issuer import csr_pem, new_key
     status, out = issuer.post("/v1/certificates", {"name": "retail-service-cert", "csr": csr_pem(new_key("ec"), "w")},
                               kube.mint(stored))
     assert status == 403 and out["reason"] == "too_many_dns_names", out

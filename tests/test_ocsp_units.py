@@ -6,13 +6,13 @@ import datetime as dt
 import pytest
 from cryptography.x509 import ocsp as x509_ocsp
 
-from sds_sidecar import ocsp
-from sds_sidecar.material import tls_certificate, with_staple
-from sds_sidecar.sources.issuer import new_key, private_pem
+from sds_core.pki import ocsp
+from sds_core.sds.material import tls_certificate, with_staple
+from sds_core.sds.sources.issuer import new_key, private_pem
 from webhook.issuer.authority import Authority
 from webhook.issuer.ocsp import respond
 
-NOW = dt.datetime.now(dt.timezone.utc)
+NOW = dt.datetime.now(dt.UTC)
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,11 @@ import time
 import pytest
 
 from devkit.openbao import OpenBao
-from sds_sidecar import material
-from sds_sidecar.renewal import renew_delay
-from sds_sidecar.settings import AgentSettings
-from sds_sidecar.sources.base import SecretSpec, SourceError
-from sds_sidecar.sources.vault import VaultSource
+from sds_core.sds import material
+from sds_core.sds.renewal import renew_delay
+from sds_core.sds.settings import AgentSettings
+from sds_core.sds.sources.base import SecretSpec, SourceError
+from sds_core.sds.sources.vault import VaultSource
 
 pytestmark = pytest.mark.vault_real
 CERT = SecretSpec("web-cert", material.TLS_CERTIFICATE)
@@ -155,7 +155,7 @@ def kube_auth(bao, tmp_path):
     b.pki("pki_retail")
     admin = b.client()
     admin.sys.enable_auth_method("kubernetes")
-    from sds_sidecar.ca import LocalCA
+    from sds_core.pki.ca import LocalCA
 
     admin.write("auth/kubernetes/config", kubernetes_host=kube.url, token_reviewer_jwt=API_TOKEN,
                 disable_local_ca_jwt=True, kubernetes_ca_cert=LocalCA.generate().cert_pem.decode())
@@ -190,8 +190,8 @@ def test_kubernetes_login_and_fresh_login_when_renewal_is_refused(kube_auth):
 def test_recovery_follows_vaults_return_within_two_seconds(bao):
     """With the shipped retry settings, the agent's backoff had grown to tens of seconds by the
     time Vault came back; a health probe while failing brings it back at once."""
-    from sds_sidecar.cache import SecretCache
-    from sds_sidecar.renewal import Renewer
+    from sds_core.sds.cache import SecretCache
+    from sds_core.sds.renewal import Renewer
 
     b = bao()
     b.pki("pki_retail")
@@ -223,8 +223,8 @@ def test_recovery_follows_vaults_return_within_two_seconds(bao):
 
 
 def test_kv_deletes_and_destroys_are_noticed_at_the_next_poll(bao, ca):
-    from sds_sidecar.cache import SecretCache
-    from sds_sidecar.renewal import Renewer
+    from sds_core.sds.cache import SecretCache
+    from sds_core.sds.renewal import Renewer
     from tests.conftest import remember_key
     from devkit.harness import issue
 

@@ -16,7 +16,7 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 
-from sds_sidecar.server import TYPE_URL
+from sds_core.sds.server import TYPE_URL
 from devkit.harness import free_port
 
 METHODS = ("StreamSecrets", "DeltaSecrets")

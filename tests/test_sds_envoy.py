@@ -11,7 +11,7 @@ import pytest
 from devkit import envoy_configs as cfg
 from tests.conftest import remember_key
 from devkit.harness import free_port, issue, peer_cert, save_pair, tls_get, wait_for, write_cert_dir
-from webhook import bootstrap as b
+from sds_core.envoy import bootstrap as b
 
 CLIENT_ID = "spiffe://cluster.local/ns/shop/sa/client"
 
@@ -83,7 +83,7 @@ def refused(port, ca_pem, client) -> bool:
 
 
 def test_mtls_between_two_envoys_with_spiffe_san_check(procs, tmp_path, ca):
-    from sds_sidecar.ca import LocalCA
+    from sds_core.pki.ca import LocalCA
 
     server, client = issue(ca), issue(ca, "client", spiffe=CLIENT_ID)
     root, agent = serve_files(procs, tmp_path, ca, {"server-cert": server, "client-cert": client},
@@ -100,7 +100,7 @@ def test_mtls_between_two_envoys_with_spiffe_san_check(procs, tmp_path, ca):
     r = c.getresponse()
     assert (r.status, r.read().decode()) == (200, cfg.HELLO)
     c.close()
-    assert srv.stat("listener.127.0.0.1_%d.ssl.handshake" % server_port) >= 1
+    assert srv.stat(f"listener.127.0.0.1_{server_port}.ssl.handshake") >= 1
 
     good = save_pair(tmp_path, client, "good")
     assert not refused(server_port, ca.cert_pem, good)
@@ -182,7 +182,7 @@ def test_bad_update_is_rejected_and_previous_certificate_stays(procs, tmp_path, 
     port = free_port()
     procs.envoy(cfg.tls_server(agent.socket, port, "server-cert")).wait_live()
     other = issue(ca)
-    expired = issue(ca, not_before=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=3))
+    expired = issue(ca, not_before=dt.datetime.now(dt.UTC) - dt.timedelta(hours=3))
     remember_key(other.key_pem)
     remember_key(expired.key_pem)
     bad = {
@@ -199,13 +199,13 @@ def test_bad_update_is_rejected_and_previous_certificate_stays(procs, tmp_path, 
         (stamp / "tls.key").write_bytes(key)
         (d / "..tmp").symlink_to(stamp.name)
         (d / "..tmp").replace(d / "..data")
-        wait_for(lambda: any(e.get("reason") == reason and e.get("msg", "").startswith("secret rejected")
+        wait_for(lambda reason=reason: any(e.get("reason") == reason and e.get("msg", "").startswith("secret rejected")
                              for e in agent.log_events()), timeout=5, what=f"rejection log for {reason}")
         assert serial(tls_get(port, ca.cert_pem)[0]) == first.certificate.serial_number
     import re
 
     for reason in bad:
-        found = re.search(r'sds_secrets_rejected_total\{reason="%s"\} (\S+)' % reason, agent.metrics())
+        found = re.search(rf'sds_secrets_rejected_total\{{reason="{reason}"\}} (\S+)', agent.metrics())
         assert found and float(found.group(1)) >= 1, reason
 
 

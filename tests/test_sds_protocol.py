@@ -11,9 +11,9 @@ from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 from google.rpc import status_pb2
 
-from sds_sidecar import material, metrics
-from sds_sidecar.cache import SecretCache
-from sds_sidecar.server import TYPE_URL, start_grpc
+from sds_core.sds import material, metrics
+from sds_core.sds.cache import SecretCache
+from sds_core.sds.server import TYPE_URL, start_grpc
 from devkit.harness import issue
 
 QUIET = 0.3  # how long "no response" is awaited
@@ -39,7 +39,7 @@ class _Stream:
     async def silent(self) -> bool:
         try:
             await asyncio.wait_for(self.inbox.get(), QUIET)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return True
         return False
 
@@ -276,7 +276,7 @@ def test_ads_serves_listeners_whole_one_in_flight_and_secrets_by_name(tmp_path, 
     from envoy.config.listener.v3 import listener_pb2
     from envoy.service.discovery.v3 import ads_pb2_grpc
 
-    from sds_sidecar.resources import LISTENER, ResourceStore
+    from sds_core.sds.resources import LISTENER, ResourceStore
 
     def listeners(*names):
         return {n: listener_pb2.Listener(name=n) for n in names}

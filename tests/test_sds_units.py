@@ -10,19 +10,19 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from sds_sidecar import material
-from sds_sidecar.ca import LocalCA
-from sds_sidecar.cache import SecretCache
-from sds_sidecar.renewal import Renewer, backoff, renew_delay
-from sds_sidecar.settings import AgentSettings
-from sds_sidecar.sources.base import SecretSpec
-from sds_sidecar.sources.files import FilesSource
-from sds_sidecar.sources.local_ca import LocalCASource
-from sds_sidecar.validation import InvalidSecret
+from sds_core.sds import material
+from sds_core.pki.ca import LocalCA
+from sds_core.sds.cache import SecretCache
+from sds_core.sds.renewal import Renewer, backoff, renew_delay
+from sds_core.sds.settings import AgentSettings
+from sds_core.sds.sources.base import SecretSpec
+from sds_core.sds.sources.files import FilesSource
+from sds_core.sds.sources.local_ca import LocalCASource
+from sds_core.pki.validation import InvalidSecret
 from tests.conftest import remember_key
 from devkit.harness import issue, write_cert_dir
 
-NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 def mat(lifetime_h: float, start=NOW) -> material.SecretMaterial:
@@ -37,7 +37,7 @@ def test_validation_accepts_good_and_names_each_bad_case(ca):
     assert b"BEGIN PRIVATE KEY" in m.private_key  # PKCS#8
     assert "PRIVATE" not in repr(m) and "key" not in repr(m).lower()
     other = issue(ca)
-    expired = issue(ca, not_before=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2))
+    expired = issue(ca, not_before=dt.datetime.now(dt.UTC) - dt.timedelta(hours=2))
     cases = {
         "bad_pem": (b"garbage", good.key_pem),
         "bad_key": (good.chain_pem, b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"),
@@ -74,7 +74,7 @@ def test_chain_with_intermediate_in_order_is_accepted():
 
 
 def test_trust_bundle_drops_expired_cas_and_checks_crl(ca):
-    old = LocalCA.generate("old", days=1, not_before=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3))
+    old = LocalCA.generate("old", days=1, not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=3))
     m = material.validation_context(old.cert_pem + ca.cert_pem)
     assert m.trusted_ca == ca.cert_pem
     with pytest.raises(InvalidSecret) as e:
@@ -162,7 +162,7 @@ def test_settings_from_env_and_flags(monkeypatch, tmp_path):
     assert s.socket_mode_int == 0o600 and s.source == "files"
     with pytest.raises(Exception, match="both certificate and trust bundle"):
         AgentSettings(certificates=["x"], trust_bundles=["x"])
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):  # pydantic's ValidationError is one
         AgentSettings(source="nope")
 
 
@@ -194,3 +194,11 @@ def test_certificate_names_from_a_file(tmp_path):
     assert s.certificates == ["main-cert", "tenant-a-cert", "tenant-b-cert"]
     with pytest.raises(Exception, match="certificates_file"):
         AgentSettings(certificates_file=tmp_path / "missing.txt")
+
+
+def test_dns_names_end_in_the_cluster_domain_not_the_trust_domain():
+    """Vault and local-CA certificates got svc.<trust domain>: wrong wherever the trust domain is
+    not the cluster's DNS suffix. One function (sds_core/names.py) now names them everywhere."""
+    s = AgentSettings(trust_domain="bank.example", cluster_domain="cluster.local", service="web", namespace="shop")
+    assert s.dns_sans() == ["web.shop", "web.shop.svc", "web.shop.svc.cluster.local"]
+    assert s.spiffe_id == "spiffe://bank.example/ns/shop/sa/default"

@@ -11,7 +11,7 @@ import pytest
 from devkit import envoy_configs as cfg
 from devkit.harness import free_port, issue
 from tests.test_sds_envoy import serve_files
-from webhook import bootstrap as b
+from sds_core.envoy import bootstrap as b
 
 CLIENT_ID = "spiffe://cluster.local/ns/shop/sa/client"
 

@@ -60,3 +60,13 @@ def test_property_tests_in_the_suite_are_derandomized():
     from hypothesis import settings
     assert settings.default.derandomize is True
     assert settings.default.database is None
+
+
+@pytest.mark.parametrize("command", [
+    ["ruff", "check", "."],
+    ["mypy"],  # its settings (files, pydantic plugin) are in pyproject.toml
+    ["lint-imports"],  # the layering contract: programs never import each other, sds_core imports none
+])
+def test_linters_type_checker_and_import_contract_are_clean(command):
+    r = subprocess.run([tool(command[0]), *command[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]

@@ -16,14 +16,14 @@ import time
 
 import pytest
 
-from sds_sidecar import material
-from sds_sidecar.cache import SecretCache
-from sds_sidecar.renewal import Renewer
-from sds_sidecar.settings import AgentSettings
-from sds_sidecar.sources.base import SecretSpec, SourceError
-from sds_sidecar.sources.vault import VaultSource
-from sds_sidecar.validation import InvalidSecret
-from sds_sidecar.vault_client import VaultClient
+from sds_core.sds import material
+from sds_core.sds.cache import SecretCache
+from sds_core.sds.renewal import Renewer
+from sds_core.sds.settings import AgentSettings
+from sds_core.sds.sources.base import SecretSpec, SourceError
+from sds_core.sds.sources.vault import VaultSource
+from sds_core.pki.validation import InvalidSecret
+from sds_core.sds.vault_client import VaultClient
 from tests.conftest import remember_key
 from devkit.harness import issue
 from tests.vault_double import VaultDouble
@@ -72,7 +72,7 @@ def test_kubernetes_auth_pki_issue_with_spiffe_and_dns_sans(vault, tmp_path):
     assert "web.shop.svc" in san.get_values_for_type(x509.DNSName)
     import datetime as dt
 
-    remaining = (m.not_after - dt.datetime.now(dt.timezone.utc)).total_seconds()
+    remaining = (m.not_after - dt.datetime.now(dt.UTC)).total_seconds()
     assert 55 <= remaining <= 61 and m.lifetime.total_seconds() == pytest.approx(90, abs=2)  # 30 s back-dated
     assert src.issues(CERT) and not src.issues(TRUST)
     assert d.requests_to("/v1/auth/kubernetes/login") == 1
@@ -221,7 +221,7 @@ def test_kv_new_version_is_noticed_by_polling(vault, tmp_path, ca):
 
 
 def test_ca_rollover_serves_both_cas_for_the_overlap_then_only_the_new(vault, tmp_path):
-    from sds_sidecar.ca import LocalCA
+    from sds_core.pki.ca import LocalCA
 
     d = vault()
     pki = d.add_pki("pki_retail", {"prod": {}})
@@ -249,7 +249,7 @@ def test_all_addresses_down_is_a_source_error_not_a_crash(vault, tmp_path):
 
 
 def test_auth_failure_is_clear_and_counted(vault, tmp_path):
-    from sds_sidecar import metrics
+    from sds_core.sds import metrics
 
     d = vault()
     d.add_pki("pki_retail", {"prod": {}})

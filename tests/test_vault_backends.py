@@ -9,10 +9,10 @@ import uuid
 import hvac
 import pytest
 
-from sds_sidecar import material
-from sds_sidecar.settings import AgentSettings
-from sds_sidecar.sources.base import SecretSpec, SourceError
-from sds_sidecar.sources.vault import VaultSource
+from sds_core.sds import material
+from sds_core.sds.settings import AgentSettings
+from sds_core.sds.sources.base import SecretSpec, SourceError
+from sds_core.sds.sources.vault import VaultSource
 from tests.conftest import remember_key
 from devkit.harness import issue
 from tests.vault_double import VaultDouble, colon_hex

@@ -12,7 +12,7 @@ from tests.conftest import remember_key
 from devkit.harness import free_port, tls_get, wait_for
 from tests.test_sds_envoy import refused
 from tests.vault_double import colon_hex
-from webhook import bootstrap as b
+from sds_core.envoy import bootstrap as b
 
 CLIENT_ID = "spiffe://cluster.local/ns/shop/sa/client"
 pytestmark = pytest.mark.vault_real

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from webhook import admission
 from webhook import plan as planning
-from webhook.config import InjectorConfig, load_config
+from sds_core.policy.config import InjectorConfig, load_config
 from webhook.injector import decide
 from devkit.harness import wait_for
 from tests.webhook_util import decode_patch, pod, review
@@ -122,8 +122,8 @@ def test_label_selected_policy_uses_cached_namespace_labels(tmp_path):
     """Labels come from a watch-based cache of the API (the double, through the kubernetes
     client): 50 admissions, one list; a label added later is seen through the watch."""
     from devkit.kube_api import KubeAPI
-    from webhook.kube import api_client
-    from webhook.namespaces import NamespaceLabels
+    from sds_core.kube.client import api_client
+    from sds_core.kube.namespaces import NamespaceLabels
 
     kube = KubeAPI().start()
     kube.add_namespace("payments", {"sds-injector.io/tier": "prod"})
@@ -150,8 +150,8 @@ def test_an_api_server_in_trouble_never_freezes_admissions_and_label_rules_fail_
     import time
 
     from devkit.kube_api import KubeAPI
-    from webhook.kube import api_client
-    from webhook.namespaces import NamespaceLabels
+    from sds_core.kube.client import api_client
+    from sds_core.kube.namespaces import NamespaceLabels
 
     kube = KubeAPI().start()
     kube.mode = mode
@@ -165,6 +165,7 @@ def test_an_api_server_in_trouble_never_freezes_admissions_and_label_rules_fail_
         assert time.monotonic() - t0 < 1.0
         resp = out["response"]
         assert not resp["allowed"] and resp["status"]["code"] == 503 and "labels are not known" in resp["status"]["message"]
+        assert resp["status"]["reason"] == "ServiceUnavailable"
         # Name rules before any label rule still decide.
         assert call(review(pod({"sds-injector.io/env": "dev"}, "shop"), "shop"), labels=labels)[1]["response"]["allowed"]
     finally:
@@ -234,6 +235,13 @@ def test_internal_error_is_a_denial_naming_the_uid(monkeypatch):
     status, out = call(r)
     assert status == 200 and not out["response"]["allowed"]
     assert r["request"]["uid"] in out["response"]["status"]["message"]
+    assert out["response"]["status"]["reason"] == "InternalError"  # was labelled BadRequest
+
+
+@pytest.mark.parametrize("code, reason", [(400, "BadRequest"), (403, "Forbidden"), (500, "InternalError"),
+                                          (503, "ServiceUnavailable"), (429, "TooManyRequests"), (599, "InternalError")])
+def test_each_denial_code_carries_its_kubernetes_status_reason(code, reason):
+    assert admission.status_reason(code) == reason
 
 
 names = st.from_regex(r"[a-z][a-z0-9]{0,8}", fullmatch=True)
@@ -291,7 +299,7 @@ def test_files_source_mounts_one_secret_per_name():
 def test_config_file_is_reread_on_change_and_a_bad_file_keeps_the_old(tmp_path, monkeypatch):
     import time as _time
 
-    from webhook.config import ConfigStore
+    from sds_core.policy.config import ConfigStore
 
     path = tmp_path / "config.yaml"
     path.write_text("environments: [prod, dev]\n")
@@ -299,7 +307,7 @@ def test_config_file_is_reread_on_change_and_a_bad_file_keeps_the_old(tmp_path, 
     store = ConfigStore(path, on_error=errors.append)
     assert store.get().environments == ["prod", "dev"]
     clock = [_time.monotonic()]
-    monkeypatch.setattr("webhook.config.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("sds_core.policy.config.time.monotonic", lambda: clock[0])
     path.write_text("environments: [prod, dev, qa]\n")
     clock[0] += 2
     assert store.get().environments == ["prod", "dev", "qa"]
@@ -309,7 +317,7 @@ def test_config_file_is_reread_on_change_and_a_bad_file_keeps_the_old(tmp_path, 
 
 
 def test_annotation_docs_are_generated_from_the_schema():
-    from webhook.annotations import SCHEMA, markdown
+    from sds_core.policy.annotations import SCHEMA, markdown
 
     doc = (Path(__file__).parent.parent / "docs" / "annotations.md").read_text()
     assert doc == markdown(), "docs/annotations.md is stale: python -m webhook docs > docs/annotations.md"
@@ -318,7 +326,7 @@ def test_annotation_docs_are_generated_from_the_schema():
 
 def test_injected_agent_env_is_understood_by_the_agent(monkeypatch):
     """Every SDS_* variable the webhook writes must be a setting the agent knows."""
-    from sds_sidecar.settings import AgentSettings
+    from sds_core.sds.settings import AgentSettings
 
     cfg = InjectorConfig.model_validate({**CONFIG.model_dump(by_alias=True), "agent": {
         **CONFIG.agent.model_dump(by_alias=True), "source": "vault",

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, example, given, settings
 
 from devkit.admission_fuzz import broken_reviews, check, pods, readmit, review
 from devkit import harness
-from webhook.config import load_config, with_issuer_ca
+from sds_core.policy.config import load_config, with_issuer_ca
 
 CONFIG = with_issuer_ca(load_config(Path(__file__).parent.parent / "examples" / "config.yaml"),
                         "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n")

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from webhook import plan as planning
-from webhook.config import load_config
+from sds_core.policy.config import load_config
 from webhook.injector import decide
 
 GOLDEN = Path(__file__).parent / "golden"

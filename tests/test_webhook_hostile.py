@@ -10,7 +10,7 @@ import jsonpatch
 import pytest
 
 from webhook import admission
-from webhook.config import load_config
+from sds_core.policy.config import load_config
 from tests.webhook_util import decode_patch, pod, review
 
 CONFIG = load_config(Path(__file__).parent.parent / "examples" / "config.yaml")
@@ -127,7 +127,7 @@ def test_inject_passes_untouched_documents_through_byte_for_byte_and_knows_more_
     import subprocess
     import sys
 
-    from sds_sidecar.ca import LocalCA
+    from sds_core.pki.ca import LocalCA
 
     ca = tmp_path / "ca.crt"
     ca.write_bytes(LocalCA.generate().cert_pem)
@@ -175,7 +175,7 @@ def kubelet_can_read(default_mode: int, fs_group: int | None, uid: int, gid: int
 
 @pytest.mark.parametrize("fs_group", [None, 2000])
 def test_the_agent_can_read_the_mounted_secrets_as_the_kubelet_writes_them(fs_group):
-    from webhook.config import InjectorConfig
+    from sds_core.policy.config import InjectorConfig
 
     cfg = InjectorConfig.model_validate({**CONFIG.model_dump(by_alias=True),
                                         "agent": {**CONFIG.agent.model_dump(by_alias=True), "source": "files"}})
@@ -229,3 +229,21 @@ def test_key_exchange_groups_and_tls13_reach_every_context_of_the_bootstrap():
         assert ctx["tls_params"] == {"tls_minimum_protocol_version": "TLSv1_2",
                                      "tls_maximum_protocol_version": "TLSv1_3",
                                      "ecdh_curves": ["X25519MLKEM768", "X25519"]}
+
+
+def test_a_deeply_nested_field_is_a_clear_denial_not_an_internal_error():
+    """Reinjection copies the pod's lists whole; a 300-deep unknown field in one made the
+    response encoder fail (orjson stops at 255 levels): 31 of 20,000 fuzzed reviews were
+    answered as internal errors. Now a 400 that says what to remove."""
+    deep: dict = {}
+    node = deep
+    for _ in range(300):
+        node["x"] = {}
+        node = node["x"]
+    injected = jsonpatch.apply_patch(pod(DEV), decode_patch({"response": answer(review(pod(DEV)))}))
+    status = json.loads(injected["metadata"]["annotations"]["sds-injector.io/status"])
+    injected["metadata"]["annotations"]["sds-injector.io/status"] = json.dumps({**status, "revision": "older"})
+    injected["spec"]["volumes"].append({"name": "v", "emptyDir": {}, "unknownField": deep})
+    resp = answer(review(injected))
+    assert not resp["allowed"] and resp["status"]["code"] == 400 and "255 levels" in resp["status"]["message"], resp
+    assert resp["status"]["reason"] == "BadRequest"

@@ -15,7 +15,7 @@ import yaml
 from tests.conftest import remember_key
 from devkit.harness import Proc, free_port, issue, wait_for
 from tests.webhook_util import decode_patch, pod, review
-from sds_sidecar.ca import LocalCA
+from sds_core.pki.ca import LocalCA
 
 ROOT = Path(__file__).parent.parent
 CONFIG = ROOT / "examples" / "config.yaml"

@@ -16,11 +16,11 @@ from urllib.parse import parse_qs, urlparse
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from sds_sidecar.ca import LocalCA
+from sds_core.pki.ca import LocalCA
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _ttl_seconds(ttl) -> int:
@@ -50,7 +50,7 @@ class PkiMount:
     max_ttl: int = 86400
 
     def crl_pem(self) -> bytes:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         b = (x509.CertificateRevocationListBuilder().issuer_name(self.ca.cert.subject)
              .last_update(now - dt.timedelta(minutes=1)).next_update(now + dt.timedelta(hours=12)))
         for serial, when in self.revoked.items():
@@ -82,19 +82,19 @@ class VaultDouble:
     def addr(self) -> str:
         return f"http://127.0.0.1:{self._port}"
 
-    def start(self) -> "VaultDouble":
+    def start(self) -> VaultDouble:
         double = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 double._handle(self, "GET")
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 double._handle(self, "POST")
 
-            def do_PUT(self):  # noqa: N802
+            def do_PUT(self):
                 double._handle(self, "POST")
 
             def log_message(self, *a):
@@ -226,7 +226,7 @@ class VaultDouble:
                 serial = body.get("serial_number", "")
                 if serial not in pki.issued:
                     return self._errors(h, 400, f"certificate with serial {serial} not found")
-                pki.revoked[serial] = dt.datetime.now(dt.timezone.utc)
+                pki.revoked[serial] = dt.datetime.now(dt.UTC)
                 return self._send(h, 200, {"data": {"revocation_time": int(time.time())}})
         return self._errors(h, 404, f"no handler for route \"{rel}\"")
 
@@ -271,7 +271,7 @@ class VaultDouble:
         uris = [u for u in (body.get("uri_sans") or "").split(",") if u]
         # Like Vault, back-date not_before by the role's not_before_duration (default 30 s).
         back = _ttl_seconds(role.get("not_before_duration", 30))
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         span = dict(ttl=dt.timedelta(seconds=ttl + back), not_before=now - dt.timedelta(seconds=back))
         if csr is None:
             issued = pki.ca.issue(cn, dns_names=[cn, *alt], uris=uris, **span)

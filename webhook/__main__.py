@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 
 def _describe(e: Exception) -> str:
-    from sds_sidecar.settings import describe_errors
+    from sds_core.sds.settings import describe_errors
 
     return describe_errors(e) if isinstance(e, ValidationError) else f"  {e}"
 
@@ -28,7 +28,7 @@ def _fast_loop() -> None:
 def _inject(args, parser, rest) -> int:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    from .config import load_config, with_issuer_ca
+    from sds_core.policy.config import load_config, with_issuer_ca
     from .manifests import InjectError, inject_text
 
     try:
@@ -72,9 +72,9 @@ def _issuer_settings(rest: list[str]):
 
 
 def _run_issuer(rest: list[str]) -> int:
-    from sds_sidecar import logs
+    from sds_core import logs
 
-    from .config import ConfigStore
+    from sds_core.policy.config import ConfigStore
     from .issuer import run
 
     try:
@@ -100,11 +100,11 @@ def _run_issuer(rest: list[str]) -> int:
 
 
 def _serve(rest: list[str]) -> int:
-    from sds_sidecar import logs
+    from sds_core import logs
 
     from .app import create_app
-    from .config import ConfigStore, ServerSettings, with_issuer_ca
-    from .namespaces import NamespaceLabels
+    from sds_core.policy.config import ConfigStore, ServerSettings, with_issuer_ca
+    from sds_core.kube.namespaces import NamespaceLabels
     from .server import serve
 
     try:
@@ -119,7 +119,7 @@ def _serve(rest: list[str]) -> int:
         print(f"webhook: invalid configuration:\n{_describe(e)}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level)
-    from sds_sidecar.listen import bind_tcp
+    from sds_core.listen import bind_tcp
 
     try:  # both ports before anything else starts: a busy port is a clean exit
         sock = bind_tcp(settings.host, settings.port, "webhook port")
@@ -129,7 +129,7 @@ def _serve(rest: list[str]) -> int:
         print(f"webhook: cannot start: {e}", file=sys.stderr)
         return 2
     try:
-        from .kube import api_client
+        from sds_core.kube.client import api_client
 
         labels = (NamespaceLabels(api_client(settings.kubeconfig)).start()
                   if store.get().namespace_policy.uses_labels else None)
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
 
     if args.command == "docs":
-        from .annotations import markdown
+        from sds_core.policy.annotations import markdown
 
         sys.stdout.write(markdown())
         return 0

@@ -6,14 +6,15 @@ import base64
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import orjson
 
 from . import istio, metrics, podshape
-from .config import InjectorConfig
+from sds_core.policy.config import InjectorConfig
 from .injector import decide
 from .plan import check_owned_mounts
-from .selection import Denied
+from sds_core.policy.selection import Denied
 
 log = logging.getLogger("webhook.admission")
 API_VERSION = "admission.k8s.io/v1"
@@ -23,17 +24,72 @@ class BadRequest(ValueError):
     pass
 
 
-def _response(uid: str, allowed: bool, message: str = "", code: int = 200, patch: list | None = None,
-              warnings: list[str] | None = None) -> bytes:
-    resp: dict = {"uid": uid, "allowed": allowed}
-    if not allowed:
-        resp["status"] = {"code": code, "message": message, "reason": "Forbidden" if code == 403 else "BadRequest"}
-    if patch:
+# metav1.StatusReason for each code a denial carries (kubectl shows it beside the message).
+STATUS_REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
+                  422: "Invalid", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable",
+                  504: "Timeout"}
+
+
+def status_reason(code: int) -> str:
+    return STATUS_REASONS.get(code, "InternalError" if code >= 500 else "BadRequest")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The one answer to one AdmissionReview, whatever decided it (controller-runtime's
+    admission.Response): allowed or not, why (`reason`: the metric label and log field), the
+    message and code a denial shows, the patch an injection applies."""
+
+    result: str  # injected | skipped | denied | error: the requests metric's label
+    reason: str
+    message: str = ""
+    code: int = 200
+    patch: list | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.result in ("injected", "skipped")
+
+
+def deny(reason: str, message: str, code: int) -> Verdict:
+    return Verdict("denied", reason, message, code)
+
+
+def skip(reason: str) -> Verdict:
+    return Verdict("skipped", reason)
+
+
+def respond(uid: str, v: Verdict) -> tuple[Verdict, bytes]:
+    """The AdmissionReview for a verdict. A patch that cannot be encoded (a field of the pod
+    nested beyond the encoder's 255 levels, which no Pod field is) becomes a clear 400 denial."""
+    resp: dict = {"uid": uid, "allowed": v.allowed}
+    if not v.allowed:
+        resp["status"] = {"code": v.code, "message": v.message, "reason": status_reason(v.code)}
+    if v.patch:
+        try:
+            encoded = orjson.dumps(v.patch)
+        except orjson.JSONEncodeError:
+            return respond(uid, deny("too_deep", "the pod nests deeper than 255 levels (an unknown field?); "
+                                     "no Pod field does: remove it", 400))
         resp["patchType"] = "JSONPatch"
-        resp["patch"] = base64.b64encode(orjson.dumps(patch)).decode()
-    if warnings:
-        resp["warnings"] = warnings
-    return orjson.dumps({"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": resp})
+        resp["patch"] = base64.b64encode(encoded).decode()
+    return v, orjson.dumps({"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": resp})
+
+
+def record(v: Verdict, fields: dict) -> None:
+    """One place that counts and logs every answer."""
+    metrics.REQUESTS.labels(v.result).inc()
+    if v.result == "injected":
+        metrics.INJECTIONS.inc()
+        log.info("injected", extra={"fields": fields})
+    elif v.result == "skipped":
+        metrics.SKIPS.labels(v.reason).inc()
+        log.info("skipped", extra={"fields": fields})
+    elif v.result == "denied":
+        metrics.DENIALS.labels(v.reason).inc()
+        log.info("denied: %s", v.message, extra={"fields": fields})
+    else:
+        metrics.ERRORS.labels(v.reason).inc()
 
 
 def parse_review(body: bytes) -> dict:
@@ -59,11 +115,11 @@ def noop(body: bytes) -> bytes:
         uid = parse_review(body)["uid"]
     except BadRequest:
         uid = ""
-    return _response(uid, True)
+    return respond(uid, skip("noop"))[1]
 
 
 def handle(body: bytes, config: Callable[[], InjectorConfig], namespace_labels=None) -> tuple[int, bytes]:
-    """Returns (HTTP status, response body)."""
+    """Returns (HTTP status, response body): parse, decide, respond, record."""
     start = time.perf_counter()
     try:
         try:
@@ -72,74 +128,58 @@ def handle(body: bytes, config: Callable[[], InjectorConfig], namespace_labels=N
             metrics.REQUESTS.labels("bad_request").inc()
             return 400, orjson.dumps({"error": str(e)})
         uid = req["uid"]
+        fields: dict = {"uid": uid}
         try:
-            return 200, _review(req, uid, config(), namespace_labels)
-        except Exception as e:  # noqa: BLE001 - any bug becomes a denial that says so, not a 500
-            metrics.ERRORS.labels(type(e).__name__).inc()
-            metrics.REQUESTS.labels("error").inc()
-            log.exception("internal error", extra={"fields": {"uid": uid}})
-            return 200, _response(uid, False, f"sds-injector internal error ({type(e).__name__}); see the "
-                                  f"webhook log for request uid {uid}", 500)
+            verdict = decide_review(req, config(), namespace_labels, fields)
+        except Exception as e:  # any bug becomes a denial that says so, not a 500
+            log.exception("internal error", extra={"fields": fields})
+            verdict = Verdict("error", type(e).__name__, f"sds-injector internal error ({type(e).__name__}); "
+                              f"see the webhook log for request uid {uid}", 500)
+        verdict, out = respond(uid, verdict)
+        fields["reason"] = verdict.reason
+        record(verdict, fields)
+        return 200, out
     finally:
         metrics.LATENCY.observe(time.perf_counter() - start)
 
 
-def _review(req: dict, uid: str, cfg: InjectorConfig, namespace_labels) -> bytes:
+def decide_review(req: dict, cfg: InjectorConfig, namespace_labels, fields: dict) -> Verdict:
+    """Every check of one review, in order; the first that applies is the verdict. `fields`
+    gathers what the log line says about the request."""
     kind = req.get("kind")
     if not isinstance(kind, dict):
-        metrics.REQUESTS.labels("denied").inc()
-        metrics.DENIALS.labels("malformed_request").inc()
-        return _response(uid, False, "request.kind must be an object {group, version, kind}", 400)
+        return deny("malformed_request", "request.kind must be an object {group, version, kind}", 400)
     if (kind.get("group"), kind.get("kind")) != ("", "Pod"):
-        metrics.REQUESTS.labels("denied").inc()
-        metrics.DENIALS.labels("not_a_pod").inc()
-        return _response(uid, False, f"sds-injector only mutates pods, got {kind.get('group') or 'core'}/"
-                         f"{kind.get('kind')}; check the rules of the MutatingWebhookConfiguration", 400)
+        return deny("not_a_pod", f"sds-injector only mutates pods, got {kind.get('group') or 'core'}/"
+                    f"{kind.get('kind')}; check the rules of the MutatingWebhookConfiguration", 400)
     pod = req.get("object")
     ephemeral = req.get("subResource") == "ephemeralcontainers"
     if req.get("operation") != "CREATE" and not ephemeral:
-        metrics.SKIPS.labels("operation").inc()
-        metrics.REQUESTS.labels("skipped").inc()
-        return _response(uid, True)
+        return skip("operation")
     if not isinstance(pod, dict):
-        metrics.REQUESTS.labels("denied").inc()
-        metrics.DENIALS.labels("malformed_pod").inc()
-        return _response(uid, False, "AdmissionReview request.object is missing or not an object", 400)
+        return deny("malformed_pod", "AdmissionReview request.object is missing or not an object", 400)
     if (shape := podshape.problem(req)) is not None:
-        metrics.REQUESTS.labels("denied").inc()
-        metrics.DENIALS.labels("malformed_pod").inc()
-        return _response(uid, False, f"malformed pod: {shape}", 400)
+        return deny("malformed_pod", f"malformed pod: {shape}", 400)
     if ephemeral:
-        return _ephemeral(uid, pod)
+        return _ephemeral(pod)
     namespace = req.get("namespace") or (pod.get("metadata") or {}).get("namespace") or "default"
+    meta = pod.get("metadata") or {}
+    fields.update(namespace=namespace, pod=meta.get("generateName") or meta.get("name"),
+                  dry_run=bool(req.get("dryRun")))
     out = decide(pod, namespace, cfg, namespace_labels)
-    fields = {"uid": uid, "namespace": namespace, "pod": (pod.get("metadata") or {}).get("generateName")
-              or (pod.get("metadata") or {}).get("name"), "reason": out.reason, "dry_run": bool(req.get("dryRun"))}
     if out.action == "deny":
-        metrics.DENIALS.labels(out.reason).inc()
-        metrics.REQUESTS.labels("denied").inc()
-        log.info("denied: %s", out.message, extra={"fields": fields})
-        return _response(uid, False, out.message, out.code)
+        return deny(out.reason, out.message, out.code)
     if out.action == "skip":
-        metrics.SKIPS.labels(out.reason).inc()
-        metrics.REQUESTS.labels("skipped").inc()
-        log.info("skipped", extra={"fields": fields})
-        return _response(uid, True)
-    metrics.INJECTIONS.inc()
-    metrics.REQUESTS.labels("injected").inc()
-    log.info("injected", extra={"fields": {**fields, "certificates": list(out.selection.certificates)}})
-    return _response(uid, True, patch=out.patch)
+        return skip(out.reason)
+    fields["certificates"] = list(out.selection.certificates) if out.selection else []
+    return Verdict("injected", out.reason, patch=out.patch)
 
 
-def _ephemeral(uid: str, pod: dict) -> bytes:
+def _ephemeral(pod: dict) -> Verdict:
     """`kubectl debug` adds ephemeral containers to a running pod: one may not mount the
     injector's volumes (the agent's socket hands out every private key it serves)."""
     try:
         check_owned_mounts(pod, keys=("ephemeralContainers",), mode=istio.mode(pod))
     except Denied as d:
-        metrics.REQUESTS.labels("denied").inc()
-        metrics.DENIALS.labels(d.reason).inc()
-        return _response(uid, False, d.message, d.code)
-    metrics.SKIPS.labels("ephemeral_containers").inc()
-    metrics.REQUESTS.labels("skipped").inc()
-    return _response(uid, True)
+        return deny(d.reason, d.message, d.code)
+    return skip("ephemeral_containers")

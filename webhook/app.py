@@ -7,7 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import admission
 from .bodies import TooLarge, read_limited
-from .config import ConfigStore
+from sds_core.policy.config import ConfigStore
 
 JSON = "application/json"
 

@@ -5,12 +5,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import annotations as ann
+from sds_core.policy import annotations as ann
 from . import istio
 from . import plan as planning
-from .config import InjectorConfig
+from sds_core.policy.config import InjectorConfig
 from .patch import ops
-from .selection import Denied, Selection, check_policy, select
+from sds_core.policy.selection import Denied, Selection, check_policy, select
 
 log = logging.getLogger("webhook.injector")
 

@@ -2,13 +2,15 @@
 GitOps users can commit injected manifests. Unchanged documents pass through byte for byte."""
 from __future__ import annotations
 
+from typing import Any
+
 import re
 from collections.abc import Callable
 
 import yaml
 
 from . import plan as planning
-from .config import InjectorConfig
+from sds_core.policy.config import InjectorConfig
 from .injector import decide
 
 _SEPARATOR = re.compile(r"^---[ \t]*(#.*)?$", re.M)
@@ -63,15 +65,16 @@ def inject_document(doc: dict, cfg: InjectorConfig, namespace: str | None, index
         new_items = [inject_document(i, cfg, namespace, index, warn) if isinstance(i, dict) else None for i in items]
         if all(n is None for n in new_items):
             return None
-        return {**doc, "items": [n if n is not None else i for n, i in zip(new_items, items)]}
-    path = TEMPLATE_PATHS.get(doc.get("kind"))
+        return {**doc, "items": [n if n is not None else i for n, i in zip(new_items, items, strict=True)]}
+    kind = doc.get("kind")
+    path = TEMPLATE_PATHS.get(kind) if isinstance(kind, str) else None
     if path is None:
         template = (doc.get("spec") or {}).get("template") if isinstance(doc.get("spec"), dict) else None
         if isinstance(template, dict) and isinstance((template.get("spec") or {}).get("containers"), list):
             warn(f"document {index + 1} ({doc.get('kind')}/{(doc.get('metadata') or {}).get('name', '?')}): has a "
                  "pod template at spec.template, but inject does not know this kind; not injected")
         return None
-    node = doc
+    node: Any = doc
     for key in path:
         node = node.get(key) if isinstance(node, dict) else None
     if not isinstance(node, dict):
@@ -84,6 +87,7 @@ def inject_document(doc: dict, cfg: InjectorConfig, namespace: str | None, index
     if outcome.action == "skip":
         warn(f"{name}: not injected ({outcome.reason})")
         return None
+    assert outcome.plan is not None, "an inject verdict always carries its plan"
     injected = planning.apply(planning.strip(node), outcome.plan)
     if not path:
         return injected

@@ -6,11 +6,11 @@ import copy
 import json
 from dataclasses import dataclass
 
-from . import annotations as ann
+from sds_core.policy import annotations as ann
 from . import istio
-from .bootstrap import pod_bootstrap
-from .config import PREFIX, AgentConfig, InjectorConfig, Resources
-from .selection import Denied, Selection
+from sds_core.envoy.bootstrap import pod_bootstrap
+from sds_core.policy.config import PREFIX, AgentConfig, InjectorConfig, Resources
+from sds_core.policy.selection import Denied, Selection
 
 STATUS = PREFIX + "status"
 AGENT, PROXY = "sds-agent", "sds-envoy"
@@ -72,7 +72,7 @@ def _field_env(name: str, path: str) -> dict:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
-_PLANS: dict[tuple[Selection, str], Plan] = {}
+_PLANS: dict[tuple[Selection, str, str, bool], Plan] = {}
 
 
 def build(sel: Selection, cfg: InjectorConfig, mode: str = "envoy", socket_volume: bool = False) -> Plan:

@@ -17,7 +17,7 @@ def _str_map(value, where: str) -> str | None:
 
 
 # Fields the injector reads inside a container's lists, and their types (None: optional).
-_NESTED = {"volumeMounts": {"name": str, "mountPath": str}, "ports": {"containerPort": int},
+_NESTED: dict[str, dict[str, type]] = {"volumeMounts": {"name": str, "mountPath": str}, "ports": {"containerPort": int},
            "env": {"name": str}}
 
 
@@ -45,6 +45,8 @@ def problem(req: dict) -> str | None:
     if "namespace" in req and req["namespace"] is not None and not isinstance(req["namespace"], str):
         return "request.namespace must be a string"
     pod = req.get("object")
+    if not isinstance(pod, dict):
+        return "request.object must be an object"
     meta = pod.get("metadata")
     if meta is not None:
         if not isinstance(meta, dict):

@@ -10,8 +10,8 @@ import ssl
 
 import uvicorn
 
-from .config import ServerSettings
-from sds_sidecar.deadline import with_timeout
+from sds_core.policy.config import ServerSettings
+from sds_core.deadline import with_timeout
 
 log = logging.getLogger("webhook.server")
 SHUTDOWN_GRACE_SECONDS = 2
@@ -51,8 +51,9 @@ def _bound_tls_handshakes(loop: asyncio.AbstractEventLoop, seconds: float) -> No
             kwargs["ssl_handshake_timeout"] = seconds
         return await create(*args, **kwargs)
 
-    loop.create_server = create_server
-    loop._sds_handshake_timeout = seconds
+    # asyncio has no per-loop default for TLS handshake deadlines: wrap the loop's own method.
+    loop.create_server = create_server  # type: ignore[method-assign]
+    loop._sds_handshake_timeout = seconds  # type: ignore[attr-defined]
 
 
 async def serve_app(app, host: str, port: int, cert_file, key_file, name: str,
@@ -61,7 +62,7 @@ async def serve_app(app, host: str, port: int, cert_file, key_file, name: str,
     """One uvicorn server until `stop` is set; TLS (≥ 1.2, certificate re-read on change) when
     files are given."""
     tls = cert_file is not None
-    from sds_sidecar.listen import bind_tcp
+    from sds_core.listen import bind_tcp
 
     sock = sock or bind_tcp(host, port, f"{name} port")
     config = uvicorn.Config(
@@ -77,7 +78,7 @@ async def serve_app(app, host: str, port: int, cert_file, key_file, name: str,
     )
     config.load()
     watcher = None
-    if tls:
+    if config.ssl is not None:
         config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
         # TLS 1.2: forward-secret AEAD suites only (no CBC); TLS 1.3's are all AEAD.
         config.ssl.set_ciphers(TLS12_CIPHERS)
@@ -86,7 +87,7 @@ async def serve_app(app, host: str, port: int, cert_file, key_file, name: str,
         _bound_tls_handshakes(asyncio.get_running_loop(), read_timeout)
     server = uvicorn.Server(config)
     # Several servers share one loop: the caller owns the signals, uvicorn must not take them.
-    server.capture_signals = contextlib.nullcontext
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(server.serve(sockets=[sock]))
     stopper = asyncio.create_task((stop or asyncio.Event()).wait())
     try:

@@ -6,6 +6,8 @@ continues its chain. What a chain cannot show on its own: records cut from the v
 the stream off the node as it is written."""
 from __future__ import annotations
 
+from typing import Any
+
 import datetime as dt
 import hashlib
 import sys
@@ -36,7 +38,7 @@ class AuditLog:
 
     def record(self, decision: str, reason: str = "", **fields) -> dict:
         with self._lock:
-            rec = {"seq": self.seq, "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+            rec = {"seq": self.seq, "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
                    "replica": self.replica, "decision": decision, "reason": reason, **fields, "prev": self.prev}
             rec["hash"] = _digest(rec)
             line = orjson.dumps(rec) + b"\n"
@@ -64,7 +66,7 @@ def verify(data: bytes) -> tuple[int, list[str]]:
     """(records checked, problems). Each replica's records must chain from the genesis value,
     with consecutive sequence numbers and untouched contents."""
     problems: list[str] = []
-    last: dict[str, tuple[str, int]] = {}
+    last: dict[str, tuple[Any, int]] = {}  # replica -> (hash of its last record, its seq)
     records = _records(data)
     for n, rec in enumerate(records, 1):
         if not isinstance(rec, dict):
@@ -79,5 +81,6 @@ def verify(data: bytes) -> tuple[int, list[str]]:
                             "(a record was deleted, inserted or reordered)")
         if rec.get("seq") != prev_seq + 1:
             problems.append(f"line {n}: sequence {rec.get('seq')} after {prev_seq} for replica {replica}")
-        last[replica] = (rec.get("hash"), rec.get("seq") if isinstance(rec.get("seq"), int) else prev_seq + 1)
+        seq = rec.get("seq")
+        last[replica] = (rec.get("hash"), seq if isinstance(seq, int) else prev_seq + 1)
     return len(records), problems

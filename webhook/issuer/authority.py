@@ -20,8 +20,8 @@ from cryptography import x509
 
 from cryptography.hazmat.primitives import serialization
 
-from sds_sidecar.ca import LocalCA
-from sds_sidecar.validation import parse_certificates, parse_private_key
+from sds_core.pki.ca import LocalCA
+from sds_core.pki.validation import parse_certificates, parse_private_key
 
 log = logging.getLogger("issuer.authority")
 _KEY_SAFE = re.compile(r"^[-_a-zA-Z0-9]+$")
@@ -63,7 +63,7 @@ class Authority:
 
     @classmethod
     def generate(cls, environments: list[str], trust_domain: str, days: float = 3650,
-                 rotation: Rotation | None = None, cluster_domain: str = "cluster.local") -> "Authority":
+                 rotation: Rotation | None = None, cluster_domain: str = "cluster.local") -> Authority:
         root = LocalCA.generate("sds-injector root CA", days=days)
         life = (rotation or Rotation()).lifetime_days
         return cls(root, {name: cls._intermediate(root, name, trust_domain, life, cluster_domain)
@@ -87,7 +87,7 @@ class Authority:
     def bundle(self, env: str, overlap: float = Rotation.overlap, at: dt.datetime | None = None) -> bytes:
         """What a pod of `env` trusts: its environment's CAs (the one signing now, the next one,
         one retired within the overlap), never the root or another environment's."""
-        at = at or dt.datetime.now(dt.timezone.utc)
+        at = at or dt.datetime.now(dt.UTC)
         certs = [self.ca(env).cert]
         if env in self.nexts:
             certs.append(self.nexts[env][0].cert)
@@ -100,7 +100,7 @@ class Authority:
     def rotate(self, trust_domain: str, r: Rotation, at: dt.datetime | None = None,
                cluster_domain: str = "cluster.local") -> list[str]:
         """Advance every environment's rotation by the clock; returns what changed."""
-        at = at or dt.datetime.now(dt.timezone.utc)
+        at = at or dt.datetime.now(dt.UTC)
         changed = []
         for env, ca in list(self.envs.items()):
             if env in self.retired and ((at - self.retired[env][1]).total_seconds() >= r.overlap
@@ -131,7 +131,7 @@ class Authority:
         return {k: base64.b64encode(v).decode() for k, v in out.items()}
 
     @classmethod
-    def from_secret_data(cls, data: dict[str, str]) -> "Authority":
+    def from_secret_data(cls, data: dict[str, str]) -> Authority:
         raw = {k: base64.b64decode(v) for k, v in (data or {}).items()}
 
         def load(stem: str) -> LocalCA:

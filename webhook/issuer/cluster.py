@@ -3,11 +3,13 @@ a watch per kind, so a CSR costs no API call. A pod missing from the cache (just
 the watch lagging) is read once directly; nothing else ever is."""
 from __future__ import annotations
 
+from typing import Any
+
 import json
 import time
 
-from ..informer import Informer
-from ..namespaces import NamespaceLabels
+from sds_core.kube.informer import Informer
+from sds_core.kube.namespaces import NamespaceLabels
 
 
 def _slim_pod(o: dict) -> dict:
@@ -37,18 +39,18 @@ class ClusterCache:
                                  watch_seconds)
         self.labels = NamespaceLabels(api_client, watch_seconds)  # the same cache the webhook uses
         self.namespaces = self.labels.informer
-        self._all = (self.pods, self.services, self.namespaces)
+        self._all: tuple[Informer, ...] = (self.pods, self.services, self.namespaces)
         self.claims = None
         self._resolved = None  # (config, Resolved), dropped on any claim or namespace change
         if gateway:
             # Gateway tenant claims: the issuer resolves them itself, with the gateway's rules.
-            from gateway.feed import claims_informer
+            from sds_core.kube.claims_informer import claims_informer
 
             self.claims = claims_informer(self.core, watch_seconds)
             self.claims.on_change = self.namespaces.on_change = self._forget
             self._all += (self.claims,)
 
-    def start(self, wait: float = 30.0) -> "ClusterCache":
+    def start(self, wait: float = 30.0) -> ClusterCache:
         for inf in self._all:
             inf.start()
         deadline = time.monotonic() + wait
@@ -69,7 +71,8 @@ class ClusterCache:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            resp = self.core.read_namespaced_pod(name, namespace, _preload_content=False, _request_timeout=5)
+            resp: Any = self.core.read_namespaced_pod(name, namespace, _preload_content=False,  # raw response
+                                                      _request_timeout=5)
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -91,7 +94,7 @@ class ClusterCache:
 
     def gateway_tenants(self, config):
         """Resolved claims, recomputed only after a change (10,000 claims take ~0.1 s)."""
-        from gateway.claims import Resolved, resolve
+        from sds_core.policy.claims import Resolved, resolve
 
         if self.claims is None:
             return Resolved((), ())

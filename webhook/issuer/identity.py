@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from sds_core import names
 
-from ..config import InjectorConfig
-from ..selection import Denied, check_policy, select
+from sds_core.policy.config import InjectorConfig
+from sds_core.policy.selection import Denied, check_policy, select
 from .tokens import Caller
 
 
@@ -41,7 +41,7 @@ class Grant:
     ips: tuple[str, ...]
 
 
-def check_binding(caller: Caller, pod: dict | None) -> None:
+def check_binding(caller: Caller, pod: dict | None) -> dict:
     """The token's pod exists now, is the same pod (uid), is not being deleted, and runs as the
     token's account. TokenReview invalidates a deleted pod's token only after its ~10 s cache
     and JWKS never does: the pod object is what says the pod is going away."""
@@ -57,11 +57,12 @@ def check_binding(caller: Caller, pod: dict | None) -> None:
     if meta.get("deletionTimestamp"):
         raise Refused("pod_terminating", f"pod {caller.namespace}/{caller.pod_name} is being deleted "
                       f"(deletionTimestamp {meta['deletionTimestamp']}); no new certificates for it")
+    return pod
 
 
 def grant(caller: Caller, pod: dict | None, services: list[str], namespace_labels: dict | None,
           cfg: InjectorConfig, max_dns_names: int = 100) -> Grant:
-    check_binding(caller, pod)
+    pod = check_binding(caller, pod)
     meta, spec, status = pod["metadata"], pod["spec"], pod["status"]
     if spec.get("hostNetwork"):
         raise Refused("host_network", "hostNetwork pods share the node's network identity; not issued")

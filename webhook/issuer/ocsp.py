@@ -41,7 +41,7 @@ def respond(authority, request_der: bytes, at: dt.datetime | None = None) -> byt
     if ca is None:
         return ocsp.OCSPResponseBuilder.build_unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED).public_bytes(
             serialization.Encoding.DER)
-    at = at or dt.datetime.now(dt.timezone.utc)
+    at = at or dt.datetime.now(dt.UTC)
     builder = ocsp.OCSPResponseBuilder().add_response_by_hash(
         issuer_name_hash=req.issuer_name_hash, issuer_key_hash=req.issuer_key_hash, serial_number=req.serial_number,
         algorithm=req.hash_algorithm, cert_status=ocsp.OCSPCertStatus.GOOD, this_update=at - dt.timedelta(minutes=1),

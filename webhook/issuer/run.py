@@ -6,7 +6,7 @@ import datetime as dt
 import threading
 from collections.abc import Callable
 
-from ..config import InjectorConfig
+from sds_core.policy.config import InjectorConfig
 from .audit import AuditLog
 from .authority import Rotation, load_or_create
 from .cluster import ClusterCache
@@ -18,7 +18,7 @@ from .tokens import JwksVerifier, TokenReviewVerifier
 def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tuple[Issuer, ClusterCache]:
     from kubernetes import client
 
-    from ..kube import api_client
+    from sds_core.kube.client import api_client
 
     api = api_client(settings.kubeconfig)
     rotation = Rotation(before=settings.ca_rotate_before_seconds, propagation=settings.ca_propagation_seconds,
@@ -31,6 +31,7 @@ def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tup
                               rotation=rotation, cluster_domain=c.agent.cluster_domain)
     authority = settle()
     cluster = ClusterCache(api, gateway=bool(settings.gateway_identities)).start()
+    verifier: JwksVerifier | TokenReviewVerifier
     if settings.token_verifier == "jwks":
         verifier = JwksVerifier(api, settings.audience, settings.jwks_issuer)
     else:

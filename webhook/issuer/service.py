@@ -2,6 +2,8 @@
 CSR, sign with the environment's CA; audit every outcome."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -11,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ..config import InjectorConfig
+from sds_core.policy.config import InjectorConfig
 from .audit import AuditLog
 from .authority import Authority, edge
 from .identity import Grant, Refused, check_binding, grant
@@ -42,7 +44,7 @@ class Issuer:
     def __init__(self, authority: Authority, cluster, verifier, config: Callable[[], InjectorConfig],
                  audit: AuditLog, inventory: Inventory | None = None, cert_ttl: dt.timedelta = dt.timedelta(hours=1),
                  max_dns_names: int = 100, overlap_seconds: float = 48 * 3600,
-                 gateways: list[str] = ()):
+                 gateways: Sequence[str] = ()):
         self.authority, self.cluster, self.verifier, self.config = authority, cluster, verifier, config
         self.audit, self.inventory = audit, inventory or Inventory()
         self.cert_ttl, self.max_dns_names, self.overlap = cert_ttl, max_dns_names, overlap_seconds

@@ -10,6 +10,8 @@ Two verifiers, one result (`Caller`):
   caller against the pod cache (name *and* uid), as for TokenReview."""
 from __future__ import annotations
 
+from typing import Any
+
 import json
 import threading
 import time
@@ -51,7 +53,9 @@ class TokenReviewVerifier:
         # Plain JSON both ways: the client's model (de)serialization cost more than the review.
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
                 "spec": {"token": _bearer(token), "audiences": [self.audience]}}
-        resp = self.auth.create_token_review(body, _preload_content=False, _request_timeout=5)
+        # The client sends a dict as it is (its stubs ask for the model); the answer stays raw.
+        resp: Any = self.auth.create_token_review(body, _preload_content=False,  # type: ignore[arg-type]
+                                                  _request_timeout=5)
         status = json.loads(resp.data).get("status") or {}
         if not status.get("authenticated"):
             raise TokenRefused("token_invalid", f"the API server refused the token: "

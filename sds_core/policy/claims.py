@@ -1,0 +1,203 @@
+"""Tenant hostname claims and who owns what. Pure: the gateway (what Envoy serves) and the issuer
+(what it signs) run the same rules over the same API objects, and so agree.
+
+A claim is an *immutable* ConfigMap labelled `sds-injector.io/gateway-claim: "true"` in the
+tenant's namespace:
+
+    data:
+      hostnames: shop.example.com, www.shop.example.com   # or *.shop.example.com (one label)
+      service: storefront                                 # a Service of the same namespace
+      port: "8080"
+      env: prod                                           # optional: defaultEnvironment
+      business-line: retail                               # optional
+
+Immutable, because the claim's creation time decides ownership: a hostname belongs to the
+earliest claim that names it (ties: namespace, then name). If a claim could be edited, an old
+claim could add a hostname later and take it from the tenant serving it today. To change a
+claim, create a new ConfigMap (it queues behind current owners) and delete the old one."""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sds_core import names
+from sds_core.policy.config import PREFIX, InjectorConfig
+from sds_core.policy.selection import Denied, governing_rule, origin_problems
+
+CLAIM_LABEL = f"{PREFIX}gateway-claim"
+LABEL_SELECTOR = f"{CLAIM_LABEL}=true"
+MAX_HOSTNAMES = 100  # per claim: a certificate with thousands of SANs is a mistake
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Claim:
+    namespace: str
+    name: str
+    created: str  # metadata.creationTimestamp (RFC 3339, UTC: sorts as text)
+    hostnames: tuple[str, ...]
+    service: str
+    port: int
+    env: str
+    business_line: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    namespace: str
+    name: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Resolved:
+    tenants: tuple[Claim, ...]  # each with only the hostnames it owns
+    refusals: tuple[Refusal, ...]
+
+
+def hostname_problem(h: str, cluster_domain: str) -> str | None:
+    if len(h) > 253:
+        return "longer than 253 characters"
+    labels = h.split(".")
+    if labels[0] == "*":
+        labels = labels[1:]
+        if len(labels) < 2:
+            return "a wildcard needs at least two labels after '*.' (e.g. *.shop.example.com)"
+    if len(labels) < 2:
+        return "not a fully qualified name (e.g. shop.example.com)"
+    if not all(_LABEL.match(label) for label in labels):
+        return "not a DNS name (lowercase letters, digits and '-', labels of 1-63 characters; '*' only as the first label)"
+    if all(label.isdigit() for label in labels):
+        return "an IP address, not a hostname"
+    if names.is_cluster_internal(h, cluster_domain):
+        # An edge certificate for such a name would answer for a workload inside the cluster.
+        return "a cluster-internal name (*.svc, the cluster domain or *.cluster.local): edge certificates never carry one"
+    return None
+
+
+class _Owners:
+    """Owned names, indexed: a name conflicts with an equal name, or with a wildcard matching its
+    single leftmost label (what a TLS client would accept), found in two lookups, not a scan."""
+
+    def __init__(self):
+        self.by_name: dict[str, Claim] = {}  # exact names and wildcards, literally
+        self.by_parent: dict[str, Claim] = {}  # parent domain of an exact name -> its owner
+
+    def covering(self, h: str) -> Claim | None:
+        parent = h.partition(".")[2]
+        if h.startswith("*."):
+            return self.by_name.get(h) or self.by_parent.get(parent)
+        return self.by_name.get(h) or self.by_name.get("*." + parent)
+
+    def add(self, h: str, owner: Claim) -> None:
+        self.by_name[h] = owner
+        if not h.startswith("*."):
+            self.by_parent.setdefault(h.partition(".")[2], owner)
+
+
+def parse(cm: dict, cfg: InjectorConfig) -> Claim | Refusal:
+    """A claim ConfigMap → Claim, or a Refusal saying what to fix."""
+    meta = cm.get("metadata") or {}
+    ns, name = meta.get("namespace") or "", meta.get("name") or ""
+
+    def refuse(reason: str, message: str) -> Refusal:
+        return Refusal(ns, name, reason, f"gateway claim {ns}/{name}: {message}")
+
+    if cm.get("immutable") is not True:
+        return refuse("mutable", "must set `immutable: true` (its creation time decides hostname ownership; "
+                      "to change it, create a new claim and delete this one)")
+    data = cm.get("data") or {}
+    unknown = sorted(set(data) - {"hostnames", "service", "port", "env", "business-line"})
+    if unknown:
+        return refuse("invalid", f"unknown keys {unknown}; allowed: hostnames, service, port, env, business-line")
+    hosts = tuple(dict.fromkeys(h.strip().lower().rstrip(".") for h in str(data.get("hostnames", "")).split(",")
+                                if h.strip()))
+    if not hosts:
+        return refuse("invalid", "data.hostnames is empty (a comma-separated list of hostnames)")
+    if len(hosts) > MAX_HOSTNAMES:
+        return refuse("invalid", f"{len(hosts)} hostnames; at most {MAX_HOSTNAMES} per claim")
+    bad = [f"{h!r}: {p}" for h in hosts if (p := hostname_problem(h, cfg.agent.cluster_domain))]
+    if bad:
+        return refuse("invalid_hostname", "; ".join(bad[:5]))
+    service = str(data.get("service", ""))
+    if not _LABEL.match(service):
+        return refuse("invalid", f"data.service {service!r} is not a Service name of namespace {ns!r}")
+    port = str(data.get("port", ""))
+    if not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
+        return refuse("invalid", f"data.port {port!r} is not a port number (1-65535)")
+    env = str(data.get("env") or cfg.default_environment or "")
+    if env not in cfg.environments:
+        return refuse("unknown_env", f"env {env!r} is not one of {', '.join(cfg.environments)}")
+    bl = str(data.get("business-line", ""))
+    if bl and bl not in cfg.business_lines:
+        return refuse("unknown_business_line", f"business-line {bl!r} is not one of "
+                      f"{', '.join(sorted(cfg.business_lines)) or 'none'}")
+    return Claim(ns, name, str(meta.get("creationTimestamp") or ""), hosts, service, int(port), env, bl)
+
+
+def _within_policy(c: Claim, cfg: InjectorConfig, labels: dict | None) -> tuple[Claim | None, list[Refusal]]:
+    """The claim with only the hostnames its namespace may claim (None: nothing left, or the
+    environment or business line refused), and the refusals."""
+    def refuse(reason: str, message: str) -> tuple[None, list[Refusal]]:
+        return None, [Refusal(c.namespace, c.name, reason, f"gateway claim {c.key}: {message}")]
+
+    if c.namespace in cfg.system_namespaces:
+        return refuse("system_namespace", f"namespace {c.namespace!r} is a system namespace")
+    asked = f"asked for env={c.env}, business-line={c.business_line or '-'}"
+    try:
+        i, rule = governing_rule(c.namespace, cfg.namespace_policy, labels, asked)
+    except Denied as d:
+        return refuse(d.reason, d.message)
+    problems = origin_problems(rule, c.env, c.business_line)
+    if problems:
+        return refuse("policy", f"namespace {c.namespace!r} may not use {'; '.join(problems)} "
+                      f"(namespacePolicy.rules[{i}])")
+    allowed = tuple(h for h in c.hostnames if rule.allows_hostname(h))
+    refusals = [Refusal(c.namespace, c.name, "hostname_not_allowed",
+                        f"gateway claim {c.key}: hostname {h!r} is not one namespace {c.namespace!r} may claim "
+                        f"(gatewayHostnames: {', '.join(rule.gateway_hostnames) or 'none'}, namespacePolicy.rules[{i}]); "
+                        f"it is not served") for h in c.hostnames if h not in allowed]
+    if not allowed:
+        return None, refusals
+    return Claim(c.namespace, c.name, c.created, allowed, c.service, c.port, c.env, c.business_line), refusals
+
+
+def resolve(objects: list[dict], cfg: InjectorConfig, labels_of: Callable[[str], dict | None]) -> Resolved:
+    """Every claim ConfigMap → the tenants (each with the hostnames it owns) and the refusals.
+    Claims (and hostnames) the policy refuses own nothing, so they cannot block a tenant that may
+    have the name."""
+    claims, refusals = [], []
+    for cm in objects:
+        parsed = parse(cm, cfg)
+        if isinstance(parsed, Refusal):
+            refusals.append(parsed)
+            continue
+        claim, refused = _within_policy(parsed, cfg, labels_of(parsed.namespace))
+        refusals.extend(refused)
+        if claim is not None:
+            claims.append(claim)
+    owners = _Owners()
+    tenants = []
+    for c in sorted(claims, key=lambda c: (c.created, c.namespace, c.name)):
+        mine = []
+        for h in c.hostnames:
+            owner = owners.covering(h)
+            if owner is None:
+                mine.append(h)
+                continue
+            where = "another claim of the same namespace" if owner.namespace == c.namespace else f"namespace {owner.namespace!r}"
+            refusals.append(Refusal(c.namespace, c.name, "hostname_taken",
+                                    f"gateway claim {c.key}: hostname {h!r} belongs to {owner.key} ({where}, "
+                                    f"claimed {owner.created or 'earlier'}); it is not served for this claim"))
+        if mine:
+            t = Claim(c.namespace, c.name, c.created, tuple(mine), c.service, c.port, c.env, c.business_line)
+            for h in mine:
+                owners.add(h, t)
+            tenants.append(t)
+    return Resolved(tuple(tenants), tuple(refusals))

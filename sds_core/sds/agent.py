@@ -1,0 +1,124 @@
+"""Wires settings → sources → cache → renewal → SDS server, and runs until SIGTERM."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from sds_core.sds import material
+from .cache import SecretCache
+from .health import health_app
+from sds_core.listen import bind_tcp
+from .renewal import Renewer
+from .server import SdsServer, start_grpc
+from .settings import AgentSettings
+from .sources.base import SecretSpec, Source
+
+log = logging.getLogger("sds.agent")
+
+
+def make_source(kind: str, settings: AgentSettings) -> Source:
+    if kind == "issuer":
+        from .sources.issuer import IssuerSource
+
+        return IssuerSource(settings)
+    if kind == "local-ca":
+        from .sources.local_ca import LocalCASource
+
+        return LocalCASource(settings)
+    if kind == "files":
+        from .sources.files import FilesSource
+
+        return FilesSource(settings)
+    if kind == "vault":
+        try:
+            from .sources.vault import VaultSource
+        except ImportError:
+            raise ValueError("source 'vault' is not available in this build of the agent; "
+                             "use local-ca or files") from None
+        return VaultSource(settings)
+    raise ValueError(f"unknown source {kind!r}")
+
+
+def specs_of(settings: AgentSettings) -> list[SecretSpec]:
+    alias = settings.serve_as
+    return [SecretSpec(n, material.TLS_CERTIFICATE, serve_as=alias.get(n, "")) for n in settings.certificates] + [
+        SecretSpec(n, material.VALIDATION_CONTEXT, serve_as=alias.get(n, "")) for n in settings.trust_bundles
+    ]
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, sources: dict[str, Source] | None = None,
+                 stores: dict | None = None):
+        """`stores`: listeners and clusters to serve over ADS too (gateway mode)."""
+        self.settings = settings
+        self.stores = stores
+        self.status: Callable[[], dict] | None = None  # what /readyz reports; default: the renewer's view
+        # Which names are expected (unknown ones are warned about); default: the renewer's.
+        self.knows: Callable[[str], bool] | None = None
+        self.cache = SecretCache()
+        specs = specs_of(settings)
+        if sources is None:
+            by_kind = {k: make_source(k, settings) for k in {settings.source_for(s.name) for s in specs}}
+            sources = {s.name: by_kind[settings.source_for(s.name)] for s in specs}
+        stapler = None
+        if settings.ocsp_stapling:
+            from .stapling import Stapler
+
+            stapler = Stapler(settings, self.cache)
+        self.renewer = Renewer(settings, self.cache, specs, sources, stapler=stapler)
+        self.grpc: SdsServer | None = None
+        self.http: Any = None  # a uvicorn.Server, imported only when the health port is on
+        self._http_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        # Bind everything before announcing anything: a busy port is a clear error, and leaves
+        # no socket file behind.
+        http_socket = bind_tcp(s.http_host, s.http_port, "health port") if s.http_port else None
+        # Serve before the first fetch: Envoy may already be asking, and its requests are
+        # held as pending until the secrets arrive (istio #22443).
+        self.grpc = await start_grpc(self.cache, self.knows or self.renewer.knows, s.socket_path, s.socket_mode_int, self.stores)
+        await self.renewer.start()
+        if http_socket is not None:
+            import contextlib
+
+            import uvicorn
+
+            from sds_core.deadline import with_timeout
+
+            # A kubelet probe is one small request: a client that idles or trickles is cut off.
+            config = uvicorn.Config(health_app(self.status or self.renewer.status), log_level="warning", access_log=False,
+                                    lifespan="off", http=with_timeout(5.0), limit_concurrency=64,
+                                    timeout_keep_alive=2)
+            self.http = uvicorn.Server(config)
+            self.http.capture_signals = contextlib.nullcontext  # this process's signals are the agent's
+            self._http_task = asyncio.create_task(self.http.serve(sockets=[http_socket]))
+        log.info("SDS agent serving", extra={"fields": {
+            "socket": str(s.socket_path), "names": list(self.renewer.specs), "http_port": s.http_port}})
+
+    async def stop(self, grace: float = 1.0) -> None:
+        if self.http and self._http_task:
+            self.http.should_exit = True
+            await self._http_task
+        await self.renewer.stop()
+        if self.grpc:
+            await self.grpc.stop(grace)
+            self.grpc = None
+        log.info("SDS agent stopped")
+
+    async def run_until_signalled(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        # SIGHUP: renew every secret now (an operator's forced rotation).
+        loop.add_signal_handler(signal.SIGHUP, self.renewer.trigger_all)
+        try:
+            await self.start()
+            await stop.wait()
+        finally:
+            await self.stop()

@@ -1,0 +1,115 @@
+"""The cluster default: certificates from the sds-injector issuer. The key pair is generated
+here, in memory; the issuer gets a CSR and the pod's projected service-account token, and
+decides the identity itself. Trust bundles come from it too (the pod's environment's CA)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncio
+import json
+import ssl
+import urllib.error
+import urllib.request
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from sds_core.sds import material
+from ..settings import AgentSettings
+from .base import SecretSpec, Source, SourceError
+
+
+def new_key(kind: str):
+    return rsa.generate_private_key(65537, 2048) if kind == "rsa" else ec.generate_private_key(ec.SECP256R1())
+
+
+def private_pem(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def csr_pem(key, name: str, dns: Sequence[str] = (), uris: Sequence[str] = ()) -> str:
+    """The issuer reads only the key (it ignores any name or SAN a CSR asks for). Vault's
+    `pki/sign` takes the SANs from the CSR by default (`use_csr_sans`, ignoring `alt_names`), so
+    for Vault the CSR carries the names too."""
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name[:64])]))
+    sans = [x509.DNSName(d) for d in dns] + [x509.UniformResourceIdentifier(u) for u in uris]
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+
+
+class IssuerSource(Source):
+    label = "issuer"
+    has_ocsp = True
+
+    def __init__(self, settings: AgentSettings):
+        if not settings.issuer_address.startswith("https://"):
+            raise ValueError("issuer source: SDS_ISSUER_ADDRESS must be an https:// URL")
+        ca = settings.issuer_ca or (settings.issuer_ca_file.read_text() if settings.issuer_ca_file else "")
+        if not ca.strip():
+            raise ValueError("issuer source: the issuer's CA is not set (SDS_ISSUER_CA or SDS_ISSUER_CA_FILE)")
+        try:
+            self.tls = ssl.create_default_context(cadata=ca)
+        except ssl.SSLError:
+            raise ValueError("issuer source: SDS_ISSUER_CA is not a PEM certificate") from None
+        self.tls.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.settings = settings
+        self.base = settings.issuer_address.rstrip("/")
+
+    def issues(self, spec: SecretSpec) -> bool:
+        return spec.kind == material.TLS_CERTIFICATE
+
+    def _post(self, path: str, body: dict, name: str) -> dict:
+        try:
+            # Re-read each time: the kubelet rotates the projected token.
+            token = self.settings.issuer_token_file.read_text().strip()
+        except OSError as e:
+            raise SourceError("no_token", f"cannot read the service-account token: {e.strerror}") from None
+        req = urllib.request.Request(self.base + path, data=json.dumps(body).encode(), method="POST", headers={
+            "content-type": "application/json", "authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.settings.issuer_timeout_seconds, context=self.tls) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            try:
+                err = json.loads(e.read())
+                reason, message = str(err.get("reason", "refused"))[:40], str(err.get("error", ""))[:500]
+            except ValueError:
+                reason, message = "refused", f"HTTP {e.code}"
+            raise SourceError(reason, f"the issuer refused {name!r}: {message}") from None
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            why = getattr(e, "reason", None) or type(e).__name__
+            raise SourceError("unavailable", f"the issuer at {self.base} is unreachable: {why}") from None
+
+    def _post_der(self, body: bytes) -> bytes:
+        from sds_core.pki.ocsp import CONTENT_TYPE
+
+        req = urllib.request.Request(self.base + "/v1/ocsp", data=body, method="POST",
+                                     headers={"content-type": CONTENT_TYPE})
+        try:
+            with urllib.request.urlopen(req, timeout=self.settings.issuer_timeout_seconds, context=self.tls) as r:
+                return r.read()
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            why = getattr(e, "reason", None) or getattr(e, "code", None) or type(e).__name__
+            raise SourceError("ocsp_unavailable", f"the issuer's OCSP responder at {self.base}: {why}") from None
+
+    async def ocsp(self, spec: SecretSpec, request_der: bytes) -> bytes | None:
+        return await asyncio.to_thread(self._post_der, request_der)
+
+    async def fetch(self, spec: SecretSpec) -> material.SecretMaterial:
+        if spec.kind == material.VALIDATION_CONTEXT:
+            out = await asyncio.to_thread(self._post, "/v1/trust-bundles", {"name": spec.name}, spec.name)
+            return material.validation_context(str(out.get("trust_bundle", "")).encode())
+        key = new_key(self.settings.key_type)
+        if spec.tenant is not None:
+            # The issuer resolves the tenant's hostnames itself, from the cluster: the request
+            # names the tenant, never the hostnames.
+            path, body = "/v1/gateway-certificates", {"tenant": f"{spec.tenant.namespace}/{spec.tenant.name}"}
+        else:
+            path, body = "/v1/certificates", {"name": spec.name}
+        out = await asyncio.to_thread(self._post, path, {**body, "csr": csr_pem(key, spec.name)}, spec.name)
+        return material.tls_certificate(str(out.get("certificate_chain", "")).encode(), private_pem(key))
