@@ -40,6 +40,26 @@ def _b64url_uint(n: int) -> str:
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 
 
+class Invalid(ValueError):
+    """What kube-apiserver answers 422 Invalid for."""
+
+
+def _as_seen(event: tuple, selected) -> dict | None:
+    """An event as a watch with a label selector sees it: an object that starts matching is
+    ADDED, one that stops matching is DELETED (carrying its new state), as kube-apiserver does."""
+    _, _, etype, obj, before = event
+    now, was = selected(obj), before is not None and selected(before)
+    if etype == "DELETED":
+        return {"type": "DELETED", "object": obj} if was else None
+    if etype == "MODIFIED":
+        if now and was:
+            return {"type": "MODIFIED", "object": obj}
+        if now:
+            return {"type": "ADDED", "object": obj}
+        return {"type": "DELETED", "object": obj} if was else None
+    return {"type": etype, "object": obj} if now else None
+
+
 class KubeAPI:
     def __init__(self):
         self.key = rsa.generate_private_key(65537, 2048)
@@ -51,7 +71,10 @@ class KubeAPI:
         self.objects: dict[str, dict[tuple[str, str], dict]] = {"pods": {}, "services": {}, "namespaces": {},
                                                                   "secrets": {}, "serviceaccounts": {},
                                                                   "configmaps": {}}
-        self.events: list[tuple[int, str, str, dict]] = []  # (rv, resource, type, object)
+        # (rv, resource, type, object, the object before the event or None)
+        self.events: list[tuple[int, str, str, dict, dict | None]] = []
+        self.compacted_rv = 0  # a watch from an older resourceVersion gets 410 Expired, as after etcd compaction
+        self.bookmark_seconds = 60.0  # BOOKMARK events to watches that allow them, as kube-apiserver sends them
         self.cond = threading.Condition()
         self.requests: list[tuple[str, str]] = []
         self.review_cache_seconds = 10.0
@@ -68,11 +91,12 @@ class KubeAPI:
             if event == "ADDED":  # as the API server does; a caller may have set it (ordering tests)
                 obj["metadata"].setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
             key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+            before = self.objects[resource].get(key)
             if event == "DELETED":
                 self.objects[resource].pop(key, None)
             else:
                 self.objects[resource][key] = obj
-            self.events.append((self.rv, resource, event, copy.deepcopy(obj)))
+            self.events.append((self.rv, resource, event, copy.deepcopy(obj), copy.deepcopy(before)))
             self.cond.notify_all()
             return obj
 
@@ -120,6 +144,31 @@ class KubeAPI:
         if immutable is not None:
             cm["immutable"] = immutable
         return self._store("configmaps", cm, "ADDED")
+
+    def update_configmap(self, namespace: str, name: str, data: dict | None = None, labels: dict | None = None,
+                         immutable: bool | None = None) -> dict:
+        """An update as kube-apiserver validates it: `immutable` is one-way but may be switched on
+        in the same update that changes `data`; once on, data may not change; labels and
+        annotations stay mutable; creationTimestamp never changes."""
+        cur = self.objects["configmaps"][(namespace, name)]
+        new = copy.deepcopy(cur)
+        if cur.get("immutable") is True:
+            if immutable is False:
+                raise Invalid(f'configmaps "{name}": immutable: field is immutable')
+            if data is not None and data != cur.get("data"):
+                raise Invalid(f'configmaps "{name}": data: field is immutable when `immutable` is set')
+        if data is not None:
+            new["data"] = dict(data)
+        if immutable is not None:
+            new["immutable"] = immutable
+        if labels is not None:
+            new["metadata"]["labels"] = dict(labels)
+        return self._store("configmaps", new, "MODIFIED")
+
+    def compact(self) -> None:
+        """etcd compaction: watches from any resourceVersion up to now get 410 Expired."""
+        with self.cond:
+            self.compacted_rv = self.rv
 
     def delete(self, resource: str, namespace: str, name: str) -> None:
         obj = self.objects[resource][(namespace, name)]
@@ -268,24 +317,39 @@ class KubeAPI:
                     return self._status(500, "InternalError", "watch unavailable")
                 since = int(q.get("resourceVersion") or 0)
                 deadline = time.monotonic() + float(q.get("timeoutSeconds") or 60)
+                bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("transfer-encoding", "chunked")
                 self.end_headers()
+
+                def send(event: dict) -> None:
+                    line = json.dumps(event).encode() + b"\n"
+                    self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+                    self.wfile.flush()
                 try:
+                    if since and since < api.compacted_rv:
+                        # kube-apiserver answers an expired resourceVersion with HTTP 200 and one
+                        # ERROR event; the client must relist.
+                        send({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {},
+                                                          "status": "Failure", "reason": "Expired", "code": 410,
+                                                          "message": f"too old resource version: {since} "
+                                                                     f"({api.compacted_rv})"}})
+                        return self.wfile.write(b"0\r\n\r\n")
+                    next_bookmark = time.monotonic() + api.bookmark_seconds
                     while time.monotonic() < deadline and api.server is not None:
                         with api.cond:
-                            new = [e for e in api.events if e[0] > since and e[1] == resource and selected(e[3])]
-                            if not new:  # skip past unselected events
-                                since = max([since] + [e[0] for e in api.events if e[1] == resource])
+                            new = [(e[0], ev) for e in api.events if e[0] > since and e[1] == resource
+                                   and (ev := _as_seen(e, selected)) is not None]
+                            since = max([since] + [e[0] for e in api.events if e[1] == resource])
                             if not new:
                                 api.cond.wait(min(0.5, max(0.0, deadline - time.monotonic())))
-                                continue
-                        for rv, _, etype, obj in new:
-                            line = json.dumps({"type": etype, "object": obj}).encode() + b"\n"
-                            self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
-                            since = rv
-                        self.wfile.flush()
+                        for _, event in new:
+                            send(event)
+                        if bookmarks and time.monotonic() >= next_bookmark:
+                            send({"type": "BOOKMARK", "object": {"kind": kind[:-4], "apiVersion": "v1",
+                                                                 "metadata": {"resourceVersion": str(since)}}})
+                            next_bookmark = time.monotonic() + api.bookmark_seconds
                     self.wfile.write(b"0\r\n\r\n")
                 except OSError:
                     pass

@@ -136,6 +136,50 @@ def test_a_namespace_cannot_take_a_hostname_its_policy_does_not_grant(tmp_path):
         kube.stop()
 
 
+def test_an_old_configmap_backdated_into_a_claim_takes_nothing(tmp_path):
+    """The two sequences that took a hostname on a real kube-apiserver (the API double now
+    behaves the same: immutable settable later together with data, labels mutable, creation
+    time kept). As a user with edit in `bank`: an old unlabelled ConfigMap patched to immutable
+    with new data and labelled, and an old immutable one merely labelled, each older than the
+    shop's claim. Ownership rests on the operator's grants (only shop-prod is granted the shop's
+    domain; bank gets nothing by default), not on a timestamp the owner of an old object
+    controls: the shop keeps its hostnames, bank is refused by name."""
+    import yaml
+
+    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg["namespacePolicy"]["rules"][:0] = [
+        {"namespaces": ["shop-prod"], "environments": ["prod"], "gatewayHostnames": ["*.example.com"]},
+        {"namespaces": ["bank"], "environments": ["dev"]}]  # the default grant: no hostname
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    kube = KubeAPI().start()
+    kube.add_configmap("bank", "early", {"note": "unrelated"}, immutable=None, created="2025-01-01T00:00:00Z")
+    kube.add_configmap("bank", "dormant", claim(["www.shop.example.com"], 8080), created="2025-01-01T00:00:00Z")
+    kube.add_configmap("shop-prod", "site", claim(["shop.example.com", "www.shop.example.com"], 8080, env="prod"),
+                       labels=CLAIM_LABELS, created="2026-01-01T00:00:00Z")
+    issuer = IssuerRun(tmp_path, kube, tmp_path / "config.yaml", verifier="jwks",
+                       gateway_identities=json.dumps(["sds-gateway/gateway"])).start()
+    try:
+        token = kube.mint(kube.add_pod("sds-gateway", "gw-1", "gateway"))
+        assert ask(issuer, token, "shop-prod/site")[0] == 200
+        kube.update_configmap("bank", "early", data=claim(["shop.example.com"], 8080), immutable=True)
+        kube.update_configmap("bank", "early", labels=CLAIM_LABELS)
+        kube.update_configmap("bank", "dormant", labels=CLAIM_LABELS)
+        from devkit.harness import wait_for
+
+        wait_for(lambda: ask(issuer, token, "bank/early")[1].get("reason") == "no_such_tenant"
+                 and ask(issuer, token, "bank/dormant")[1].get("reason") == "no_such_tenant", what="bank refused")
+        status, out = ask(issuer, token, "shop-prod/site")
+        assert status == 200, out
+        leaf = x509.load_pem_x509_certificates(out["certificate_chain"].encode())[0]
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert sorted(san.get_values_for_type(x509.DNSName)) == ["shop.example.com", "www.shop.example.com"]
+        records = [json.loads(x) for x in issuer.audit_file.read_text().splitlines()]
+        assert any(r.get("tenant") == "bank/early" and r["reason"] == "no_such_tenant" for r in records)
+    finally:
+        issuer.stop()
+        kube.stop()
+
+
 def test_edge_certificates_come_from_a_ca_workloads_never_trust_as_a_peer(world, tmp_path):
     """The attack: before, the prod *workload* CA signed gateway certificates, so a prod pod
     calling a hostname a tenant had claimed accepted whoever held that certificate. Now a prod

@@ -13,6 +13,15 @@ from kubernetes.watch.watch import iter_resp_lines
 log = logging.getLogger("webhook.informer")
 
 
+def why(e: Exception) -> str:
+    """A failure as an operator needs it: the HTTP status and reason of an API error (401, 403,
+    410 Expired...), else the exception's type and the start of its message."""
+    status = getattr(e, "status", None)
+    if isinstance(status, int):
+        return f"HTTP {status} {getattr(e, 'reason', '') or ''}".strip()
+    return f"{type(e).__name__}: {str(e)[:200]}"
+
+
 class Informer:
     """list + watch of one kind into a dict keyed by (namespace, name); relists on 410 Gone or
     any error, with backoff. `synced` is set after the first complete list."""
@@ -66,7 +75,7 @@ class Informer:
                     return
                 failures += 1
                 delay = min(30.0, 0.2 * 2 ** min(failures, 8)) * random.uniform(0.5, 1.0)
-                log.warning("%s watch failed (%s); relisting in %.1fs", self.kind, type(e).__name__, delay)
+                log.warning("%s watch failed (%s); relisting in %.1fs", self.kind, why(e), delay)
                 self._stop.wait(delay)
 
     def _list_and_watch(self) -> None:

@@ -11,10 +11,14 @@ tenant's namespace:
       env: prod                                           # optional: defaultEnvironment
       business-line: retail                               # optional
 
-Immutable, because the claim's creation time decides ownership: a hostname belongs to the
-earliest claim that names it (ties: namespace, then name). If a claim could be edited, an old
-claim could add a hostname later and take it from the tenant serving it today. To change a
-claim, create a new ConfigMap (it queues behind current owners) and delete the old one."""
+Immutable, because the claim's creation time orders claims: a hostname belongs to the earliest
+claim that names it (ties: namespace, then name). If a claim could be edited, an old claim could
+add a hostname later and take it from the tenant serving it today. To change a claim, create a
+new ConfigMap (it queues behind current owners) and delete the old one.
+
+The operator's grants (`gatewayHostnames`, nothing by default) are what ownership really rests
+on: the owner of an old ConfigMap can make it immutable with new data and label it later, so
+creation time only orders namespaces granted the same hostname (docs/gateway.md)."""
 from __future__ import annotations
 
 import re
