@@ -48,6 +48,9 @@ class Naming(Strict):
 class BusinessLine(Strict):
     certificate: str | None = None  # overrides naming.certificate, e.g. "{business_line}-service-cert"
     trust_bundle: str | None = Field(None, alias="trustBundle")
+    # With businessLineCAs: the other business lines whose certificates this one's pods accept
+    # (by default only their own).
+    trusts: list[str] = Field(default_factory=list)
 
 
 class LabelSelector(Strict):
@@ -209,6 +212,10 @@ class InjectorConfig(Strict):
     system_namespaces: list[str] = Field(
         default_factory=lambda: ["kube-system", "kube-public", "kube-node-lease"], alias="systemNamespaces")
     sidecar_group: int = Field(1337, alias="sidecarGroup")
+    # One intermediate per business line under each environment's CA (the issuer signs with it,
+    # and a pod's trust bundle holds its own business line's, plus those it `trusts`): a retail
+    # certificate then fails a corporate handshake. Off: one CA per environment.
+    business_line_cas: bool = Field(False, alias="businessLineCAs")
     agent: AgentConfig = Field(default_factory=AgentConfig)
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
 
@@ -216,13 +223,19 @@ class InjectorConfig(Strict):
     def _check(self):
         if self.default_environment and self.default_environment not in self.environments:
             raise ValueError(f"defaultEnvironment {self.default_environment!r} is not in environments")
+        unknown = {f"{bl} -> {t}" for bl, line in self.business_lines.items() for t in line.trusts
+                   if t not in self.business_lines}
+        if unknown:
+            raise ValueError(f"businessLines ... trusts names unknown business lines: {sorted(unknown)}")
         return self
 
     @cached_property  # the config is frozen; hashing its dump on every admission would dominate
     def revision(self) -> str:
         """Identifies what this config injects: a pod injected under another revision is redone.
-        Gateway hostnames inject nothing: granting one must not redo every pod."""
-        dump = self.model_dump_json(exclude={"namespace_policy": {"rules": {"__all__": {"gateway_hostnames"}}}})
+        Gateway hostnames and the CA layout inject nothing: changing them must not redo every pod."""
+        dump = self.model_dump_json(exclude={"namespace_policy": {"rules": {"__all__": {"gateway_hostnames"}}},
+                                             "business_line_cas": True,
+                                             "business_lines": {"__all__": {"trusts"}}})
         return hashlib.sha256(dump.encode()).hexdigest()[:12]
 
 

@@ -10,6 +10,7 @@ never rendered by Helm and never mounted into a tenant pod."""
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 import datetime as dt
 import json
 import logging
@@ -26,11 +27,17 @@ from sds_core.pki.validation import parse_certificates, parse_private_key
 log = logging.getLogger("issuer.authority")
 _KEY_SAFE = re.compile(r"^[-_a-zA-Z0-9]+$")
 EDGE = "-edge"
+LINE = "--"  # <env>--<business line>: a business line's CA under its environment's
 
 
 def edge(env: str) -> str:
     """The name of `env`'s edge CA: it signs gateway certificates, which workloads never trust."""
     return env + EDGE
+
+
+def line(env: str, business_line: str) -> str:
+    """The name of a business line's workload CA in `env` (with businessLineCAs)."""
+    return f"{env}{LINE}{business_line}"
 
 
 def _pem_key(key) -> bytes:
@@ -63,11 +70,12 @@ class Authority:
 
     @classmethod
     def generate(cls, environments: list[str], trust_domain: str, days: float = 3650,
-                 rotation: Rotation | None = None, cluster_domain: str = "cluster.local") -> Authority:
+                 rotation: Rotation | None = None, cluster_domain: str = "cluster.local",
+                 business_lines: Sequence[str] = ()) -> Authority:
         root = LocalCA.generate("sds-injector root CA", days=days)
         life = (rotation or Rotation()).lifetime_days
         return cls(root, {name: cls._intermediate(root, name, trust_domain, life, cluster_domain)
-                          for name in ca_names(environments)})
+                          for name in ca_names(environments, business_lines)})
 
     @staticmethod
     def _intermediate(root: LocalCA, name: str, trust_domain: str, days: float = 365,
@@ -76,7 +84,9 @@ class Authority:
             return root.intermediate(f"sds-injector {name[:-len(EDGE)]} edge CA", days=days,
                                      excluded_uri_domains=[trust_domain],
                                      excluded_dns=list(dict.fromkeys([cluster_domain, "cluster.local"])))
-        return root.intermediate(f"sds-injector {name} CA", days=days, permitted_uri_domains=[trust_domain])
+        env, _, business_line = name.partition(LINE)
+        title = f"{env} {business_line}" if business_line else env
+        return root.intermediate(f"sds-injector {title} CA", days=days, permitted_uri_domains=[trust_domain])
 
     def ca(self, env: str) -> LocalCA:
         try:
@@ -149,14 +159,16 @@ class Authority:
         return cls(load("root"), envs, nexts, retired)
 
 
-def ca_names(environments: list[str]) -> list[str]:
-    """Every CA the issuer keeps: each environment's workload CA and its edge CA."""
-    return [n for env in environments for n in (env, edge(env))]
+def ca_names(environments: list[str], business_lines: Sequence[str] = ()) -> list[str]:
+    """Every CA the issuer keeps: each environment's workload CA and edge CA, and with
+    businessLineCAs each business line's workload CA in each environment."""
+    return [n for env in environments for n in (env, edge(env), *(line(env, bl) for bl in business_lines))]
 
 
 def load_or_create(core, namespace: str, secret_name: str, environments: list[str], trust_domain: str,
                    attempts: int = 5, rotation: Rotation | None = None,
-                   at: dt.datetime | None = None, cluster_domain: str = "cluster.local") -> Authority:
+                   at: dt.datetime | None = None, cluster_domain: str = "cluster.local",
+                   business_lines: Sequence[str] = ()) -> Authority:
     """The cluster's Authority: the Secret created if absent, missing environments' CAs added,
     rotations advanced by the clock. Safe with any number of replicas doing it at once: the API
     server's create and resourceVersion-checked replace decide, the losers re-read."""
@@ -164,9 +176,12 @@ def load_or_create(core, namespace: str, secret_name: str, environments: list[st
 
     rotation = rotation or Rotation()
     for env in environments:
-        if not _KEY_SAFE.match(env) or env == "root" or env.endswith(EDGE):
+        if not _KEY_SAFE.match(env) or env == "root" or env.endswith(EDGE) or LINE in env:
             raise ValueError(f"environment name {env!r} cannot name a CA (letters, digits, '-', '_'; not 'root', "
-                             f"not ending in {EDGE!r})")
+                             f"not ending in {EDGE!r}, no {LINE!r})")
+    for bl in business_lines:
+        if not _KEY_SAFE.match(bl) or bl.endswith(EDGE):
+            raise ValueError(f"business line {bl!r} cannot name a CA (letters, digits, '-', '_'; not ending in {EDGE!r})")
     for _ in range(attempts):
         try:
             resp = core.read_namespaced_secret(secret_name, namespace, _preload_content=False, _request_timeout=10)
@@ -174,7 +189,8 @@ def load_or_create(core, namespace: str, secret_name: str, environments: list[st
         except ApiException as e:
             if e.status != 404:
                 raise
-            auth = Authority.generate(environments, trust_domain, rotation=rotation, cluster_domain=cluster_domain)
+            auth = Authority.generate(environments, trust_domain, rotation=rotation, cluster_domain=cluster_domain,
+                                      business_lines=business_lines)
             body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                     "metadata": {"name": secret_name, "namespace": namespace,
                                  "labels": {"app.kubernetes.io/name": "sds-injector",
@@ -189,8 +205,9 @@ def load_or_create(core, namespace: str, secret_name: str, environments: list[st
                     raise
                 continue  # another replica won: read its Secret
         auth = Authority.from_secret_data(secret.get("data") or {})
-        changes = [f"{name}: CA created" for name in ca_names(environments) if name not in auth.envs]
-        for name in ca_names(environments):
+        names = ca_names(environments, business_lines)
+        changes = [f"{name}: CA created" for name in names if name not in auth.envs]
+        for name in names:
             auth.envs.setdefault(name, Authority._intermediate(auth.root, name, trust_domain, rotation.lifetime_days,
                                                                cluster_domain))
         changes += auth.rotate(trust_domain, rotation, at, cluster_domain)

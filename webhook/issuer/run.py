@@ -28,7 +28,8 @@ def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tup
     def settle():
         c = config()
         return load_or_create(core, settings.namespace, settings.ca_secret, c.environments, c.agent.trust_domain,
-                              rotation=rotation, cluster_domain=c.agent.cluster_domain)
+                              rotation=rotation, cluster_domain=c.agent.cluster_domain,
+                              business_lines=list(c.business_lines) if c.business_line_cas else [])
     authority = settle()
     cluster = ClusterCache(api, gateway=bool(settings.gateway_identities)).start()
     verifier: JwksVerifier | TokenReviewVerifier

@@ -2,11 +2,10 @@
 CSR, sign with the environment's CA; audit every outcome."""
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from cryptography import x509
@@ -15,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from sds_core.policy.config import InjectorConfig
 from .audit import AuditLog
-from .authority import Authority, edge
+from .authority import Authority, edge, line
 from .identity import Grant, Refused, check_binding, grant
 from .inventory import ISSUED, REFUSED, Inventory
 from .tokens import Caller, TokenRefused
@@ -50,7 +49,7 @@ class Issuer:
         self.cert_ttl, self.max_dns_names, self.overlap = cert_ttl, max_dns_names, overlap_seconds
         self.gateways = frozenset(gateways)  # "namespace/serviceaccount"
 
-    def _grant(self, token: str) -> tuple[Caller, Grant]:
+    def _grant(self, token: str, cfg: InjectorConfig) -> tuple[Caller, Grant]:
         try:
             caller = self.verifier.verify(token)
         except TokenRefused as e:
@@ -58,22 +57,42 @@ class Issuer:
         pod = self.cluster.pod(caller.namespace, caller.pod_name)
         services = self.cluster.services_selecting(pod) if pod else []
         labels = self.cluster.namespace_labels(caller.namespace)
-        return caller, grant(caller, pod, services, labels, self.config(), self.max_dns_names)
+        return caller, grant(caller, pod, services, labels, cfg, self.max_dns_names)
 
     def _authorize(self, token: str, name: str, kind: str, csr_pem: str | None = None):
-        """(grant, the environment's CA, the CSR's key) — or a Refused, audited."""
+        """(grant, the signing CA, the trust bundle, the CSR's key) — or a Refused, audited. The
+        configuration is read once: one request, one view of the policy."""
         caller = None
+        cfg = self.config()
         try:
-            caller, g = self._grant(token)
+            caller, g = self._grant(token, cfg)
             allowed = g.certificates if kind == "certificate" else g.trust_bundles
             if name not in allowed:
                 raise Refused("name_not_allowed", f"{kind} {name!r} is not one this pod may have (its "
                               f"annotations and the namespace policy give {list(allowed)})")
             key = public_key_of(csr_pem) if csr_pem is not None else None
-            ca = self._ca(g.env)
+            signing, trusted = self._cas_of(g, cfg)
+            ca = self._ca(signing)
+            bundle = b"".join(self._bundle(n) for n in trusted)
         except Refused as e:
             self._refused(e, caller, name=name)
-        return g, ca, key
+        return g, ca, bundle, key
+
+    @staticmethod
+    def _cas_of(g: Grant, cfg: InjectorConfig) -> tuple[str, list[str]]:
+        """The CA that signs this pod's certificates and the CAs its trust bundle holds: its
+        environment's, or with businessLineCAs its business line's (plus those it trusts)."""
+        if not (cfg.business_line_cas and g.business_line):
+            return g.env, [g.env]
+        trusts = cfg.business_lines[g.business_line].trusts
+        return line(g.env, g.business_line), [line(g.env, b) for b in dict.fromkeys([g.business_line, *trusts])]
+
+    def _bundle(self, name: str) -> bytes:
+        try:
+            return self.authority.bundle(name, self.overlap)
+        except KeyError as e:
+            raise Refused("no_ca", f"{e.args[0]}; the issuer creates it within a minute of the configuration", 503) \
+                from None
 
     def _ca(self, env: str):
         try:
@@ -90,7 +109,7 @@ class Issuer:
         raise e
 
     def sign(self, token: str, name: str, csr_pem: str) -> dict:
-        g, ca, key = self._authorize(token, name, "certificate", csr_pem)
+        g, ca, bundle, key = self._authorize(token, name, "certificate", csr_pem)
         cert = ca.sign(key, g.common_name, g.dns_names, [g.spiffe_id], g.ips, ttl=self.cert_ttl)
         fingerprint = cert.fingerprint(hashes.SHA256()).hex()
         serial = format(cert.serial_number, "x")
@@ -104,7 +123,7 @@ class Issuer:
                                                       "not_after_unix": not_after.timestamp()})
         leaf = cert.public_bytes(serialization.Encoding.PEM)
         return {"certificate_chain": (leaf + ca.cert_pem).decode(),
-                "trust_bundle": self.authority.bundle(g.env, self.overlap).decode(),
+                "trust_bundle": bundle.decode(),
                 "serial": serial, "not_after": not_after.isoformat()}
 
     def _authorize_gateway(self, token: str, tenant: str, csr_pem: str):
@@ -146,5 +165,5 @@ class Issuer:
                 "serial": serial, "not_after": not_after.isoformat()}
 
     def trust_bundle(self, token: str, name: str) -> dict:
-        g, ca, _ = self._authorize(token, name, "trust bundle")
-        return {"trust_bundle": self.authority.bundle(g.env, self.overlap).decode(), "env": g.env}
+        g, _, bundle, _ = self._authorize(token, name, "trust bundle")
+        return {"trust_bundle": bundle.decode(), "env": g.env}
