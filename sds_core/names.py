@@ -3,8 +3,10 @@ has, and what an in-cluster hostname proves about its peer.
 
 A name goes into a certificate only if no other namespace could be given it: Kubernetes
 resolves a bare Service name (`ledger`) in the *caller's* namespace, so any namespace can own
-one; names that contain the namespace (`ledger.bank`, `ledger.bank.svc`, `ledger.bank.svc.<cluster
-domain>`) can only be made by Services of that namespace."""
+one; names that contain the namespace (`ledger.bank.svc`, `ledger.bank.svc.<cluster domain>`)
+can only be made by Services of that namespace. The two-label `ledger.bank` is left out too: it
+lies outside any DNS subtree a CA's name constraints can permit (`svc`, the cluster domain), and
+those constraints are what keep a leaked environment key from minting outside hostnames."""
 from __future__ import annotations
 
 import ipaddress
@@ -22,11 +24,18 @@ def namespace_prefix(trust_domain: str, namespace: str) -> str:
 
 
 def workload_dns_names(services: Iterable[str], namespace: str, cluster_domain: str) -> list[str]:
-    """The DNS SANs of a pod selected by `services` in `namespace`: never the bare Service name."""
+    """The DNS SANs of a pod selected by `services` in `namespace`: never the bare Service name,
+    always inside workload_dns_subtrees()."""
     out: list[str] = []
     for s in services:
-        out += [f"{s}.{namespace}", f"{s}.{namespace}.svc", f"{s}.{namespace}.svc.{cluster_domain}"]
+        out += [f"{s}.{namespace}.svc", f"{s}.{namespace}.svc.{cluster_domain}"]
     return list(dict.fromkeys(out))
+
+
+def workload_dns_subtrees(cluster_domain: str) -> list[str]:
+    """The DNS name constraints of a workload CA: every name it signs ends in `.svc` or in the
+    cluster domain, so its key cannot mint a certificate for an outside hostname."""
+    return list(dict.fromkeys(["svc", cluster_domain]))
 
 
 def common_name(dns_names: list[str]) -> str:

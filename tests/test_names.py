@@ -46,8 +46,7 @@ def test_outbound_checks_are_never_dns_only_inside_the_cluster():
 
 def test_dns_names_always_contain_the_namespace():
     assert names.workload_dns_names(["ledger", "api"], "bank", "corp.local") == [
-        "ledger.bank", "ledger.bank.svc", "ledger.bank.svc.corp.local", "api.bank", "api.bank.svc",
-        "api.bank.svc.corp.local"]
+        "ledger.bank.svc", "ledger.bank.svc.corp.local", "api.bank.svc", "api.bank.svc.corp.local"]
     assert names.common_name(["a" * 60 + ".bank"]) == ""  # never a truncated name
     assert names.common_name(["ledger.bank"]) == "ledger.bank"
 
@@ -73,13 +72,13 @@ def test_a_service_named_like_another_namespaces_gets_no_bare_name(cluster, tmp_
     kube.add_service("shop-prod", "ledger", {"app": "ledger"})
     crt, _ = issued_pair(kube, issuer, tmp_path, "shop-prod", "evil-1", "ledger", PROD)
     dns, subject = _sans(crt.read_bytes())
-    assert dns == ["ledger.shop-prod", "ledger.shop-prod.svc", "ledger.shop-prod.svc.cluster.local"]
-    assert subject.rfc4514_string() == "CN=ledger.shop-prod"
+    assert dns == ["ledger.shop-prod.svc", "ledger.shop-prod.svc.cluster.local"]
+    assert subject.rfc4514_string() == "CN=ledger.shop-prod.svc"
 
 
 def test_a_pod_selected_by_too_many_services_is_refused_by_name(cluster, tmp_path):
     kube, issuer, _ = cluster
-    for i in range(40):  # 3 names each: 120 > the default cap of 100
+    for i in range(60):  # 2 names each: 120 > the default cap of 100
         kube.add_service("shop-prod", f"s{i}", {"app": "wide"})
     stored = kube.add_pod("shop-prod", "wide-1", "wide", {"app": "wide"}, PROD)
     from sds_core.sds.sources.issuer import csr_pem, new_key
@@ -115,3 +114,23 @@ def test_outbound_to_an_in_cluster_name_verifies_the_namespace_not_the_dns_name(
             assert status == 200 and answer["app"] == "ledger-1", answer
     finally:
         impostor.stop()
+
+
+def test_a_leaked_workload_ca_key_cannot_mint_an_outside_hostname(cluster, tmp_path):
+    """Environment (workload) CAs carry DNS name constraints: `svc` and the cluster domain. With
+    the prod CA's key (a leak), a certificate for api.stripe.com is made; a prod pod calling
+    api.stripe.com, redirected to its holder, refuses it (before: 200, the caller trusting the
+    prod CA for any name). In-cluster names keep working (the tests above)."""
+    kube, issuer, run = cluster
+    authority = Authority.from_secret_data(kube.objects["secrets"][("sds-system", "sds-injector-ca")]["data"])
+    constraints = authority.ca("prod").cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    assert constraints.permitted_subtrees is not None and {
+        n.value for n in constraints.permitted_subtrees if isinstance(n, x509.DNSName)} == {"svc", "cluster.local"}
+    issued = authority.ca("prod").issue("api.stripe.com", dns_names=["api.stripe.com"])
+    holder = harness.TLSAnswerer(*harness.save_pair(tmp_path, issued, "minted"))
+    try:
+        run("bank-prod", "teller-2", "teller", {**PROD, "sds-injector.io/outbound": f"15021=api.stripe.com:{holder.port}"},
+            config(issuer, 19121, 19190), dns={"api.stripe.com": "127.0.0.1"})
+        assert call(15021)[0] == 503, "a certificate for an outside hostname from the workload CA was accepted"
+    finally:
+        holder.stop()

@@ -318,7 +318,7 @@ def test_sign_with_a_default_role_carries_the_spiffe_id_and_service_names(bao):
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://cluster.local/ns/shop/sa/web"]
     dns = set(san.get_values_for_type(x509.DNSName))
-    assert {"web.shop", "web.shop.svc", "web.shop.svc.cluster.local"} <= dns and "web" not in dns
+    assert {"web.shop.svc", "web.shop.svc.cluster.local"} <= dns and "web" not in dns
 
 
 def test_restarted_watches_do_not_postpone_the_poll(bao, ca):

@@ -200,5 +200,5 @@ def test_dns_names_end_in_the_cluster_domain_not_the_trust_domain():
     """Vault and local-CA certificates got svc.<trust domain>: wrong wherever the trust domain is
     not the cluster's DNS suffix. One function (sds_core/names.py) now names them everywhere."""
     s = AgentSettings(trust_domain="bank.example", cluster_domain="cluster.local", service="web", namespace="shop")
-    assert s.dns_sans() == ["web.shop", "web.shop.svc", "web.shop.svc.cluster.local"]
+    assert s.dns_sans() == ["web.shop.svc", "web.shop.svc.cluster.local"]
     assert s.spiffe_id == "spiffe://bank.example/ns/shop/sa/default"

@@ -90,7 +90,7 @@ class LocalCA:
 
     def intermediate(self, common_name: str, days: float = 365, permitted_uri_domains: Sequence[str] = (),
                      not_before: dt.datetime | None = None, excluded_uri_domains: Sequence[str] = (),
-                     excluded_dns: Sequence[str] = ()) -> LocalCA:
+                     excluded_dns: Sequence[str] = (), permitted_dns: Sequence[str] = ()) -> LocalCA:
         """A signing CA under this one. Name constraints keep it to (or out of) the trust domain
         and out of the excluded DNS subtrees."""
         key = ec.generate_private_key(ec.SECP256R1())
@@ -113,10 +113,11 @@ class LocalCA:
         )
         excluded = ([x509.UniformResourceIdentifier(d) for d in excluded_uri_domains]
                     + [x509.DNSName(d) for d in excluded_dns])
-        if permitted_uri_domains or excluded:
+        permitted = ([x509.UniformResourceIdentifier(d) for d in permitted_uri_domains]
+                     + [x509.DNSName(d) for d in permitted_dns])
+        if permitted or excluded:
             builder = builder.add_extension(x509.NameConstraints(
-                permitted_subtrees=[x509.UniformResourceIdentifier(d) for d in permitted_uri_domains] or None,
-                excluded_subtrees=excluded or None), critical=True)
+                permitted_subtrees=permitted or None, excluded_subtrees=excluded or None), critical=True)
         return LocalCA(builder.sign(self.key, hashes.SHA256()), key)
 
     def sign(self, public_key, common_name: str, dns_names: Sequence[str] = (), uris: Sequence[str] = (),

@@ -21,6 +21,7 @@ from cryptography import x509
 
 from cryptography.hazmat.primitives import serialization
 
+from sds_core import names
 from sds_core.pki.ca import LocalCA
 from sds_core.pki.validation import parse_certificates, parse_private_key
 
@@ -86,7 +87,8 @@ class Authority:
                                      excluded_dns=list(dict.fromkeys([cluster_domain, "cluster.local"])))
         env, _, business_line = name.partition(LINE)
         title = f"{env} {business_line}" if business_line else env
-        return root.intermediate(f"sds-injector {title} CA", days=days, permitted_uri_domains=[trust_domain])
+        return root.intermediate(f"sds-injector {title} CA", days=days, permitted_uri_domains=[trust_domain],
+                                 permitted_dns=names.workload_dns_subtrees(cluster_domain))
 
     def ca(self, env: str) -> LocalCA:
         try:

@@ -26,7 +26,7 @@ class IssuerSettings(BaseSettings):
     audit_file: Path | None = None
     replica: str = Field(default_factory=socket.gethostname, description="tags this replica's audit chain")
     cert_ttl_seconds: int = Field(3600, ge=300, le=90 * 86400)
-    max_dns_names: int = Field(100, ge=3, le=3000, description="DNS SANs one certificate may carry (3 per "
+    max_dns_names: int = Field(100, ge=2, le=3000, description="DNS SANs one certificate may carry (2 per "
                                "Service selecting the pod); a pod selected by more Services is refused")
     gateway_identities: list[str] = Field(default_factory=list, description="namespace/serviceaccount of "
                                           "gateways that may get tenants' certificates (JSON list)")
