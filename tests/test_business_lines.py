@@ -16,7 +16,7 @@ from devkit.podrun import ROOT, LocalPod
 from sds_core.policy.config import InjectorConfig
 from tests.test_issuer_pods import call, config
 from webhook.injector import decide
-from webhook.issuer.authority import Authority
+from webhook.issuer.authority import Authority, Layout
 
 RETAIL = {"sds-injector.io/env": "prod", "sds-injector.io/business-line": "retail"}
 CORPORATE = {"sds-injector.io/env": "prod", "sds-injector.io/business-line": "corporate"}
@@ -24,7 +24,7 @@ CART = "spiffe://cluster.local/ns/shop-prod/sa/cart"
 
 
 def test_the_layout_and_its_validation():
-    a = Authority.generate(["prod"], "cluster.local", business_lines=["retail", "corporate"])
+    a = Authority.generate(Layout(("prod",), business_lines=("retail", "corporate")))
     assert sorted(a.envs) == ["prod", "prod--corporate", "prod--retail", "prod-edge"]
     assert a.ca("prod--retail").cert.subject.rfc4514_string() == "CN=sds-injector prod retail CA"
     with pytest.raises(ValueError, match="unknown business lines"):

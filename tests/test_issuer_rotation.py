@@ -16,7 +16,7 @@ from devkit.kube_api import KubeAPI
 from sds_core.sds.sources.issuer import csr_pem, new_key
 from devkit.harness import wait_for
 from tests.test_issuer import CONFIG, PROD
-from webhook.issuer.authority import Rotation, load_or_create
+from webhook.issuer.authority import Layout, Rotation, load_or_create
 from sds_core.kube.client import api_client
 
 ENVS, TD = ["prod", "dev"], "cluster.local"
@@ -38,7 +38,7 @@ def certs(pem: bytes) -> list[x509.Certificate]:
 
 
 def settle(core, at):
-    return load_or_create(core, "sds-system", "ca", ENVS, TD, rotation=R, at=at)
+    return load_or_create(core, "sds-system", "ca", Layout(tuple(ENVS), TD), rotation=R, at=at)
 
 
 def test_a_rotation_introduces_then_promotes_then_retires(core):
@@ -101,9 +101,9 @@ def test_a_running_issuer_picks_up_a_rotation_made_by_another_replica(tmp_path):
         secret = json.loads(other.read_namespaced_secret("sds-injector-ca", "sds-system",
                                                          _preload_content=False).data)
         assert secret["metadata"]["namespace"] == "sds-system"
-        current = load_or_create(other, "sds-system", "sds-injector-ca", ["prod", "staging", "dev"], TD)
+        current = load_or_create(other, "sds-system", "sds-injector-ca", Layout(("prod", "staging", "dev"), TD))
         soon = current.ca("prod").cert.not_valid_after_utc - dt.timedelta(days=29)
-        load_or_create(other, "sds-system", "sds-injector-ca", ["prod", "staging", "dev"], TD, at=soon)
+        load_or_create(other, "sds-system", "sds-injector-ca", Layout(("prod", "staging", "dev"), TD), at=soon)
         wait_for(lambda: len(certs(bundle().encode())) == 2, timeout=5, what="the next CA in the issuer's bundle")
         status, out = issuer.post("/v1/certificates", {"name": "retail-service-cert",
                                                        "csr": csr_pem(new_key("ec"), "x")}, kube.mint(pod))

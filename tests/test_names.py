@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from devkit import harness
 from sds_core import names
@@ -134,3 +135,31 @@ def test_a_leaked_workload_ca_key_cannot_mint_an_outside_hostname(cluster, tmp_p
         assert call(15021)[0] == 503, "a certificate for an outside hostname from the workload CA was accepted"
     finally:
         holder.stop()
+
+
+def test_workload_cas_sign_no_ip_outside_the_pod_cidrs(tmp_path):
+    """With the issuer's pod_cidrs set, a workload CA's key cannot vouch for an address outside
+    them either (checked by openssl's verifier, as TLS clients do)."""
+    import shutil
+    import subprocess
+
+    from webhook.issuer.authority import Layout
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl not installed")
+    auth = Authority.generate(Layout(("prod",), pod_cidrs=("10.0.0.0/8",)))
+    prod = auth.ca("prod")
+    (tmp_path / "root.pem").write_bytes(auth.root.cert_pem)
+    (tmp_path / "prod.pem").write_bytes(prod.cert_pem)
+
+    def verifies(ip: str) -> bool:
+        leaf = prod.sign(prod.issue("x").certificate.public_key(), "", ["web.shop.svc"], [], [ip])
+        (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+        r = subprocess.run([openssl, "verify", "-CAfile", str(tmp_path / "root.pem"), "-untrusted",
+                            str(tmp_path / "prod.pem"), str(tmp_path / "leaf.pem")], capture_output=True, text=True)
+        return r.returncode == 0
+    assert verifies("10.1.2.3")
+    assert not verifies("8.8.8.8")
+    with pytest.raises(ValueError):
+        Layout(("prod",), pod_cidrs=("not-a-cidr",)).check()

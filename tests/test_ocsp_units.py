@@ -9,7 +9,7 @@ from cryptography.x509 import ocsp as x509_ocsp
 from sds_core.pki import ocsp
 from sds_core.sds.material import tls_certificate, with_staple
 from sds_core.sds.sources.issuer import new_key, private_pem
-from webhook.issuer.authority import Authority
+from webhook.issuer.authority import Authority, Layout
 from webhook.issuer.ocsp import respond
 
 NOW = dt.datetime.now(dt.UTC)
@@ -17,7 +17,7 @@ NOW = dt.datetime.now(dt.UTC)
 
 @pytest.fixture(scope="module")
 def pki():
-    a = Authority.generate(["prod", "dev"], "cluster.local")
+    a = Authority.generate(Layout(("prod", "dev")))
     ca = a.ca("prod")
 
     def leaf():
@@ -65,7 +65,7 @@ def test_responses_that_must_not_be_stapled(pki, case):
     elif case == "garbage":
         der, reason = b"\x30\x03\x0a\x01\x00junk", "malformed"
     else:
-        der, reason = respond(Authority.generate(["prod"], "cluster.local"), ocsp.request(cert, ca.cert)), \
+        der, reason = respond(Authority.generate(Layout(("prod",))), ocsp.request(cert, ca.cert)), \
             "responder_error"
     with pytest.raises(ocsp.StapleError) as e:
         ocsp.parse(der, cert, ca.cert, NOW)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import datetime as dt
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +91,8 @@ class LocalCA:
 
     def intermediate(self, common_name: str, days: float = 365, permitted_uri_domains: Sequence[str] = (),
                      not_before: dt.datetime | None = None, excluded_uri_domains: Sequence[str] = (),
-                     excluded_dns: Sequence[str] = (), permitted_dns: Sequence[str] = ()) -> LocalCA:
+                     excluded_dns: Sequence[str] = (), permitted_dns: Sequence[str] = (),
+                     permitted_ips: Sequence[str] = ()) -> LocalCA:
         """A signing CA under this one. Name constraints keep it to (or out of) the trust domain
         and out of the excluded DNS subtrees."""
         key = ec.generate_private_key(ec.SECP256R1())
@@ -114,7 +116,8 @@ class LocalCA:
         excluded = ([x509.UniformResourceIdentifier(d) for d in excluded_uri_domains]
                     + [x509.DNSName(d) for d in excluded_dns])
         permitted = ([x509.UniformResourceIdentifier(d) for d in permitted_uri_domains]
-                     + [x509.DNSName(d) for d in permitted_dns])
+                     + [x509.DNSName(d) for d in permitted_dns]
+                     + [x509.IPAddress(ipaddress.ip_network(c)) for c in permitted_ips])
         if permitted or excluded:
             builder = builder.add_extension(x509.NameConstraints(
                 permitted_subtrees=permitted or None, excluded_subtrees=excluded or None), critical=True)
@@ -124,8 +127,6 @@ class LocalCA:
              ips: Sequence[str] = (), ttl: dt.timedelta = dt.timedelta(hours=1), not_before: dt.datetime | None = None,
              client: bool = True, server: bool = True) -> x509.Certificate:
         """A leaf for `public_key` (from a CSR, or a key made here), never outliving this CA."""
-        import ipaddress
-
         start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30)
         end = min(start + ttl, self.cert.not_valid_after_utc)
         sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dict.fromkeys(dns_names)]

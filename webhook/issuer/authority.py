@@ -10,7 +10,7 @@ never rendered by Helm and never mounted into a tenant pod."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+import ipaddress
 import datetime as dt
 import json
 import logging
@@ -46,6 +46,47 @@ def _pem_key(key) -> bytes:
                              serialization.NoEncryption())
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Which CAs the issuer keeps and what each may sign: per environment a workload CA (names
+    constrained to the trust domain's URIs, DNS names under `svc` and the cluster domain, and the
+    pod CIDRs' addresses when given) and an edge CA (excluded from both); with business lines,
+    a workload CA per line in each environment."""
+
+    environments: tuple[str, ...]
+    trust_domain: str = "cluster.local"
+    cluster_domain: str = "cluster.local"
+    business_lines: tuple[str, ...] = ()
+    pod_cidrs: tuple[str, ...] = ()
+
+    def ca_names(self) -> list[str]:
+        return [n for env in self.environments
+                for n in (env, edge(env), *(line(env, bl) for bl in self.business_lines))]
+
+    def check(self) -> None:
+        for env in self.environments:
+            if not _KEY_SAFE.match(env) or env == "root" or env.endswith(EDGE) or LINE in env:
+                raise ValueError(f"environment name {env!r} cannot name a CA (letters, digits, '-', '_'; not 'root', "
+                                 f"not ending in {EDGE!r}, no {LINE!r})")
+        for bl in self.business_lines:
+            if not _KEY_SAFE.match(bl) or bl.endswith(EDGE):
+                raise ValueError(f"business line {bl!r} cannot name a CA (letters, digits, '-', '_'; "
+                                 f"not ending in {EDGE!r})")
+        for cidr in self.pod_cidrs:
+            ipaddress.ip_network(cidr)  # a clear ValueError for a bad CIDR
+
+    def intermediate(self, root: LocalCA, name: str, days: float = 365) -> LocalCA:
+        if name.endswith(EDGE):
+            return root.intermediate(f"sds-injector {name[:-len(EDGE)]} edge CA", days=days,
+                                     excluded_uri_domains=[self.trust_domain],
+                                     excluded_dns=list(dict.fromkeys([self.cluster_domain, "cluster.local"])))
+        env, _, business_line = name.partition(LINE)
+        title = f"{env} {business_line}" if business_line else env
+        return root.intermediate(f"sds-injector {title} CA", days=days, permitted_uri_domains=[self.trust_domain],
+                                 permitted_dns=names.workload_dns_subtrees(self.cluster_domain),
+                                 permitted_ips=self.pod_cidrs)
+
+
 @dataclass
 class Rotation:
     """When an environment's CA is replaced: `before` its expiry a next CA joins the bundles;
@@ -70,25 +111,10 @@ class Authority:
         return f"Authority(envs={sorted(self.envs)})"
 
     @classmethod
-    def generate(cls, environments: list[str], trust_domain: str, days: float = 3650,
-                 rotation: Rotation | None = None, cluster_domain: str = "cluster.local",
-                 business_lines: Sequence[str] = ()) -> Authority:
+    def generate(cls, layout: Layout, days: float = 3650, rotation: Rotation | None = None) -> Authority:
         root = LocalCA.generate("sds-injector root CA", days=days)
         life = (rotation or Rotation()).lifetime_days
-        return cls(root, {name: cls._intermediate(root, name, trust_domain, life, cluster_domain)
-                          for name in ca_names(environments, business_lines)})
-
-    @staticmethod
-    def _intermediate(root: LocalCA, name: str, trust_domain: str, days: float = 365,
-                      cluster_domain: str = "cluster.local") -> LocalCA:
-        if name.endswith(EDGE):
-            return root.intermediate(f"sds-injector {name[:-len(EDGE)]} edge CA", days=days,
-                                     excluded_uri_domains=[trust_domain],
-                                     excluded_dns=list(dict.fromkeys([cluster_domain, "cluster.local"])))
-        env, _, business_line = name.partition(LINE)
-        title = f"{env} {business_line}" if business_line else env
-        return root.intermediate(f"sds-injector {title} CA", days=days, permitted_uri_domains=[trust_domain],
-                                 permitted_dns=names.workload_dns_subtrees(cluster_domain))
+        return cls(root, {name: layout.intermediate(root, name, life) for name in layout.ca_names()})
 
     def ca(self, env: str) -> LocalCA:
         try:
@@ -109,8 +135,7 @@ class Authority:
                 certs.append(old)
         return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
-    def rotate(self, trust_domain: str, r: Rotation, at: dt.datetime | None = None,
-               cluster_domain: str = "cluster.local") -> list[str]:
+    def rotate(self, layout: Layout, r: Rotation, at: dt.datetime | None = None) -> list[str]:
         """Advance every environment's rotation by the clock; returns what changed."""
         at = at or dt.datetime.now(dt.UTC)
         changed = []
@@ -124,7 +149,7 @@ class Authority:
                 self.envs[env] = self.nexts.pop(env)[0]
                 changed.append(f"{env}: next CA now signs")
             elif env not in self.nexts and (ca.cert.not_valid_after_utc - at).total_seconds() < r.before:
-                self.nexts[env] = (self._intermediate(self.root, env, trust_domain, r.lifetime_days, cluster_domain), at)
+                self.nexts[env] = (layout.intermediate(self.root, env, r.lifetime_days), at)
                 changed.append(f"{env}: next CA introduced into the trust bundle")
         return changed
 
@@ -161,29 +186,15 @@ class Authority:
         return cls(load("root"), envs, nexts, retired)
 
 
-def ca_names(environments: list[str], business_lines: Sequence[str] = ()) -> list[str]:
-    """Every CA the issuer keeps: each environment's workload CA and edge CA, and with
-    businessLineCAs each business line's workload CA in each environment."""
-    return [n for env in environments for n in (env, edge(env), *(line(env, bl) for bl in business_lines))]
-
-
-def load_or_create(core, namespace: str, secret_name: str, environments: list[str], trust_domain: str,
-                   attempts: int = 5, rotation: Rotation | None = None,
-                   at: dt.datetime | None = None, cluster_domain: str = "cluster.local",
-                   business_lines: Sequence[str] = ()) -> Authority:
+def load_or_create(core, namespace: str, secret_name: str, layout: Layout, attempts: int = 5,
+                   rotation: Rotation | None = None, at: dt.datetime | None = None) -> Authority:
     """The cluster's Authority: the Secret created if absent, missing environments' CAs added,
     rotations advanced by the clock. Safe with any number of replicas doing it at once: the API
     server's create and resourceVersion-checked replace decide, the losers re-read."""
     from kubernetes.client.exceptions import ApiException
 
     rotation = rotation or Rotation()
-    for env in environments:
-        if not _KEY_SAFE.match(env) or env == "root" or env.endswith(EDGE) or LINE in env:
-            raise ValueError(f"environment name {env!r} cannot name a CA (letters, digits, '-', '_'; not 'root', "
-                             f"not ending in {EDGE!r}, no {LINE!r})")
-    for bl in business_lines:
-        if not _KEY_SAFE.match(bl) or bl.endswith(EDGE):
-            raise ValueError(f"business line {bl!r} cannot name a CA (letters, digits, '-', '_'; not ending in {EDGE!r})")
+    layout.check()
     for _ in range(attempts):
         try:
             resp = core.read_namespaced_secret(secret_name, namespace, _preload_content=False, _request_timeout=10)
@@ -191,8 +202,7 @@ def load_or_create(core, namespace: str, secret_name: str, environments: list[st
         except ApiException as e:
             if e.status != 404:
                 raise
-            auth = Authority.generate(environments, trust_domain, rotation=rotation, cluster_domain=cluster_domain,
-                                      business_lines=business_lines)
+            auth = Authority.generate(layout, rotation=rotation)
             body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                     "metadata": {"name": secret_name, "namespace": namespace,
                                  "labels": {"app.kubernetes.io/name": "sds-injector",
@@ -200,19 +210,18 @@ def load_or_create(core, namespace: str, secret_name: str, environments: list[st
                     "data": auth.to_secret_data()}
             try:
                 core.create_namespaced_secret(namespace, body, _request_timeout=10)
-                log.info("created the signing CAs", extra={"fields": {"secret": secret_name, "envs": environments}})
+                log.info("created the signing CAs", extra={"fields": {"secret": secret_name, "cas": layout.ca_names()}})
                 return auth
             except ApiException as e2:
                 if e2.status != 409:
                     raise
                 continue  # another replica won: read its Secret
         auth = Authority.from_secret_data(secret.get("data") or {})
-        names = ca_names(environments, business_lines)
-        changes = [f"{name}: CA created" for name in names if name not in auth.envs]
-        for name in names:
-            auth.envs.setdefault(name, Authority._intermediate(auth.root, name, trust_domain, rotation.lifetime_days,
-                                                               cluster_domain))
-        changes += auth.rotate(trust_domain, rotation, at, cluster_domain)
+        wanted = layout.ca_names()
+        changes = [f"{name}: CA created" for name in wanted if name not in auth.envs]
+        for name in wanted:
+            auth.envs.setdefault(name, layout.intermediate(auth.root, name, rotation.lifetime_days))
+        changes += auth.rotate(layout, rotation, at)
         if not changes:
             return auth
         secret["data"] = auth.to_secret_data()  # carries metadata.resourceVersion: a stale replace fails

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from sds_core.policy.config import InjectorConfig
 from .audit import AuditLog
-from .authority import Rotation, load_or_create
+from .authority import Layout, Rotation, load_or_create
 from .cluster import ClusterCache
 from .service import Issuer
 from .settings import IssuerSettings
@@ -27,9 +27,9 @@ def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tup
 
     def settle():
         c = config()
-        return load_or_create(core, settings.namespace, settings.ca_secret, c.environments, c.agent.trust_domain,
-                              rotation=rotation, cluster_domain=c.agent.cluster_domain,
-                              business_lines=list(c.business_lines) if c.business_line_cas else [])
+        layout = Layout(tuple(c.environments), c.agent.trust_domain, c.agent.cluster_domain,
+                        tuple(c.business_lines) if c.business_line_cas else (), tuple(settings.pod_cidrs))
+        return load_or_create(core, settings.namespace, settings.ca_secret, layout, rotation=rotation)
     authority = settle()
     cluster = ClusterCache(api, gateway=bool(settings.gateway_identities)).start()
     verifier: JwksVerifier | TokenReviewVerifier

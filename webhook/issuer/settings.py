@@ -28,6 +28,8 @@ class IssuerSettings(BaseSettings):
     cert_ttl_seconds: int = Field(3600, ge=300, le=90 * 86400)
     max_dns_names: int = Field(100, ge=2, le=3000, description="DNS SANs one certificate may carry (2 per "
                                "Service selecting the pod); a pod selected by more Services is refused")
+    pod_cidrs: list[str] = Field(default_factory=list, description="the cluster's pod CIDRs (JSON list): workload "
+                                 "CAs then may sign no IP address outside them (X.509 name constraints)")
     gateway_identities: list[str] = Field(default_factory=list, description="namespace/serviceaccount of "
                                           "gateways that may get tenants' certificates (JSON list)")
     # Environment CA rotation (authority.Rotation): a next CA joins the bundles this long before
