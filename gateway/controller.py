@@ -60,7 +60,7 @@ class Controller:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._settle_by = self._loop.time() + self.s.settle_seconds
-        self.renewer.on_stored = self._stored
+        self.renewer.add_stored_listener(self._stored)
         self.feed.start(self.claims_changed)
         self._config_timer = self.loop.call_later(CONFIG_CHECK_SECONDS, self._config_check)
 

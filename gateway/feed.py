@@ -32,7 +32,8 @@ class ClusterFeed:
         return self.claims.synced.is_set() and self.labels_of.informer.synced.is_set()
 
     def start(self, on_change: Callable[[], None]) -> None:
-        self.claims.on_change = self.labels_of.informer.on_change = on_change
+        self.claims.add_listener(on_change)
+        self.labels_of.informer.add_listener(on_change)
         self.claims.start()
         self.labels_of.start()
 

@@ -22,12 +22,13 @@ def make_feed(s: GatewaySettings):
 class GatewayAgent(Agent):
     def __init__(self, settings: GatewaySettings, feed=None):
         stores = {CLUSTER: ResourceStore(CLUSTER), LISTENER: ResourceStore(LISTENER)}
-        super().__init__(settings, sources={}, stores=stores)
+        # Readiness and expected names are the controller's (made below, once the agent's
+        # renewer and cache exist).
+        super().__init__(settings, sources={}, stores=stores, status=lambda: self.controller.status(),
+                         knows=lambda name: self.controller.knows(name))
         config = ConfigStore(settings.injector_config_file)
         self.controller = Controller(settings, config.get, feed or make_feed(settings), self.renewer, self.cache,
                                      stores, make_source(settings.source, settings))
-        self.status = self.controller.status
-        self.knows = self.controller.knows
 
     async def start(self) -> None:
         await super().start()

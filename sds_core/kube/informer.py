@@ -31,7 +31,7 @@ class Informer:
         self.items: dict[str, dict[str, dict]] = {}  # namespace -> name -> slim object
         self.synced = threading.Event()
         self._stop = threading.Event()
-        self.on_change: Callable[[], None] | None = None  # called from the informer's thread
+        self._listeners: list[Callable[[], None]] = []  # called from the informer's thread
         self._thread = threading.Thread(target=self._run, name=f"informer:{kind}", daemon=True)
 
     def start(self) -> Informer:
@@ -52,9 +52,13 @@ class Informer:
     def all(self) -> list[dict]:
         return [o for by_name in list(self.items.values()) for o in list(by_name.values())]
 
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """`listener()` after every change (from the informer's thread); every listener is kept."""
+        self._listeners.append(listener)
+
     def _changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change()
+        for listener in self._listeners:
+            listener()
 
     def _put(self, obj: dict) -> None:
         m = obj.get("metadata") or {}

@@ -52,13 +52,14 @@ def specs_of(settings: AgentSettings) -> list[SecretSpec]:
 
 class Agent:
     def __init__(self, settings: AgentSettings, sources: dict[str, Source] | None = None,
-                 stores: dict | None = None):
-        """`stores`: listeners and clusters to serve over ADS too (gateway mode)."""
+                 stores: dict | None = None, status: Callable[[], dict] | None = None,
+                 knows: Callable[[str], bool] | None = None):
+        """`stores`: listeners and clusters to serve over ADS too (gateway mode). `status`: what
+        /readyz reports, `knows`: which names are expected (unknown ones are warned about); both
+        default to the renewer's view."""
         self.settings = settings
         self.stores = stores
-        self.status: Callable[[], dict] | None = None  # what /readyz reports; default: the renewer's view
-        # Which names are expected (unknown ones are warned about); default: the renewer's.
-        self.knows: Callable[[str], bool] | None = None
+        self._status, self._knows = status, knows
         self.cache = SecretCache()
         specs = specs_of(settings)
         if sources is None:
@@ -81,7 +82,7 @@ class Agent:
         http_socket = bind_tcp(s.http_host, s.http_port, "health port") if s.http_port else None
         # Serve before the first fetch: Envoy may already be asking, and its requests are
         # held as pending until the secrets arrive (istio #22443).
-        self.grpc = await start_grpc(self.cache, self.knows or self.renewer.knows, s.socket_path, s.socket_mode_int, self.stores)
+        self.grpc = await start_grpc(self.cache, self._knows or self.renewer.knows, s.socket_path, s.socket_mode_int, self.stores)
         await self.renewer.start()
         if http_socket is not None:
             import contextlib
@@ -91,7 +92,7 @@ class Agent:
             from sds_core.deadline import with_timeout
 
             # A kubelet probe is one small request: a client that idles or trickles is cut off.
-            config = uvicorn.Config(health_app(self.status or self.renewer.status), log_level="warning", access_log=False,
+            config = uvicorn.Config(health_app(self._status or self.renewer.status), log_level="warning", access_log=False,
                                     lifespan="off", http=with_timeout(5.0), limit_concurrency=64,
                                     timeout_keep_alive=2)
             self.http = uvicorn.Server(config)

@@ -59,8 +59,12 @@ class Renewer:
         self._keepers: dict[str, asyncio.Task] = {}
         self._followers: dict[int, asyncio.Task] = {}  # id(source) -> its change watch
         self._refollow_due: set[int] = set()
-        self.on_stored: Callable[[str], None] | None = None  # called with the name after a new version is cached
+        self._stored_listeners: list[Callable[[str], None]] = []
         self.stapler = stapler  # stapling.Stapler when OCSP stapling is on
+
+    def add_stored_listener(self, listener: Callable[[str], None]) -> None:
+        """`listener(name)` after a new version of a secret is cached; every listener is kept."""
+        self._stored_listeners.append(listener)
 
     def knows(self, name: str) -> bool:
         return name in self.specs or name in self._aliases
@@ -228,8 +232,9 @@ class Renewer:
         _report_expiry(spec.served, m)
         self.failing.pop(spec.name, None)
         metrics.DEGRADED.set(1 if self.failing else 0)
-        if entry is not None and self.on_stored is not None:
-            self.on_stored(spec.name)
+        if entry is not None:
+            for listener in self._stored_listeners:
+                listener(spec.name)
         return True
 
     def _failed(self, spec: SecretSpec, reason: str) -> bool:

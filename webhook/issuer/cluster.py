@@ -47,7 +47,8 @@ class ClusterCache:
             from sds_core.kube.claims_informer import claims_informer
 
             self.claims = claims_informer(self.core, watch_seconds)
-            self.claims.on_change = self.namespaces.on_change = self._forget
+            self.claims.add_listener(self._forget)
+            self.namespaces.add_listener(self._forget)
             self._all += (self.claims,)
 
     def start(self, wait: float = 30.0) -> ClusterCache:
@@ -63,6 +64,10 @@ class ClusterCache:
     def stop(self) -> None:
         for inf in self._all:
             inf.stop()
+
+    def synced(self) -> bool:
+        """Every cache has completed its first list (readiness)."""
+        return all(i.synced.is_set() for i in self._all)
 
     def pod(self, namespace: str, name: str) -> dict | None:
         hit = self.pods.get(namespace, name)

@@ -54,7 +54,7 @@ def _refresh(issuer: Issuer, settle, every: float) -> None:
     while True:
         time.sleep(every)
         try:
-            issuer.authority = settle()
+            issuer.use(settle())
         except Exception as e:  # noqa: BLE001 - the API server unreachable: try again next round
             logging.getLogger("issuer").warning("CA Secret refresh failed: %s", type(e).__name__)
 
@@ -67,9 +67,8 @@ async def serve(settings: IssuerSettings, config: Callable[[], InjectorConfig], 
 
     # Listing the cluster and settling the CA Secret block: keep the loop (and the webhook) free.
     issuer, cluster = await asyncio.to_thread(build, settings, config)
-    ready = lambda: all(i.synced.is_set() for i in cluster._all)  # noqa: E731
     try:
-        await serve_app(create_app(issuer, ready), settings.host, settings.port, settings.cert_file,
+        await serve_app(create_app(issuer, cluster.synced), settings.host, settings.port, settings.cert_file,
                         settings.key_file, "issuer", stop, sock=sock)
     finally:
         cluster.stop()

@@ -72,8 +72,9 @@ class Issuer:
                               f"annotations and the namespace policy give {list(allowed)})")
             key = public_key_of(csr_pem) if csr_pem is not None else None
             signing, trusted = self._cas_of(g, cfg)
-            ca = self._ca(signing)
-            bundle = b"".join(self._bundle(n) for n in trusted)
+            authority = self.authority  # once: a refresh may swap it while this request runs
+            ca = self._ca(authority, signing)
+            bundle = b"".join(self._bundle(authority, n) for n in trusted)
         except Refused as e:
             self._refused(e, caller, name=name)
         return g, ca, bundle, key
@@ -87,16 +88,22 @@ class Issuer:
         trusts = cfg.business_lines[g.business_line].trusts
         return line(g.env, g.business_line), [line(g.env, b) for b in dict.fromkeys([g.business_line, *trusts])]
 
-    def _bundle(self, name: str) -> bytes:
+    def use(self, authority: Authority) -> None:
+        """The CAs to sign with from now on (a refresh of the CA Secret); requests under way
+        finish with the ones they read."""
+        self.authority = authority
+
+    def _bundle(self, authority: Authority, name: str) -> bytes:
         try:
-            return self.authority.bundle(name, self.overlap)
+            return authority.bundle(name, self.overlap)
         except KeyError as e:
             raise Refused("no_ca", f"{e.args[0]}; the issuer creates it within a minute of the configuration", 503) \
                 from None
 
-    def _ca(self, env: str):
+    @staticmethod
+    def _ca(authority: Authority, env: str):
         try:
-            return self.authority.ca(env)
+            return authority.ca(env)
         except KeyError as e:
             raise Refused("no_ca", f"{e.args[0]}; add it to the issuer's environments", 503) from None
 
@@ -145,7 +152,7 @@ class Issuer:
                 raise Refused("no_such_tenant", f"tenant {tenant!r} has no served hostnames: no such claim, or it was "
                               "refused (see the gateway's /readyz)")
             key = public_key_of(csr_pem)
-            ca = self._ca(edge(claim.env))  # never the workload CA: sidecars must not trust it as a peer
+            ca = self._ca(self.authority, edge(claim.env))  # never the workload CA: sidecars must not trust it
         except Refused as e:
             self._refused(e, caller, tenant=tenant)
         return claim, ca, key
