@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 
 from devkit import harness
 from sds_core import names
+from sds_core.sds.sources.issuer import csr_pem, new_key
 from tests.test_issuer_pods import call, cluster, config, issued_pair  # noqa: F401 - fixture
 from webhook.issuer.authority import Authority
 
@@ -71,8 +72,17 @@ def test_a_service_named_like_another_namespaces_gets_no_bare_name(cluster, tmp_
     clients calling `ledger` accepted."""
     kube, issuer, _ = cluster
     kube.add_service("shop-prod", "ledger", {"app": "ledger"})
-    crt, _ = issued_pair(kube, issuer, tmp_path, "shop-prod", "evil-1", "ledger", PROD)
-    dns, subject = _sans(crt.read_bytes())
+    token = kube.mint(kube.add_pod("shop-prod", "evil-1", "ledger", {"app": "ledger"}, PROD))
+
+    def naming_the_service() -> bytes | None:
+        status, out = issuer.post("/v1/certificates", {"name": "retail-service-cert",
+                                                       "csr": csr_pem(new_key("ec"), "evil")}, token)
+        assert status == 200, out
+        pem = out["certificate_chain"].encode()
+        return pem if _sans(pem)[0] else None
+    # The issuer learns of Services through its watch: ask until its answer names the Service.
+    pem = harness.wait_for(naming_the_service, what="a certificate naming the Service")
+    dns, subject = _sans(pem)
     assert dns == ["ledger.shop-prod.svc", "ledger.shop-prod.svc.cluster.local"]
     assert subject.rfc4514_string() == "CN=ledger.shop-prod.svc"
 
@@ -82,9 +92,12 @@ def test_a_pod_selected_by_too_many_services_is_refused_by_name(cluster, tmp_pat
     for i in range(60):  # 2 names each: 120 > the default cap of 100
         kube.add_service("shop-prod", f"s{i}", {"app": "wide"})
     stored = kube.add_pod("shop-prod", "wide-1", "wide", {"app": "wide"}, PROD)
-    from sds_core.sds.sources.issuer import csr_pem, new_key
-    status, out = issuer.post("/v1/certificates", {"name": "retail-service-cert", "csr": csr_pem(new_key("ec"), "w")},
-                              kube.mint(stored))
+
+    def ask():
+        return issuer.post("/v1/certificates", {"name": "retail-service-cert", "csr": csr_pem(new_key("ec"), "w")},
+                           kube.mint(stored))
+    # The issuer learns of the 60 Services through its watch: ask until it has seen them all.
+    status, out = harness.wait_for(lambda: (a := ask())[0] != 200 and a, what="the refusal")
     assert status == 403 and out["reason"] == "too_many_dns_names", out
     assert "120 DNS names" in out["error"] and "max_dns_names" in out["error"]
 

@@ -6,7 +6,12 @@ POST /v1/ocsp (DER OCSP request)    no token: OCSP responses for certificates of
 GET /healthz, /readyz, /inventory (what was issued), /metrics."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import orjson
+
+from sds_core import issuer_api as api
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -19,11 +24,14 @@ JSON = "application/json"
 MAX_BODY = 64 * 1024
 
 
+T = TypeVar("T")
+
+
 def _error(status: int, reason: str, message: str) -> Response:
-    return Response(orjson.dumps({"reason": reason, "error": message}), status, media_type=JSON)
+    return Response(orjson.dumps(api.to_json(api.ErrorResponse(reason, message))), status, media_type=JSON)
 
 
-async def _read(request: Request, *fields: str) -> tuple[str, dict]:
+async def _read(request: Request, model: type[T]) -> tuple[str, T]:
     auth = request.headers.get("authorization", "")
     token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
     try:
@@ -34,9 +42,10 @@ async def _read(request: Request, *fields: str) -> tuple[str, dict]:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise Refused("bad_request", "body is not JSON", 400) from None
-    if not isinstance(data, dict) or not all(isinstance(data.get(f), str) and data.get(f) for f in fields):
-        raise Refused("bad_request", f"body must be a JSON object with string fields {', '.join(fields)}", 400)
-    return token, data
+    try:
+        return token, api.parse(model, data)
+    except ValueError as e:
+        raise Refused("bad_request", str(e), 400) from None
 
 
 def create_app(issuer: Issuer, ready=lambda: True) -> FastAPI:
@@ -44,26 +53,26 @@ def create_app(issuer: Issuer, ready=lambda: True) -> FastAPI:
 
     app = FastAPI(title="sds-injector issuer", docs_url=None, redoc_url=None, openapi_url=None)
 
-    async def call(request: Request, method, *fields: str) -> Response:
+    async def call(request: Request, method: Callable[[str, T], object], model: type[T]) -> Response:
         try:
-            token, data = await _read(request, *fields)
+            token, req = await _read(request, model)
             # Token reviews and cache misses are blocking API calls: off the event loop.
-            out = await run_in_threadpool(method, token, *(data[f] for f in fields))
+            out = api.to_json(await run_in_threadpool(method, token, req))
         except Refused as e:
             return _error(e.status, e.reason, e.message)
         except Exception as e:  # noqa: BLE001 - e.g. the API server unreachable: retryable, not a 500
             return _error(503, "unavailable", f"the issuer cannot decide now ({type(e).__name__}); retry")
         return Response(orjson.dumps(out), media_type=JSON)
 
-    @app.post("/v1/certificates")
+    @app.post(api.CERTIFICATES)
     async def certificates(request: Request) -> Response:
-        return await call(request, issuer.sign, "name", "csr")
+        return await call(request, issuer.sign, api.CertificateRequest)
 
-    @app.post("/v1/gateway-certificates")
+    @app.post(api.GATEWAY_CERTIFICATES)
     async def gateway_certificates(request: Request) -> Response:
-        return await call(request, issuer.sign_gateway, "tenant", "csr")
+        return await call(request, issuer.sign_gateway, api.GatewayCertificateRequest)
 
-    @app.post("/v1/ocsp")
+    @app.post(api.OCSP)
     async def ocsp_responder(request: Request) -> Response:
         # Public, as OCSP is: no token. A request is ~100 bytes.
         from .ocsp import respond
@@ -74,9 +83,9 @@ def create_app(issuer: Issuer, ready=lambda: True) -> FastAPI:
             return _error(413, "bad_request", "an OCSP request is a few hundred bytes")
         return Response(respond(issuer.authority, body), media_type="application/ocsp-response")
 
-    @app.post("/v1/trust-bundles")
+    @app.post(api.TRUST_BUNDLES)
     async def trust_bundles(request: Request) -> Response:
-        return await call(request, issuer.trust_bundle, "name")
+        return await call(request, issuer.trust_bundle, api.TrustBundleRequest)
 
     @app.get("/healthz")
     async def healthz() -> Response:

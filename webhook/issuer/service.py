@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from sds_core import issuer_api as api
 from sds_core.policy.config import InjectorConfig
 from .audit import AuditLog
 from .authority import Authority, edge, line
@@ -115,7 +116,8 @@ class Issuer:
         self.audit.record("refused", e.reason, message=e.message, **fields, **who)
         raise e
 
-    def sign(self, token: str, name: str, csr_pem: str) -> dict:
+    def sign(self, token: str, req: api.CertificateRequest) -> api.CertificateResponse:
+        name, csr_pem = req.name, req.csr
         g, ca, bundle, key = self._authorize(token, name, "certificate", csr_pem)
         cert = ca.sign(key, g.common_name, g.dns_names, [g.spiffe_id], g.ips, ttl=self.cert_ttl)
         fingerprint = cert.fingerprint(hashes.SHA256()).hex()
@@ -129,9 +131,8 @@ class Issuer:
                                                       "not_after": not_after.isoformat(),
                                                       "not_after_unix": not_after.timestamp()})
         leaf = cert.public_bytes(serialization.Encoding.PEM)
-        return {"certificate_chain": (leaf + ca.cert_pem).decode(),
-                "trust_bundle": bundle.decode(),
-                "serial": serial, "not_after": not_after.isoformat()}
+        return api.CertificateResponse(certificate_chain=(leaf + ca.cert_pem).decode(), serial=serial,
+                                       not_after=not_after.isoformat(), trust_bundle=bundle.decode())
 
     def _authorize_gateway(self, token: str, tenant: str, csr_pem: str):
         """(the tenant's resolved claim, its environment's CA, the CSR's key), or Refused. The
@@ -157,8 +158,9 @@ class Issuer:
             self._refused(e, caller, tenant=tenant)
         return claim, ca, key
 
-    def sign_gateway(self, token: str, tenant: str, csr_pem: str) -> dict:
-        claim, ca, key = self._authorize_gateway(token, tenant, csr_pem)
+    def sign_gateway(self, token: str, req: api.GatewayCertificateRequest) -> api.CertificateResponse:
+        tenant = req.tenant
+        claim, ca, key = self._authorize_gateway(token, tenant, req.csr)
         cert = ca.sign(key, claim.hostnames[0], list(claim.hostnames), [], [], ttl=self.cert_ttl)
         serial = format(cert.serial_number, "x")
         not_after = cert.not_valid_after_utc
@@ -168,9 +170,10 @@ class Issuer:
         self.inventory.add(claim.namespace, f"gateway:{claim.name}", "gateway", {
             "hostnames": list(claim.hostnames), "env": claim.env, "serial": serial,
             "not_after": not_after.isoformat(), "not_after_unix": not_after.timestamp()})
-        return {"certificate_chain": (cert.public_bytes(serialization.Encoding.PEM) + ca.cert_pem).decode(),
-                "serial": serial, "not_after": not_after.isoformat()}
+        return api.CertificateResponse(
+            certificate_chain=(cert.public_bytes(serialization.Encoding.PEM) + ca.cert_pem).decode(),
+            serial=serial, not_after=not_after.isoformat())
 
-    def trust_bundle(self, token: str, name: str) -> dict:
-        g, _, bundle, _ = self._authorize(token, name, "trust bundle")
-        return {"trust_bundle": bundle.decode(), "env": g.env}
+    def trust_bundle(self, token: str, req: api.TrustBundleRequest) -> api.TrustBundleResponse:
+        g, _, bundle, _ = self._authorize(token, req.name, "trust bundle")
+        return api.TrustBundleResponse(trust_bundle=bundle.decode(), env=g.env)

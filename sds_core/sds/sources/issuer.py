@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from sds_core import issuer_api as api
 from sds_core.sds import material
 from ..settings import AgentSettings
 from .base import SecretSpec, Source, SourceError
@@ -63,13 +64,13 @@ class IssuerSource(Source):
     def issues(self, spec: SecretSpec) -> bool:
         return spec.kind == material.TLS_CERTIFICATE
 
-    def _post(self, path: str, body: dict, name: str) -> dict:
+    def _post(self, path: str, body, name: str) -> dict:
         try:
             # Re-read each time: the kubelet rotates the projected token.
             token = self.settings.issuer_token_file.read_text().strip()
         except OSError as e:
             raise SourceError("no_token", f"cannot read the service-account token: {e.strerror}") from None
-        req = urllib.request.Request(self.base + path, data=json.dumps(body).encode(), method="POST", headers={
+        req = urllib.request.Request(self.base + path, data=json.dumps(api.to_json(body)).encode(), method="POST", headers={
             "content-type": "application/json", "authorization": f"Bearer {token}"})
         try:
             with urllib.request.urlopen(req, timeout=self.settings.issuer_timeout_seconds, context=self.tls) as r:
@@ -88,7 +89,7 @@ class IssuerSource(Source):
     def _post_der(self, body: bytes) -> bytes:
         from sds_core.pki.ocsp import CONTENT_TYPE
 
-        req = urllib.request.Request(self.base + "/v1/ocsp", data=body, method="POST",
+        req = urllib.request.Request(self.base + api.OCSP, data=body, method="POST",
                                      headers={"content-type": CONTENT_TYPE})
         try:
             with urllib.request.urlopen(req, timeout=self.settings.issuer_timeout_seconds, context=self.tls) as r:
@@ -102,14 +103,27 @@ class IssuerSource(Source):
 
     async def fetch(self, spec: SecretSpec) -> material.SecretMaterial:
         if spec.kind == material.VALIDATION_CONTEXT:
-            out = await asyncio.to_thread(self._post, "/v1/trust-bundles", {"name": spec.name}, spec.name)
-            return material.validation_context(str(out.get("trust_bundle", "")).encode())
+            out = await asyncio.to_thread(self._post, api.TRUST_BUNDLES, api.TrustBundleRequest(spec.name), spec.name)
+            return material.validation_context(self._answer(api.TrustBundleResponse, out, spec.name).trust_bundle.encode())
         key = new_key(self.settings.key_type)
+        csr = csr_pem(key, spec.name)
+        path: str
+        req: api.GatewayCertificateRequest | api.CertificateRequest
         if spec.tenant is not None:
             # The issuer resolves the tenant's hostnames itself, from the cluster: the request
             # names the tenant, never the hostnames.
-            path, body = "/v1/gateway-certificates", {"tenant": f"{spec.tenant.namespace}/{spec.tenant.name}"}
+            path, req = api.GATEWAY_CERTIFICATES, api.GatewayCertificateRequest(
+                f"{spec.tenant.namespace}/{spec.tenant.name}", csr)
         else:
-            path, body = "/v1/certificates", {"name": spec.name}
-        out = await asyncio.to_thread(self._post, path, {**body, "csr": csr_pem(key, spec.name)}, spec.name)
-        return material.tls_certificate(str(out.get("certificate_chain", "")).encode(), private_pem(key))
+            path, req = api.CERTIFICATES, api.CertificateRequest(spec.name, csr)
+        out = await asyncio.to_thread(self._post, path, req, spec.name)
+        chain = self._answer(api.CertificateResponse, out, spec.name).certificate_chain
+        return material.tls_certificate(chain.encode(), private_pem(key))
+
+    @staticmethod
+    def _answer(model, out: dict, name: str):
+        try:
+            return api.parse(model, out)
+        except ValueError as e:
+            raise SourceError("bad_answer", f"the issuer's answer for {name!r} is not what this agent reads: {e}") \
+                from None
