@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sds_core.policy import annotations as ann
 from . import istio
 from sds_core.envoy.bootstrap import pod_bootstrap
+from sds_core.sds.settings import agent_env, agent_field_env, env_name
 from sds_core.policy.config import PREFIX, AgentConfig, InjectorConfig, Resources
 from sds_core.policy.selection import Denied, Selection
 
@@ -101,19 +102,16 @@ def _token_volume(audience: str) -> Parts:
 def _issuer_parts(sel: Selection, a: AgentConfig) -> Parts:
     i = a.issuer
     _, mounts, volumes = _token_volume(i.token_audience)
-    env = [{"name": "SDS_ISSUER_ADDRESS", "value": i.address},
-           {"name": "SDS_ISSUER_CA", "value": i.ca_bundle},
-           {"name": "SDS_ISSUER_TOKEN_FILE", "value": f"{TOKEN_DIR}/token"},
-           {"name": "SDS_KEY_TYPE", "value": i.key_type}]
+    env = agent_env(issuer_address=i.address, issuer_ca=i.ca_bundle, issuer_token_file=f"{TOKEN_DIR}/token",
+                    key_type=i.key_type)
     return env, mounts, volumes
 
 
 def _local_ca_parts(sel: Selection, a: AgentConfig) -> Parts:
-    env = [{"name": "SDS_LOCAL_CA_CERT_TTL_SECONDS", "value": str(a.cert_ttl_seconds)}]
+    env = agent_env(local_ca_cert_ttl_seconds=a.cert_ttl_seconds)
     if not a.local_ca_secret:
         return env, [], []
-    env += [{"name": "SDS_LOCAL_CA_CERT_FILE", "value": f"{CA_DIR}/tls.crt"},
-            {"name": "SDS_LOCAL_CA_KEY_FILE", "value": f"{CA_DIR}/tls.key"}]
+    env += agent_env(local_ca_cert_file=f"{CA_DIR}/tls.crt", local_ca_key_file=f"{CA_DIR}/tls.key")
     return (env, [{"name": CA_VOL, "mountPath": CA_DIR, "readOnly": True}],
             [{"name": CA_VOL, "secret": {"secretName": a.local_ca_secret, "defaultMode": SECRET_FILE_MODE}}])
 
@@ -126,27 +124,17 @@ def _files_parts(sel: Selection, a: AgentConfig) -> Parts:
         vol = f"{FILES_VOL_PREFIX}{i}"
         mounts.append({"name": vol, "mountPath": f"{FILES_DIR}/{name}", "readOnly": True})
         volumes.append({"name": vol, "secret": {"secretName": name.lower(), "defaultMode": SECRET_FILE_MODE}})
-    return [{"name": "SDS_FILES_ROOT", "value": FILES_DIR}], mounts, volumes
+    return agent_env(files_root=FILES_DIR), mounts, volumes
 
 
 def _vault_parts(sel: Selection, a: AgentConfig) -> Parts:
     v = a.vault
     _, mounts, volumes = _token_volume(v.token_audience)
-    env = [
-        {"name": "SDS_VAULT_ADDRESSES", "value": ",".join(v.addresses)},
-        {"name": "SDS_VAULT_CA_CERT", "value": v.ca_cert},
-        {"name": "SDS_VAULT_AUTH_MOUNT", "value": v.auth_mount},
-        {"name": "SDS_VAULT_ROLE", "value": v.role},
-        {"name": "SDS_VAULT_MODE", "value": v.mode},
-        {"name": "SDS_VAULT_KV_MOUNT", "value": v.kv_mount},
-        {"name": "SDS_VAULT_KV_PATH", "value": v.kv_path},
-        {"name": "SDS_VAULT_PKI_PATH", "value": v.pki_path},
-        {"name": "SDS_VAULT_PKI_TTL", "value": v.pki_ttl},
-        {"name": "SDS_VAULT_CRL", "value": "true" if v.crl else "false"},
-        {"name": "SDS_VAULT_POLL_SECONDS", "value": str(v.poll_seconds)},
-        {"name": "SDS_VAULT_CA_OVERLAP_SECONDS", "value": str(v.ca_overlap_seconds)},
-        {"name": "SDS_VAULT_TOKEN_FILE", "value": f"{TOKEN_DIR}/token"},
-    ]
+    env = agent_env(vault_addresses=v.addresses, vault_ca_cert=v.ca_cert, vault_auth_mount=v.auth_mount,
+                    vault_role=v.role, vault_mode=v.mode, vault_kv_mount=v.kv_mount, vault_kv_path=v.kv_path,
+                    vault_pki_path=v.pki_path, vault_pki_ttl=v.pki_ttl, vault_crl=v.crl,
+                    vault_poll_seconds=v.poll_seconds, vault_ca_overlap_seconds=v.ca_overlap_seconds,
+                    vault_token_file=f"{TOKEN_DIR}/token")
     return env, mounts, volumes
 
 
@@ -156,25 +144,18 @@ SOURCE_PARTS = {"issuer": _issuer_parts, "local-ca": _local_ca_parts, "files": _
 def _agent(sel: Selection, cfg: InjectorConfig, res: dict) -> tuple[dict, list[dict]]:
     a = cfg.agent
     env = [
-        {"name": "SDS_SOCKET_PATH", "value": f"{a.socket_dir}/sds.sock"},
-        {"name": "SDS_SOCKET_MODE", "value": "0660"},
-        {"name": "SDS_SOURCE", "value": a.source},
-        {"name": "SDS_CERTIFICATES", "value": ",".join(sel.certificates)},
-        {"name": "SDS_TRUST_BUNDLES", "value": ",".join(sel.trust_bundles)},
-        _field_env("SDS_NAMESPACE", "metadata.namespace"),
-        _field_env("SDS_POD_NAME", "metadata.name"),
-        _field_env("SDS_SERVICE_ACCOUNT", "spec.serviceAccountName"),
-        {"name": "SDS_SERVICE", "value": sel.service},
-        {"name": "SDS_ENV", "value": sel.env},
-        {"name": "SDS_BUSINESS_LINE", "value": sel.business_line or ""},
-        {"name": "SDS_TRUST_DOMAIN", "value": a.trust_domain},
-        {"name": "SDS_CLUSTER_DOMAIN", "value": a.cluster_domain},
-        # Loopback only: kubelet probes reach it through Envoy's status listener.
-        {"name": "SDS_HTTP_HOST", "value": "127.0.0.1"},
-        {"name": "SDS_HTTP_PORT", "value": str(a.http_port)},
+        *agent_env(socket_path=f"{a.socket_dir}/sds.sock", socket_mode="0660", source=a.source,
+                   certificates=sel.certificates, trust_bundles=sel.trust_bundles),
+        agent_field_env("namespace", "metadata.namespace"),
+        agent_field_env("pod_name", "metadata.name"),
+        agent_field_env("service_account", "spec.serviceAccountName"),
+        # http_host: loopback only; kubelet probes reach it through Envoy's status listener.
+        *agent_env(service=sel.service, env=sel.env, business_line=sel.business_line or "",
+                   trust_domain=a.trust_domain, cluster_domain=a.cluster_domain, http_host="127.0.0.1",
+                   http_port=a.http_port),
     ]
     if a.ocsp_stapling or sel.ocsp_staple_policy != "LENIENT_STAPLING":
-        env.append({"name": "SDS_OCSP_STAPLING", "value": "true"})
+        env += agent_env(ocsp_stapling=True)
     src_env, src_mounts, volumes = SOURCE_PARTS[a.source](sel, a)
     container = {
         "name": AGENT,
@@ -253,9 +234,9 @@ def _build_istio(sel: Selection, cfg: InjectorConfig, socket_volume_present: boo
                      f"{list(sel.certificates)} and trust bundles {list(sel.trust_bundles)}", 400)
     agent, source_volumes = _agent(sel, cfg, dict(sel.resources))
     serve_as = {sel.certificates[0]: istio.CERTIFICATE, sel.trust_bundles[0]: istio.TRUST_BUNDLE}
-    replaced = {"SDS_SOCKET_PATH": f"{istio.SOCKET_DIR}/socket", "SDS_HTTP_PORT": str(istio.AGENT_HTTP_PORT)}
+    replaced = {env_name("socket_path"): f"{istio.SOCKET_DIR}/socket", env_name("http_port"): str(istio.AGENT_HTTP_PORT)}
     agent["env"] = [{**e, "value": replaced[e["name"]]} if e["name"] in replaced else e for e in agent["env"]]
-    agent["env"].append({"name": "SDS_SERVE_AS", "value": json.dumps(serve_as, separators=(",", ":"))})
+    agent["env"] += agent_env(serve_as=serve_as)
     agent["volumeMounts"] = [{"name": istio.SOCKET_VOL, "mountPath": istio.SOCKET_DIR},
                              *[m for m in agent["volumeMounts"] if m["name"] != SOCKET_VOL]]
     agent["securityContext"] = _restricted(istio.PROXY_UID, cfg.sidecar_group)

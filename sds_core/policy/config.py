@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sds_core.sds.settings import default as agent_default
+
 PREFIX = "sds-injector.io/"
 
 
@@ -129,19 +131,20 @@ class NamespacePolicy(Strict):
         return any(r.namespace_selector is not None for r in self.rules)
 
 
+# The pod-side defaults are the agent's own (one definition: sds_core/sds/settings.py).
 class VaultAgentConfig(Strict):
     addresses: list[str] = Field(default_factory=list)
     ca_cert: str = Field("", alias="caCert")  # PEM of the CA of Vault's TLS certificate (public)
-    auth_mount: str = Field("kubernetes", alias="authMount")
-    role: str = "{namespace}-{service_account}"
-    mode: Literal["kv", "pki"] = "pki"
-    kv_mount: str = Field("secret", alias="kvMount")
-    kv_path: str = Field("{namespace}/{name}", alias="kvPath")
-    pki_path: str = Field("pki_{business_line}/sign/{env}", alias="pkiPath")
-    pki_ttl: str = Field("24h", alias="pkiTTL")
-    crl: bool = False
-    poll_seconds: int = Field(600, alias="pollSeconds", gt=0)
-    ca_overlap_seconds: int = Field(48 * 3600, alias="caOverlapSeconds")
+    auth_mount: str = Field(agent_default("vault_auth_mount"), alias="authMount")
+    role: str = agent_default("vault_role")
+    mode: Literal["kv", "pki"] = agent_default("vault_mode")
+    kv_mount: str = Field(agent_default("vault_kv_mount"), alias="kvMount")
+    kv_path: str = Field(agent_default("vault_kv_path"), alias="kvPath")
+    pki_path: str = Field(agent_default("vault_pki_path"), alias="pkiPath")
+    pki_ttl: str = Field(agent_default("vault_pki_ttl"), alias="pkiTTL")
+    crl: bool = agent_default("vault_crl")
+    poll_seconds: int = Field(int(agent_default("vault_poll_seconds")), alias="pollSeconds", gt=0)
+    ca_overlap_seconds: int = Field(int(agent_default("vault_ca_overlap_seconds")), alias="caOverlapSeconds")
     token_audience: str = Field("vault", alias="tokenAudience")
 
 
@@ -153,21 +156,21 @@ class IssuerAgentConfig(Strict):
     # PEM of the CA that signed the issuer's serving certificate (public). `serve` fills it from
     # WEBHOOK_ISSUER_CA_FILE; the offline `inject` takes --issuer-ca.
     ca_bundle: str = Field("", alias="caBundle")
-    key_type: Literal["ec", "rsa"] = Field("ec", alias="keyType")
+    key_type: Literal["ec", "rsa"] = Field(agent_default("key_type"), alias="keyType")
 
 
 class AgentConfig(Strict):
     source: Literal["issuer", "local-ca", "files", "vault"] = "issuer"
-    trust_domain: str = Field("cluster.local", alias="trustDomain")
+    trust_domain: str = Field(agent_default("trust_domain"), alias="trustDomain")
     # The cluster's DNS suffix (svc.<clusterDomain>): DNS SANs and which outbound hosts are
     # in-cluster names. Not the trust domain, though both default to cluster.local.
-    cluster_domain: str = Field("cluster.local", alias="clusterDomain")
+    cluster_domain: str = Field(agent_default("cluster_domain"), alias="clusterDomain")
     # local-ca is for local runs (demo, tests) only: a Secret named here holds a CA *key* and is
     # mounted into every pod. Never in a cluster: use the issuer.
     local_ca_secret: str | None = Field(None, alias="localCASecret")
-    cert_ttl_seconds: int = Field(3600, alias="certTTLSeconds")
-    socket_dir: str = Field("/var/run/sds", alias="socketDir")
-    http_port: int = Field(15090, alias="httpPort")
+    cert_ttl_seconds: int = Field(int(agent_default("local_ca_cert_ttl_seconds")), alias="certTTLSeconds")
+    socket_dir: str = Field(str(agent_default("socket_path").parent), alias="socketDir")
+    http_port: int = Field(agent_default("http_port"), alias="httpPort")
     # Staple an OCSP response to every certificate (issuer and Vault PKI sources); on for a pod
     # anyway when its staple policy is strict.
     ocsp_stapling: bool = Field(False, alias="ocspStapling")

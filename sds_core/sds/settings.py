@@ -174,3 +174,43 @@ class AgentSettings(BaseSettings):
     @property
     def spiffe_id(self) -> str:
         return names.spiffe_id(self.trust_domain, self.namespace, self.service_account)
+
+
+# --- the pod's side of the interface: how the webhook writes these settings into a pod -------
+ENV_PREFIX = "SDS_"
+
+
+def env_name(field: str) -> str:
+    """The variable that sets `field`; a name that is not a setting is a bug, raised at once."""
+    if field not in AgentSettings.model_fields:
+        raise KeyError(f"{field!r} is not an agent setting")
+    return ENV_PREFIX + field.upper()
+
+
+def env_value(value: object) -> str:
+    """A setting as the agent parses it back: lists comma-separated, maps as compact JSON,
+    booleans lowercase."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, dict):
+        import json
+
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def agent_env(**settings: object) -> list[dict]:
+    """Container env entries that give the agent these settings (in this order)."""
+    return [{"name": env_name(k), "value": env_value(v)} for k, v in settings.items()]
+
+
+def agent_field_env(field: str, field_path: str) -> dict:
+    """An env entry filled by the downward API (the pod's own namespace, name, account)."""
+    return {"name": env_name(field), "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
+
+
+def default(field: str):
+    """The agent's default for `field`: what the webhook's configuration starts from too."""
+    return AgentSettings.model_fields[field].default

@@ -1,0 +1,53 @@
+"""The webhook/agent process boundary: the webhook writes the agent's settings into the pod as
+SDS_* variables through sds_core.sds.settings (agent_env: a name that is not a setting fails at
+once), and what it writes is what the agent parses back, field by field, for every source."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from sds_core.policy.config import InjectorConfig, with_issuer_ca
+from sds_core.sds.settings import AgentSettings, env_name, env_value
+from tests.webhook_util import pod
+from webhook.injector import decide
+
+CA = "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n"
+SOURCES = {
+    "issuer": {},
+    "local-ca": {},
+    "files": {},
+    "vault": {"vault": {"addresses": ["https://vault-a:8200", "https://vault-b:8200"], "crl": True, "mode": "kv"}},
+}
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_what_the_webhook_writes_is_what_the_agent_reads(source, monkeypatch):
+    cfg = with_issuer_ca(InjectorConfig.model_validate({"agent": {"source": source, **SOURCES[source]}}), CA)
+    out = decide(pod({"sds-injector.io/env": "dev", "sds-injector.io/business-line": "retail",
+                      "sds-injector.io/ocsp-staple-policy": "STRICT_STAPLING"}), "shop", cfg)
+    assert out.action == "inject", out.message
+    agent = next(c for c in out.plan.containers if c["name"] == "sds-agent")
+    for k in [k for k in os.environ if k.startswith("SDS_")]:
+        monkeypatch.delenv(k)
+    written = {}
+    for e in agent["env"]:
+        value = e.get("value", "downward-api-value")  # the kubelet fills valueFrom entries
+        monkeypatch.setenv(e["name"], value)
+        written[e["name"]] = value
+    settings = AgentSettings()
+    for field in AgentSettings.model_fields:
+        name = env_name(field)
+        if name in written:
+            got = getattr(settings, field)
+            got = got.get_secret_value() if hasattr(got, "get_secret_value") else got
+            if isinstance(got, float):
+                assert got == float(written[name]), (name, got)
+            else:
+                assert env_value(got) == written[name], (name, got)
+    assert settings.source == source and settings.ocsp_stapling is True
+
+
+def test_a_name_that_is_not_a_setting_fails_at_once():
+    with pytest.raises(KeyError, match="not an agent setting"):
+        env_name("vault_adresses")
