@@ -152,6 +152,12 @@ def test_label_policy_gets_only_namespace_read_rbac(tmp_path):
     (["--set", "surprise=1"], "surprise"),
     (["--set", "image.pullpolicy=Always"], "pullpolicy"),
     (["--set", "config.agent.source=ldap"], "source"),
+    # config is the webhook's own model (generated): unknown keys and wrong types anywhere in it
+    (["--set", "config.agent.sourc=vault"], "sourc"),
+    (["--set", "config.agent.vault.pollSeconds=soon"], "pollSeconds"),
+    (["--set", "config.businessLineCAs=maybe"], "businessLineCAs"),
+    (["--set", "config.namespacePolicy.rules[0].namespaces[0]=a", "--set", "config.namespacePolicy.rules[0].envs[0]=x"],
+     "envs"),
 ])
 def test_bad_values_are_rejected_with_readable_errors(args, message):
     r = helm("template", "rel", str(CHART), *args, check=False)
@@ -287,3 +293,13 @@ def test_pod_security_check_catches_what_restricted_forbids():
         for k, v in change.items():
             spec[k] = v
         assert violations(spec), change
+
+
+def test_the_config_schema_is_generated_from_the_configuration_model():
+    """values.schema.json's `config` is the webhook's InjectorConfig (python -m webhook
+    chart-schema); a field added to the model without regenerating the schema fails here."""
+    from sds_core.policy.config import chart_values_schema
+
+    current = json.loads((CHART / "values.schema.json").read_text())
+    assert (CHART / "values.schema.json").read_text() == chart_values_schema(current), \
+        "stale: python -m webhook chart-schema > charts/sds-injector/values.schema.json"

@@ -1,7 +1,8 @@
-"""python -m webhook serve | issuer | inject -f FILE|- | audit verify FILE | docs"""
+"""python -m webhook serve | issuer | inject -f FILE|- | audit verify FILE | docs | chart-schema"""
 from __future__ import annotations
 
 import argparse
+import json
 import asyncio
 import logging
 import sys
@@ -173,12 +174,20 @@ def main(argv: list[str] | None = None) -> int:
     audit.add_argument("action", choices=["verify"])
     audit.add_argument("file", type=Path)
     sub.add_parser("docs", help="print docs/annotations.md")
+    schema = sub.add_parser("chart-schema", help="print the chart's values.schema.json, its `config` part "
+                            "generated from the configuration model")
+    schema.add_argument("--values-schema", type=Path, default=Path("charts/sds-injector/values.schema.json"))
     args, rest = parser.parse_known_args(argv)
 
     if args.command == "docs":
         from sds_core.policy.annotations import markdown
 
         sys.stdout.write(markdown())
+        return 0
+    if args.command == "chart-schema":
+        from sds_core.policy.config import chart_values_schema
+
+        sys.stdout.write(chart_values_schema(json.loads(args.values_schema.read_text())))
         return 0
     if args.command == "inject":
         return _inject(args, parser, rest)

@@ -6,6 +6,7 @@ import fnmatch
 import re
 from functools import cached_property
 import hashlib
+import json
 import os
 import threading
 import time
@@ -319,3 +320,14 @@ class ServerSettings(BaseSettings):
     issuer_ca_file: Path | None = None  # CA of the issuer's serving certificate, for the agents
     benchmark_baseline: bool = False  # adds POST /noop, for scripts/bench_webhook.py
     log_level: str = "INFO"
+
+
+def chart_values_schema(values_schema: dict) -> str:
+    """The chart's values.schema.json with its `config` generated from InjectorConfig (the
+    webhook's own model: every field, aliases as written in YAML, unknown keys refused), so
+    `helm install` rejects what the webhook would. The rest of the file is written by hand."""
+    config = InjectorConfig.model_json_schema(by_alias=True, ref_template="#/properties/config/$defs/{model}")
+    config.pop("title", None)
+    out = dict(values_schema)
+    out["properties"] = {**values_schema["properties"], "config": config}
+    return json.dumps(out, indent=2, sort_keys=False) + "\n"
