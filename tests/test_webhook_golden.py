@@ -23,9 +23,9 @@ K8S_VERSIONS = ["1.33", kubernetes_validate.latest_version()]
 def outcome_of(pod: dict) -> dict:
     out = decide(pod, pod["metadata"]["namespace"], CONFIG)
     if out.action == "deny":
-        return {"denied": {"code": out.code, "reason": out.reason, "message": out.message}}
+        return {"denied": {"code": out.code, "reason": str(out.reason), "message": out.message}}
     if out.action == "skip":
-        return {"skipped": out.reason}
+        return {"skipped": str(out.reason)}
     patched = jsonpatch.apply_patch(pod, out.patch)
     # Two independent routes to the injected pod must agree: the patch, and the plan applied.
     assert patched == planning.apply(planning.strip(pod), out.plan)

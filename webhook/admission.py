@@ -15,6 +15,7 @@ from sds_core.policy.config import InjectorConfig
 from .injector import decide
 from .plan import check_owned_mounts
 from sds_core.policy.selection import Denied
+from sds_core.reasons import Reason
 
 log = logging.getLogger("webhook.admission")
 API_VERSION = "admission.k8s.io/v1"
@@ -69,7 +70,7 @@ def respond(uid: str, v: Verdict) -> tuple[Verdict, bytes]:
         try:
             encoded = orjson.dumps(v.patch)
         except orjson.JSONEncodeError:
-            return respond(uid, deny("too_deep", "the pod nests deeper than 255 levels (an unknown field?); "
+            return respond(uid, deny(Reason.TOO_DEEP, "the pod nests deeper than 255 levels (an unknown field?); "
                                      "no Pod field does: remove it", 400))
         resp["patchType"] = "JSONPatch"
         resp["patch"] = base64.b64encode(encoded).decode()
@@ -115,7 +116,7 @@ def noop(body: bytes) -> bytes:
         uid = parse_review(body)["uid"]
     except BadRequest:
         uid = ""
-    return respond(uid, skip("noop"))[1]
+    return respond(uid, skip(Reason.NOOP))[1]
 
 
 def handle(body: bytes, config: Callable[[], InjectorConfig], namespace_labels=None) -> tuple[int, bytes]:
@@ -148,18 +149,18 @@ def decide_review(req: dict, cfg: InjectorConfig, namespace_labels, fields: dict
     gathers what the log line says about the request."""
     kind = req.get("kind")
     if not isinstance(kind, dict):
-        return deny("malformed_request", "request.kind must be an object {group, version, kind}", 400)
+        return deny(Reason.MALFORMED_REQUEST, "request.kind must be an object {group, version, kind}", 400)
     if (kind.get("group"), kind.get("kind")) != ("", "Pod"):
-        return deny("not_a_pod", f"sds-injector only mutates pods, got {kind.get('group') or 'core'}/"
+        return deny(Reason.NOT_A_POD, f"sds-injector only mutates pods, got {kind.get('group') or 'core'}/"
                     f"{kind.get('kind')}; check the rules of the MutatingWebhookConfiguration", 400)
     pod = req.get("object")
     ephemeral = req.get("subResource") == "ephemeralcontainers"
     if req.get("operation") != "CREATE" and not ephemeral:
-        return skip("operation")
+        return skip(Reason.OPERATION)
     if not isinstance(pod, dict):
-        return deny("malformed_pod", "AdmissionReview request.object is missing or not an object", 400)
+        return deny(Reason.MALFORMED_POD, "AdmissionReview request.object is missing or not an object", 400)
     if (shape := podshape.problem(req)) is not None:
-        return deny("malformed_pod", f"malformed pod: {shape}", 400)
+        return deny(Reason.MALFORMED_POD, f"malformed pod: {shape}", 400)
     if ephemeral:
         return _ephemeral(pod)
     namespace = req.get("namespace") or (pod.get("metadata") or {}).get("namespace") or "default"
@@ -182,4 +183,4 @@ def _ephemeral(pod: dict) -> Verdict:
         check_owned_mounts(pod, keys=("ephemeralContainers",), mode=istio.mode(pod))
     except Denied as d:
         return deny(d.reason, d.message, d.code)
-    return skip("ephemeral_containers")
+    return skip(Reason.EPHEMERAL_CONTAINERS)

@@ -11,6 +11,7 @@ from . import plan as planning
 from sds_core.policy.config import InjectorConfig
 from .patch import ops
 from sds_core.policy.selection import Denied, Selection, check_policy, select
+from sds_core.reasons import Reason
 
 log = logging.getLogger("webhook.injector")
 
@@ -29,21 +30,21 @@ class Outcome:
 def decide(pod: dict, namespace: str, cfg: InjectorConfig,
            namespace_labels: Callable[[str], dict | None] | None = None) -> Outcome:
     if not isinstance(pod, dict) or not isinstance(pod.get("spec"), dict):
-        return Outcome("deny", "malformed_pod", "the object is not a pod: it has no spec", 400)
+        return Outcome("deny", Reason.MALFORMED_POD, "the object is not a pod: it has no spec", 400)
     if namespace in cfg.system_namespaces:
-        return Outcome("skip", "system_namespace")
+        return Outcome("skip", Reason.SYSTEM_NAMESPACE)
     try:
         values = ann.parse((pod.get("metadata") or {}).get("annotations"))
     except ann.AnnotationError as e:
-        return Outcome("deny", "invalid_annotation", str(e), 400)
+        return Outcome("deny", Reason.INVALID_ANNOTATION, str(e), 400)
     if values.get("inject") is False:
-        return Outcome("skip", "opted_out")
+        return Outcome("skip", Reason.OPTED_OUT)
     if istio.opted_out(pod) and values.get("inject") is not True:
         # The owner marked the pod for no proxy; our own inject annotation overrides it.
-        return Outcome("skip", "istio_opted_out", f"{istio.INJECT}: \"false\" (set {ann.PREFIX}inject: \"true\" "
+        return Outcome("skip", Reason.ISTIO_OPTED_OUT, f"{istio.INJECT}: \"false\" (set {ann.PREFIX}inject: \"true\" "
                        "to inject anyway)")
     if pod["spec"].get("hostNetwork"):
-        return Outcome("skip", "host_network")
+        return Outcome("skip", Reason.HOST_NETWORK)
     mode = istio.mode(pod)
     record = planning.injected_status(pod)
     try:
@@ -55,7 +56,7 @@ def decide(pod: dict, namespace: str, cfg: InjectorConfig,
     except Denied as d:
         return Outcome("deny", d.reason, d.message, d.code)
     if record and record.get("revision") == cfg.revision and record.get("mode", "envoy") == mode:
-        return Outcome("skip", "already_injected")
+        return Outcome("skip", Reason.ALREADY_INJECTED)
     try:
         sel = select(pod, namespace, cfg, values)
         labels = namespace_labels(namespace) if cfg.namespace_policy.uses_labels and namespace_labels else None
@@ -64,10 +65,10 @@ def decide(pod: dict, namespace: str, cfg: InjectorConfig,
         if not (stripped.get("spec") or {}).get("containers"):
             # Only a container named like a sidecar can be stripped; if that was all the pod had,
             # the pod is not one the injector made.
-            raise Denied("reserved_name", f"the pod's containers are named {planning.AGENT!r}/{planning.PROXY!r}, "
+            raise Denied(Reason.RESERVED_NAME, f"the pod's containers are named {planning.AGENT!r}/{planning.PROXY!r}, "
                          "names reserved for the sidecars; rename them", 400)
         planning.check_collisions(stripped, plan, sel, cfg, mode)
     except Denied as d:
         return Outcome("deny", d.reason, d.message, d.code)
-    return Outcome("inject", "reinjected" if record is not None else "injected",
+    return Outcome("inject", Reason.REINJECTED if record is not None else Reason.INJECTED,
                    patch=ops(pod, plan), plan=plan, selection=sel)

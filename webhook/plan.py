@@ -12,6 +12,7 @@ from sds_core.envoy.bootstrap import pod_bootstrap
 from sds_core.sds.settings import agent_env, agent_field_env, env_name
 from sds_core.policy.config import PREFIX, AgentConfig, InjectorConfig, Resources
 from sds_core.policy.selection import Denied, Selection
+from sds_core.reasons import Reason
 
 STATUS = PREFIX + "status"
 AGENT, PROXY = "sds-agent", "sds-envoy"
@@ -229,7 +230,7 @@ def _build_istio(sel: Selection, cfg: InjectorConfig, socket_volume_present: boo
     on Istio's socket path; Istio's proxy does TLS. Always a native sidecar placed first: the
     socket must exist when istio-proxy starts, or it falls back to istiod's certificates."""
     if len(sel.certificates) != 1 or len(sel.trust_bundles) != 1:
-        raise Denied("istio_names", f"Istio's proxy asks for one workload certificate ({istio.CERTIFICATE!r}) and "
+        raise Denied(Reason.ISTIO_NAMES, f"Istio's proxy asks for one workload certificate ({istio.CERTIFICATE!r}) and "
                      f"one trust bundle ({istio.TRUST_BUNDLE!r}); this pod selects certificates "
                      f"{list(sel.certificates)} and trust bundles {list(sel.trust_bundles)}", 400)
     agent, source_volumes = _agent(sel, cfg, dict(sel.resources))
@@ -307,7 +308,7 @@ def check_owned_mounts(pod: dict, keys=("containers", "initContainers", "ephemer
                 if not (isinstance(m, dict) and isinstance(m.get("name"), str)):
                     continue
                 if owned_volume(m["name"]) or (istio_owned and m["name"] == istio.SOCKET_VOL):
-                    raise Denied("owned_volume", f"container {c.get('name')!r} ({key}) mounts volume "
+                    raise Denied(Reason.OWNED_VOLUME, f"container {c.get('name')!r} ({key}) mounts volume "
                                  f"{m['name']!r}, which belongs to the sds-injector sidecars; remove that "
                                  "volumeMount (the app reaches TLS through Envoy, never the agent)", 403)
 
@@ -316,7 +317,7 @@ def check_process_isolation(pod: dict) -> None:
     """With a shared process namespace any container running as the agent's uid reaches the
     agent's socket (and memory) through /proc/<pid>/root: the app would get every private key."""
     if (pod.get("spec") or {}).get("shareProcessNamespace") is True:
-        raise Denied("shared_process_namespace", "spec.shareProcessNamespace is true: every container could "
+        raise Denied(Reason.SHARED_PROCESS_NAMESPACE, "spec.shareProcessNamespace is true: every container could "
                      "reach the SDS agent's socket and memory through /proc, and with them the pod's private "
                      "keys; sds-injector does not inject such pods (remove shareProcessNamespace, or opt the "
                      f"pod out with {ann.PREFIX}inject: \"false\")", 403)
@@ -329,12 +330,12 @@ def check_collisions(pod: dict, plan: Plan, sel: Selection, cfg: InjectorConfig,
     clash = [c["name"] for c in plan.containers if c["name"] in names]
     clash += [v["name"] for v in plan.volumes if v["name"] in {v.get("name") for v in spec.get("volumes") or []}]
     if clash:
-        raise Denied("name_collision", f"the pod already has {clash}, names the injector needs; rename them "
+        raise Denied(Reason.NAME_COLLISION, f"the pod already has {clash}, names the injector needs; rename them "
                      "or opt the pod out", 400)
     declared = {p.get("containerPort") for c in existing for p in c.get("ports") or []}
     if mode == "istio":
         if istio.AGENT_HTTP_PORT in declared:
-            raise Denied("port_collision", f"port {istio.AGENT_HTTP_PORT} is declared by a container of the pod and "
+            raise Denied(Reason.PORT_COLLISION, f"port {istio.AGENT_HTTP_PORT} is declared by a container of the pod and "
                          "used by the SDS agent's health port in Istio mode; change the container's port", 400)
         return
     _check_ports(sel, cfg, declared)
@@ -351,7 +352,7 @@ def _check_ports(sel: Selection, cfg: InjectorConfig, declared: set) -> None:
 
     def claim(port: int, who: str) -> None:
         if port in users:
-            raise Denied("port_collision", f"port {port} is used twice: by {users[port]} and by {who}; change "
+            raise Denied(Reason.PORT_COLLISION, f"port {port} is used twice: by {users[port]} and by {who}; change "
                          "one of them", 400)
         users[port] = who
 
@@ -361,10 +362,10 @@ def _check_ports(sel: Selection, cfg: InjectorConfig, declared: set) -> None:
         claim(local, f"the local port {local} of annotation {a}outbound ({host}:{port})")
     for tls, app in sel.inbound:
         if app in users:
-            raise Denied("port_collision", f"annotation {a}inbound sends TLS port {tls} to port {app}, which is "
+            raise Denied(Reason.PORT_COLLISION, f"annotation {a}inbound sends TLS port {tls} to port {app}, which is "
                          f"{users[app]}, not the app; name the app's port", 400)
     for port in sorted(p for p in declared if p in users):
-        raise Denied("port_collision", f"port {port} is declared by a container of the pod and used by "
+        raise Denied(Reason.PORT_COLLISION, f"port {port} is declared by a container of the pod and used by "
                      f"{users[port]}; change one of them", 400)
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from sds_core import names
 from sds_core.policy.config import PREFIX, InjectorConfig
 from sds_core.policy.selection import Denied, governing_rule, origin_problems
+from sds_core.reasons import Reason
 
 CLAIM_LABEL = f"{PREFIX}gateway-claim"
 LABEL_SELECTOR = f"{CLAIM_LABEL}=true"
@@ -55,7 +56,7 @@ class Claim:
 class Refusal:
     namespace: str
     name: str
-    reason: str
+    reason: Reason
     message: str
 
 
@@ -110,37 +111,37 @@ def parse(cm: dict, cfg: InjectorConfig) -> Claim | Refusal:
     meta = cm.get("metadata") or {}
     ns, name = meta.get("namespace") or "", meta.get("name") or ""
 
-    def refuse(reason: str, message: str) -> Refusal:
+    def refuse(reason: Reason, message: str) -> Refusal:
         return Refusal(ns, name, reason, f"gateway claim {ns}/{name}: {message}")
 
     if cm.get("immutable") is not True:
-        return refuse("mutable", "must set `immutable: true` (its creation time decides hostname ownership; "
+        return refuse(Reason.MUTABLE, "must set `immutable: true` (its creation time decides hostname ownership; "
                       "to change it, create a new claim and delete this one)")
     data = cm.get("data") or {}
     unknown = sorted(set(data) - {"hostnames", "service", "port", "env", "business-line"})
     if unknown:
-        return refuse("invalid", f"unknown keys {unknown}; allowed: hostnames, service, port, env, business-line")
+        return refuse(Reason.INVALID, f"unknown keys {unknown}; allowed: hostnames, service, port, env, business-line")
     hosts = tuple(dict.fromkeys(h.strip().lower().rstrip(".") for h in str(data.get("hostnames", "")).split(",")
                                 if h.strip()))
     if not hosts:
-        return refuse("invalid", "data.hostnames is empty (a comma-separated list of hostnames)")
+        return refuse(Reason.INVALID, "data.hostnames is empty (a comma-separated list of hostnames)")
     if len(hosts) > MAX_HOSTNAMES:
-        return refuse("invalid", f"{len(hosts)} hostnames; at most {MAX_HOSTNAMES} per claim")
+        return refuse(Reason.INVALID, f"{len(hosts)} hostnames; at most {MAX_HOSTNAMES} per claim")
     bad = [f"{h!r}: {p}" for h in hosts if (p := hostname_problem(h, cfg.agent.cluster_domain))]
     if bad:
-        return refuse("invalid_hostname", "; ".join(bad[:5]))
+        return refuse(Reason.INVALID_HOSTNAME, "; ".join(bad[:5]))
     service = str(data.get("service", ""))
     if not _LABEL.match(service):
-        return refuse("invalid", f"data.service {service!r} is not a Service name of namespace {ns!r}")
+        return refuse(Reason.INVALID, f"data.service {service!r} is not a Service name of namespace {ns!r}")
     port = str(data.get("port", ""))
     if not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
-        return refuse("invalid", f"data.port {port!r} is not a port number (1-65535)")
+        return refuse(Reason.INVALID, f"data.port {port!r} is not a port number (1-65535)")
     env = str(data.get("env") or cfg.default_environment or "")
     if env not in cfg.environments:
-        return refuse("unknown_env", f"env {env!r} is not one of {', '.join(cfg.environments)}")
+        return refuse(Reason.UNKNOWN_ENV, f"env {env!r} is not one of {', '.join(cfg.environments)}")
     bl = str(data.get("business-line", ""))
     if bl and bl not in cfg.business_lines:
-        return refuse("unknown_business_line", f"business-line {bl!r} is not one of "
+        return refuse(Reason.UNKNOWN_BUSINESS_LINE, f"business-line {bl!r} is not one of "
                       f"{', '.join(sorted(cfg.business_lines)) or 'none'}")
     return Claim(ns, name, str(meta.get("creationTimestamp") or ""), hosts, service, int(port), env, bl)
 
@@ -148,11 +149,11 @@ def parse(cm: dict, cfg: InjectorConfig) -> Claim | Refusal:
 def _within_policy(c: Claim, cfg: InjectorConfig, labels: dict | None) -> tuple[Claim | None, list[Refusal]]:
     """The claim with only the hostnames its namespace may claim (None: nothing left, or the
     environment or business line refused), and the refusals."""
-    def refuse(reason: str, message: str) -> tuple[None, list[Refusal]]:
+    def refuse(reason: Reason, message: str) -> tuple[None, list[Refusal]]:
         return None, [Refusal(c.namespace, c.name, reason, f"gateway claim {c.key}: {message}")]
 
     if c.namespace in cfg.system_namespaces:
-        return refuse("system_namespace", f"namespace {c.namespace!r} is a system namespace")
+        return refuse(Reason.SYSTEM_NAMESPACE, f"namespace {c.namespace!r} is a system namespace")
     asked = f"asked for env={c.env}, business-line={c.business_line or '-'}"
     try:
         i, rule = governing_rule(c.namespace, cfg.namespace_policy, labels, asked)
@@ -160,10 +161,10 @@ def _within_policy(c: Claim, cfg: InjectorConfig, labels: dict | None) -> tuple[
         return refuse(d.reason, d.message)
     problems = origin_problems(rule, c.env, c.business_line)
     if problems:
-        return refuse("policy", f"namespace {c.namespace!r} may not use {'; '.join(problems)} "
+        return refuse(Reason.POLICY, f"namespace {c.namespace!r} may not use {'; '.join(problems)} "
                       f"(namespacePolicy.rules[{i}])")
     allowed = tuple(h for h in c.hostnames if rule.allows_hostname(h))
-    refusals = [Refusal(c.namespace, c.name, "hostname_not_allowed",
+    refusals = [Refusal(c.namespace, c.name, Reason.HOSTNAME_NOT_ALLOWED,
                         f"gateway claim {c.key}: hostname {h!r} is not one namespace {c.namespace!r} may claim "
                         f"(gatewayHostnames: {', '.join(rule.gateway_hostnames) or 'none'}, namespacePolicy.rules[{i}]); "
                         f"it is not served") for h in c.hostnames if h not in allowed]
@@ -196,7 +197,7 @@ def resolve(objects: list[dict], cfg: InjectorConfig, labels_of: Callable[[str],
                 mine.append(h)
                 continue
             where = "another claim of the same namespace" if owner.namespace == c.namespace else f"namespace {owner.namespace!r}"
-            refusals.append(Refusal(c.namespace, c.name, "hostname_taken",
+            refusals.append(Refusal(c.namespace, c.name, Reason.HOSTNAME_TAKEN,
                                     f"gateway claim {c.key}: hostname {h!r} belongs to {owner.key} ({where}, "
                                     f"claimed {owner.created or 'earlier'}); it is not served for this claim"))
         if mine:

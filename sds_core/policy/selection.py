@@ -9,12 +9,13 @@ from sds_core import names
 
 from sds_core.policy import annotations as ann
 from .config import InjectorConfig, NamespacePolicy, PolicyRule
+from sds_core.reasons import Reason
 
 
 class Denied(Exception):
     """The pod must not be admitted as it is; `message` tells the user what to change."""
 
-    def __init__(self, reason: str, message: str, code: int = 403):
+    def __init__(self, reason: Reason, message: str, code: int = 403):
         super().__init__(message)
         self.reason, self.message, self.code = reason, message, code
 
@@ -63,13 +64,13 @@ def _outbound(targets, namespace: str, config: InjectorConfig) -> tuple:
         return tuple((local, host, port, names.outbound_peer_check(host, pin, namespace, config.agent.trust_domain))
                      for local, host, port, pin in targets)
     except ValueError as e:
-        raise Denied("invalid_annotation", f"annotation {ann.PREFIX}outbound: {e}", 400) from None
+        raise Denied(Reason.INVALID_ANNOTATION, f"annotation {ann.PREFIX}outbound: {e}", 400) from None
 
 
 def _max_version(values: dict) -> str:
     low, high = values.get("tls-min-version", "TLSv1_2"), values.get("tls-max-version", "TLSv1_3")
     if (low, high) == ("TLSv1_3", "TLSv1_2"):
-        raise Denied("invalid_annotation", f"annotation {ann.PREFIX}tls-max-version TLSv1_2 is below "
+        raise Denied(Reason.INVALID_ANNOTATION, f"annotation {ann.PREFIX}tls-max-version TLSv1_2 is below "
                      f"{ann.PREFIX}tls-min-version TLSv1_3", 400)
     return high
 
@@ -77,7 +78,7 @@ def _max_version(values: dict) -> str:
 def _ecdh_curves(values: dict, config: InjectorConfig) -> tuple[str, ...]:
     curves = tuple(values.get("ecdh-curves") or config.proxy.ecdh_curves)
     if curves and all(c in ann.HYBRID_CURVES for c in curves) and values.get("tls-max-version") == "TLSv1_2":
-        raise Denied("invalid_annotation", f"{', '.join(curves)} exist only in TLS 1.3, but "
+        raise Denied(Reason.INVALID_ANNOTATION, f"{', '.join(curves)} exist only in TLS 1.3, but "
                      f"{ann.PREFIX}tls-max-version is TLSv1_2: add a classic group (X25519) or allow TLS 1.3", 400)
     return curves
 
@@ -86,7 +87,7 @@ def _render(template: str, **values) -> str:
     try:
         return template.format(**values)
     except (KeyError, IndexError, ValueError) as e:
-        raise Denied("config", f"naming template {template!r} is invalid ({e}); fix the injector "
+        raise Denied(Reason.CONFIG, f"naming template {template!r} is invalid ({e}); fix the injector "
                      "configuration", 500) from None
 
 
@@ -96,21 +97,21 @@ def select(pod: dict, namespace: str, config: InjectorConfig, values: dict | Non
         try:
             values = ann.parse((pod.get("metadata") or {}).get("annotations"))
         except ann.AnnotationError as e:
-            raise Denied("invalid_annotation", str(e), 400) from None
+            raise Denied(Reason.INVALID_ANNOTATION, str(e), 400) from None
     env = values.get("env") or config.default_environment
     if env is None:
-        raise Denied("missing_env", f"annotation {ann.PREFIX}env is required (one of "
+        raise Denied(Reason.MISSING_ENV, f"annotation {ann.PREFIX}env is required (one of "
                      f"{', '.join(config.environments)}), or set defaultEnvironment in the injector "
                      "configuration", 400)
     if env not in config.environments:
-        raise Denied("unknown_env", f"annotation {ann.PREFIX}env: unknown environment {env!r}; "
+        raise Denied(Reason.UNKNOWN_ENV, f"annotation {ann.PREFIX}env: unknown environment {env!r}; "
                      f"known: {', '.join(config.environments)} (configuration key environments)", 400)
     bl_name = values.get("business-line")
     bl = None
     if bl_name is not None:
         bl = config.business_lines.get(bl_name)
         if bl is None:
-            raise Denied("unknown_business_line", f"annotation {ann.PREFIX}business-line: unknown business "
+            raise Denied(Reason.UNKNOWN_BUSINESS_LINE, f"annotation {ann.PREFIX}business-line: unknown business "
                          f"line {bl_name!r}; known: {', '.join(sorted(config.business_lines)) or 'none'} "
                          "(configuration key businessLines)", 400)
     service = _service_name(pod, values.get("service"))
@@ -121,7 +122,7 @@ def select(pod: dict, namespace: str, config: InjectorConfig, values: dict | Non
     certs = tuple(values.get("certificates") or [template_names[0]])
     trust = tuple(values.get("trust-bundles") or [template_names[1]])
     if set(certs) & set(trust):
-        raise Denied("name_collision", f"names used both as certificate and trust bundle: "
+        raise Denied(Reason.NAME_COLLISION, f"names used both as certificate and trust bundle: "
                      f"{sorted(set(certs) & set(trust))}", 400)
     resources = tuple((k, values[k]) for k in ("proxy-cpu", "proxy-memory", "agent-cpu", "agent-memory")
                       if k in values)
@@ -148,9 +149,9 @@ def governing_rule(namespace: str, policy: NamespacePolicy, labels: dict[str, st
         if r.matches(namespace, labels):
             return i, r
         if r.namespace_selector is not None and labels is None:
-            raise Denied("namespace_labels_unknown", f"namespace {namespace!r}: its labels are not known yet, "
+            raise Denied(Reason.NAMESPACE_LABELS_UNKNOWN, f"namespace {namespace!r}: its labels are not known yet, "
                          f"so namespacePolicy.rules[{i}] (a label rule) cannot be decided; retry shortly", 503)
-    raise Denied("policy_no_rule", f"namespace {namespace!r} is not covered by any namespacePolicy "
+    raise Denied(Reason.POLICY_NO_RULE, f"namespace {namespace!r} is not covered by any namespacePolicy "
                  f"rule ({asked}); add a rule for it to namespacePolicy.rules in the injector configuration")
 
 
@@ -178,6 +179,6 @@ def check_policy(sel: Selection, policy: NamespacePolicy, labels: dict[str, str]
     if bad:
         problems.append(f"trust bundles {bad} (allowed: {', '.join(rule.trust_bundles or [trust_template])})")
     if problems:
-        raise Denied("policy", f"namespace {sel.namespace!r} may not use {'; '.join(problems)} — {asked}. "
+        raise Denied(Reason.POLICY, f"namespace {sel.namespace!r} may not use {'; '.join(problems)} — {asked}. "
                      f"The namespace is governed by namespacePolicy.rules[{i}] of the injector configuration; "
                      "change that rule or the pod's annotations")

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..bodies import TooLarge, read_limited
 from .identity import Refused
 from .service import Issuer
+from sds_core.reasons import Reason
 
 JSON = "application/json"
 MAX_BODY = 64 * 1024
@@ -37,15 +38,15 @@ async def _read(request: Request, model: type[T]) -> tuple[str, T]:
     try:
         body = await read_limited(request, MAX_BODY)
     except TooLarge as e:
-        raise Refused("bad_request", str(e), 413) from None
+        raise Refused(Reason.BAD_REQUEST, str(e), 413) from None
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise Refused("bad_request", "body is not JSON", 400) from None
+        raise Refused(Reason.BAD_REQUEST, "body is not JSON", 400) from None
     try:
         return token, api.parse(model, data)
     except ValueError as e:
-        raise Refused("bad_request", str(e), 400) from None
+        raise Refused(Reason.BAD_REQUEST, str(e), 400) from None
 
 
 def create_app(issuer: Issuer, ready=lambda: True) -> FastAPI:
@@ -61,7 +62,7 @@ def create_app(issuer: Issuer, ready=lambda: True) -> FastAPI:
         except Refused as e:
             return _error(e.status, e.reason, e.message)
         except Exception as e:  # noqa: BLE001 - e.g. the API server unreachable: retryable, not a 500
-            return _error(503, "unavailable", f"the issuer cannot decide now ({type(e).__name__}); retry")
+            return _error(503, Reason.UNAVAILABLE, f"the issuer cannot decide now ({type(e).__name__}); retry")
         return Response(orjson.dumps(out), media_type=JSON)
 
     @app.post(api.CERTIFICATES)
@@ -80,7 +81,7 @@ def create_app(issuer: Issuer, ready=lambda: True) -> FastAPI:
         try:
             body = await read_limited(request, 4096)
         except TooLarge:
-            return _error(413, "bad_request", "an OCSP request is a few hundred bytes")
+            return _error(413, Reason.BAD_REQUEST, "an OCSP request is a few hundred bytes")
         return Response(respond(issuer.authority, body), media_type="application/ocsp-response")
 
     @app.post(api.TRUST_BUNDLES)

@@ -12,13 +12,14 @@ from sds_core import names
 from sds_core.policy.config import InjectorConfig
 from sds_core.policy.selection import Denied, check_policy, select
 from .tokens import Caller
+from sds_core.reasons import Reason
 
 
 class Refused(Denied):
     """The issuer's answer to a request it will not serve: the webhook's Denied (reason, message
     to act on, code) with the code as the HTTP status, 403 unless said."""
 
-    def __init__(self, reason: str, message: str, status: int = 403):
+    def __init__(self, reason: Reason, message: str, status: int = 403):
         super().__init__(reason, message, status)
 
     @property
@@ -46,16 +47,16 @@ def check_binding(caller: Caller, pod: dict | None) -> dict:
     token's account. TokenReview invalidates a deleted pod's token only after its ~10 s cache
     and JWKS never does: the pod object is what says the pod is going away."""
     if pod is None:
-        raise Refused("pod_gone", f"pod {caller.namespace}/{caller.pod_name}, to which the token is bound, "
+        raise Refused(Reason.POD_GONE, f"pod {caller.namespace}/{caller.pod_name}, to which the token is bound, "
                       "does not exist")
     meta, spec = pod["metadata"], pod["spec"]
     if meta.get("uid") != caller.pod_uid:
-        raise Refused("pod_mismatch", f"the token is bound to another pod than {caller.namespace}/"
+        raise Refused(Reason.POD_MISMATCH, f"the token is bound to another pod than {caller.namespace}/"
                       f"{caller.pod_name} (uid differs: the pod was deleted and re-created)")
     if meta.get("namespace") != caller.namespace or spec.get("serviceAccountName") != caller.service_account:
-        raise Refused("pod_mismatch", "the token's namespace or service account does not match its pod")
+        raise Refused(Reason.POD_MISMATCH, "the token's namespace or service account does not match its pod")
     if meta.get("deletionTimestamp"):
-        raise Refused("pod_terminating", f"pod {caller.namespace}/{caller.pod_name} is being deleted "
+        raise Refused(Reason.POD_TERMINATING, f"pod {caller.namespace}/{caller.pod_name} is being deleted "
                       f"(deletionTimestamp {meta['deletionTimestamp']}); no new certificates for it")
     return pod
 
@@ -65,10 +66,10 @@ def grant(caller: Caller, pod: dict | None, services: list[str], namespace_label
     pod = check_binding(caller, pod)
     meta, spec, status = pod["metadata"], pod["spec"], pod["status"]
     if spec.get("hostNetwork"):
-        raise Refused("host_network", "hostNetwork pods share the node's network identity; not issued")
+        raise Refused(Reason.HOST_NETWORK, "hostNetwork pods share the node's network identity; not issued")
     namespace = caller.namespace
     if namespace in cfg.system_namespaces:
-        raise Refused("system_namespace", f"namespace {namespace!r} is a system namespace; not issued")
+        raise Refused(Reason.SYSTEM_NAMESPACE, f"namespace {namespace!r} is a system namespace; not issued")
     try:
         sel = select({"metadata": meta, "spec": spec}, namespace, cfg)
         check_policy(sel, cfg.namespace_policy, namespace_labels)  # unknown labels fail closed
@@ -78,7 +79,7 @@ def grant(caller: Caller, pod: dict | None, services: list[str], namespace_label
         [status["podIP"]] if status.get("podIP") else [])
     dns = names.workload_dns_names(services, namespace, cfg.agent.cluster_domain)
     if len(dns) > max_dns_names:
-        raise Refused("too_many_dns_names", f"{len(services)} Services select pod {namespace}/{caller.pod_name}, "
+        raise Refused(Reason.TOO_MANY_DNS_NAMES, f"{len(services)} Services select pod {namespace}/{caller.pod_name}, "
                       f"giving {len(dns)} DNS names; the issuer puts at most {max_dns_names} into one certificate "
                       "(issuer setting max_dns_names): select the pod with fewer Services")
     return Grant(namespace=namespace, service_account=caller.service_account, pod=caller.pod_name,

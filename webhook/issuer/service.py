@@ -19,6 +19,7 @@ from .authority import Authority, edge, line
 from .identity import Grant, Refused, check_binding, grant
 from .inventory import ISSUED, REFUSED, Inventory
 from .tokens import Caller, TokenRefused
+from sds_core.reasons import Reason
 
 log = logging.getLogger("issuer")
 _CURVES = (ec.SECP256R1, ec.SECP384R1)
@@ -29,15 +30,15 @@ def public_key_of(csr_pem: str) -> object:
     try:
         csr = x509.load_pem_x509_csr(csr_pem.encode() if isinstance(csr_pem, str) else csr_pem)
     except (ValueError, TypeError):
-        raise Refused("bad_csr", "csr: not a PEM certificate signing request", 400) from None
+        raise Refused(Reason.BAD_CSR, "csr: not a PEM certificate signing request", 400) from None
     if not csr.is_signature_valid:
-        raise Refused("bad_csr", "csr: its signature does not verify (proof of key possession failed)", 400)
+        raise Refused(Reason.BAD_CSR, "csr: its signature does not verify (proof of key possession failed)", 400)
     key = csr.public_key()
     if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, _CURVES):
         return key
     if isinstance(key, rsa.RSAPublicKey) and 2048 <= key.key_size <= 8192:
         return key
-    raise Refused("weak_key", "csr: key must be EC P-256/P-384 or RSA 2048-8192", 400)
+    raise Refused(Reason.WEAK_KEY, "csr: key must be EC P-256/P-384 or RSA 2048-8192", 400)
 
 
 class Issuer:
@@ -69,7 +70,7 @@ class Issuer:
             caller, g = self._grant(token, cfg)
             allowed = g.certificates if kind == "certificate" else g.trust_bundles
             if name not in allowed:
-                raise Refused("name_not_allowed", f"{kind} {name!r} is not one this pod may have (its "
+                raise Refused(Reason.NAME_NOT_ALLOWED, f"{kind} {name!r} is not one this pod may have (its "
                               f"annotations and the namespace policy give {list(allowed)})")
             key = public_key_of(csr_pem) if csr_pem is not None else None
             signing, trusted = self._cas_of(g, cfg)
@@ -98,7 +99,7 @@ class Issuer:
         try:
             return authority.bundle(name, self.overlap)
         except KeyError as e:
-            raise Refused("no_ca", f"{e.args[0]}; the issuer creates it within a minute of the configuration", 503) \
+            raise Refused(Reason.NO_CA, f"{e.args[0]}; the issuer creates it within a minute of the configuration", 503) \
                 from None
 
     @staticmethod
@@ -106,7 +107,7 @@ class Issuer:
         try:
             return authority.ca(env)
         except KeyError as e:
-            raise Refused("no_ca", f"{e.args[0]}; add it to the issuer's environments", 503) from None
+            raise Refused(Reason.NO_CA, f"{e.args[0]}; add it to the issuer's environments", 503) from None
 
     def _refused(self, e: Refused, caller: Caller | None, **fields) -> NoReturn:
         """Count and audit a refusal, then raise it."""
@@ -145,12 +146,12 @@ class Issuer:
             except TokenRefused as e:
                 raise Refused(e.reason, e.message, 401) from None
             if f"{caller.namespace}/{caller.service_account}" not in self.gateways:
-                raise Refused("not_a_gateway", f"service account {caller.namespace}/{caller.service_account} is not "
+                raise Refused(Reason.NOT_A_GATEWAY, f"service account {caller.namespace}/{caller.service_account} is not "
                               "a gateway (issuer setting gateway_identities); tenant certificates are not issued to it")
             check_binding(caller, self.cluster.pod(caller.namespace, caller.pod_name))
             claim = next((t for t in self.cluster.gateway_tenants(self.config()).tenants if t.key == tenant), None)
             if claim is None:
-                raise Refused("no_such_tenant", f"tenant {tenant!r} has no served hostnames: no such claim, or it was "
+                raise Refused(Reason.NO_SUCH_TENANT, f"tenant {tenant!r} has no served hostnames: no such claim, or it was "
                               "refused (see the gateway's /readyz)")
             key = public_key_of(csr_pem)
             ca = self._ca(self.authority, edge(claim.env))  # never the workload CA: sidecars must not trust it

@@ -18,12 +18,13 @@ import time
 from dataclasses import dataclass
 
 import jwt
+from sds_core.reasons import Reason
 
 SA_PREFIX = "system:serviceaccount:"
 
 
 class TokenRefused(Exception):
-    def __init__(self, reason: str, message: str):
+    def __init__(self, reason: Reason, message: str):
         super().__init__(message)
         self.reason, self.message = reason, message
 
@@ -38,7 +39,7 @@ class Caller:
 
 def _bearer(token: str) -> str:
     if not token or len(token) > 16384:
-        raise TokenRefused("no_token", "no service-account token (Authorization: Bearer <projected token>)")
+        raise TokenRefused(Reason.NO_TOKEN, "no service-account token (Authorization: Bearer <projected token>)")
     return token
 
 
@@ -58,20 +59,20 @@ class TokenReviewVerifier:
                                                   _request_timeout=5)
         status = json.loads(resp.data).get("status") or {}
         if not status.get("authenticated"):
-            raise TokenRefused("token_invalid", f"the API server refused the token: "
+            raise TokenRefused(Reason.TOKEN_INVALID, f"the API server refused the token: "
                                f"{status.get('error') or 'not authenticated'}")
         if self.audience not in (status.get("audiences") or []):
-            raise TokenRefused("token_audience", f"the token is not for audience {self.audience!r}")
+            raise TokenRefused(Reason.TOKEN_AUDIENCE, f"the token is not for audience {self.audience!r}")
         user = status.get("user") or {}
         username = user.get("username") or ""
         if not username.startswith(SA_PREFIX) or username.count(":") != 3:
-            raise TokenRefused("not_a_service_account", f"{username!r} is not a service account")
+            raise TokenRefused(Reason.NOT_A_SERVICE_ACCOUNT, f"{username!r} is not a service account")
         namespace, sa = username[len(SA_PREFIX):].split(":")
         extra = user.get("extra") or {}
         pod_name = (extra.get("authentication.kubernetes.io/pod-name") or [""])[0]
         pod_uid = (extra.get("authentication.kubernetes.io/pod-uid") or [""])[0]
         if not pod_name or not pod_uid:
-            raise TokenRefused("not_pod_bound", "the token is not bound to a pod; mount a projected "
+            raise TokenRefused(Reason.NOT_POD_BOUND, "the token is not bound to a pod; mount a projected "
                                "service-account token (serviceAccountToken volume source)")
         return Caller(namespace, sa, pod_name, pod_uid)
 
@@ -117,35 +118,35 @@ class JwksVerifier:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
-            raise TokenRefused("token_malformed", "the token is not a JWT") from None
+            raise TokenRefused(Reason.TOKEN_MALFORMED, "the token is not a JWT") from None
         self._refresh(force=False)
         key = self._keys.get(header.get("kid", ""))
         if key is None:
             self._refresh(force=True)
             key = self._keys.get(header.get("kid", ""))
         if key is None:
-            raise TokenRefused("token_invalid", "the token is not signed by a key of the cluster's issuer")
+            raise TokenRefused(Reason.TOKEN_INVALID, "the token is not signed by a key of the cluster's issuer")
         try:
             claims = jwt.decode(token, key, algorithms=["RS256", "ES256", "ES384", "PS256"], audience=self.audience,
                                 issuer=self.issuer, options={"require": ["exp", "iat", "iss", "aud", "sub"]},
                                 leeway=5)
         except jwt.ExpiredSignatureError:
-            raise TokenRefused("token_expired", "the token has expired") from None
+            raise TokenRefused(Reason.TOKEN_EXPIRED, "the token has expired") from None
         except jwt.ImmatureSignatureError:
-            raise TokenRefused("token_not_yet_valid", "the token is not valid yet (nbf/iat in the future)") from None
+            raise TokenRefused(Reason.TOKEN_NOT_YET_VALID, "the token is not valid yet (nbf/iat in the future)") from None
         except jwt.InvalidAudienceError:
-            raise TokenRefused("token_audience", f"the token is not for audience {self.audience!r}") from None
+            raise TokenRefused(Reason.TOKEN_AUDIENCE, f"the token is not for audience {self.audience!r}") from None
         except jwt.InvalidIssuerError:
-            raise TokenRefused("token_issuer", f"the token's issuer is not {self.issuer!r}") from None
+            raise TokenRefused(Reason.TOKEN_ISSUER, f"the token's issuer is not {self.issuer!r}") from None
         except jwt.PyJWTError as e:
-            raise TokenRefused("token_invalid", f"the token is invalid: {type(e).__name__}") from None
+            raise TokenRefused(Reason.TOKEN_INVALID, f"the token is invalid: {type(e).__name__}") from None
         k8s = claims.get("kubernetes.io") or {}
         pod = k8s.get("pod") or {}
         sa = k8s.get("serviceaccount") or {}
         namespace = k8s.get("namespace") or ""
         if claims.get("sub") != f"{SA_PREFIX}{namespace}:{sa.get('name')}":
-            raise TokenRefused("not_a_service_account", "the token's subject is not its service account")
+            raise TokenRefused(Reason.NOT_A_SERVICE_ACCOUNT, "the token's subject is not its service account")
         if not pod.get("name") or not pod.get("uid"):
-            raise TokenRefused("not_pod_bound", "the token is not bound to a pod; mount a projected "
+            raise TokenRefused(Reason.NOT_POD_BOUND, "the token is not bound to a pod; mount a projected "
                                "service-account token (serviceAccountToken volume source)")
         return Caller(namespace, sa["name"], pod["name"], pod["uid"])
