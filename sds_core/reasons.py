@@ -27,6 +27,7 @@ class Reason(StrEnum):
     MALFORMED_POD = "malformed_pod"
     MALFORMED_REQUEST = "malformed_request"
     MISSING_ENV = "missing_env"
+    ENV_NOT_IN_NAMESPACE = "env_not_in_namespace"
     NAME_COLLISION = "name_collision"
     NAMESPACE_LABELS_UNKNOWN = "namespace_labels_unknown"
     NOT_A_POD = "not_a_pod"

@@ -390,3 +390,18 @@ def test_a_deleted_pods_token_is_refused_while_tokenreview_still_caches_it(world
     if issuer.env["ISSUER_TOKEN_VERIFIER"] == "tokenreview":  # JWKS never asked the API server
         assert kube.review({"spec": {"token": token, "audiences": ["sds-injector"]}})["status"]["authenticated"]
     _wait_refused(issuer, token, "pod_gone")
+
+
+def test_the_namespace_environment_label_is_applied_at_signing_too(world):
+    """A pod that skipped the webhook cannot pick another environment than its namespace's
+    label permits; one without an env annotation gets the labelled one."""
+    kube, issuer = world
+    kube.add_namespace("bank-prod", {"sds-injector.io/env": "prod"})
+    plain = kube.add_pod("bank-prod", "teller-1", "teller", {"app": "teller"}, {"sds-injector.io/business-line": "retail"})
+    status, out = harness.wait_for(lambda: (a := sign(issuer, kube.mint(plain), "retail-service-cert"))[0] == 200 and a,
+                                   what="the issuer seeing the namespace label")
+    assert "prod" in leaf_of(out).issuer.rfc4514_string()
+    other = kube.add_pod("bank-prod", "teller-2", "teller", {"app": "teller"},
+                         {"sds-injector.io/env": "dev", "sds-injector.io/business-line": "retail"})
+    status, out = sign(issuer, kube.mint(other), "retail-service-cert")
+    assert (status, out["reason"]) == (403, "env_not_in_namespace"), out

@@ -461,3 +461,30 @@ def test_certificate_and_trust_bundle_names_are_limited_to_the_templates():
         assert not out["response"]["allowed"] and what in out["response"]["status"]["message"], annos
     _, out = call(review(pod({"sds-injector.io/env": "dev", "sds-injector.io/certificates": "web-dev-cert"})))
     assert out["response"]["allowed"]
+
+
+@pytest.mark.parametrize("label, annotations, expected", [
+    ("prod", {}, ("injected", "prod")),                              # the namespace's environment
+    ("prod", {"sds-injector.io/env": "prod"}, ("injected", "prod")),
+    ("prod", {"sds-injector.io/env": "dev"}, ("denied", "env_not_in_namespace")),
+    ("dev.staging", {}, ("injected", "dev")),                        # several: the first is the default
+    ("dev.staging", {"sds-injector.io/env": "staging"}, ("injected", "staging")),
+    (None, {}, ("denied", "missing_env")),                           # no label, no annotation
+])
+def test_the_namespace_label_gives_the_environment(label, annotations, expected):
+    """The README's install works without an env annotation: the platform team labels the
+    namespace (tenants with `edit` cannot); an annotation may only choose among what it permits."""
+    cfg = InjectorConfig.model_validate({"namespacePolicy": {"rules": [
+        {"namespaces": ["team-*"], "environments": ["prod", "dev", "staging"]}]}})
+    labels = {"kubernetes.io/metadata.name": "team-a", **({"sds-injector.io/env": label} if label else {})}
+    _, out = call(review(pod(annotations or None, namespace="team-a"), namespace="team-a"), cfg,
+                  lambda ns: labels)
+    resp = out["response"]
+    if expected[0] == "denied":
+        message = {"env_not_in_namespace": "is not an environment of namespace 'team-a', whose label",
+                   "missing_env": "or the platform team labels the namespace sds-injector.io/env=<env>"}[expected[1]]
+        assert not resp["allowed"] and message in resp["status"]["message"], resp
+        return
+    patched = jsonpatch.apply_patch(pod(annotations or None, namespace="team-a"), decode_patch(out))
+    agent = next(c for c in patched["spec"]["initContainers"] if c["name"] == "sds-agent")
+    assert {e["name"]: e.get("value") for e in agent["env"]}["SDS_ENV"] == expected[1]

@@ -133,10 +133,15 @@ def _serve(rest: list[str]) -> int:
         from sds_core.kube.client import api_client
 
         labels = (NamespaceLabels(api_client(settings.kubeconfig)).start()
-                  if store.get().namespace_policy.uses_labels else None)
-    except Exception as e:  # noqa: BLE001 - no cluster credentials: say so, do not start half-way
-        print(f"webhook: label-based namespacePolicy rules need the Kubernetes API: {e}", file=sys.stderr)
-        return 2
+                  if store.get().needs_namespace_labels else None)
+    except Exception as e:  # noqa: BLE001 - no cluster credentials
+        if store.get().namespace_policy.uses_labels:  # label rules cannot be decided: do not start half-way
+            print(f"webhook: label-based namespacePolicy rules need the Kubernetes API: {e}", file=sys.stderr)
+            return 2
+        # Only the environment label wants them: run on annotations and defaultEnvironment (local runs).
+        print(f"webhook: no Kubernetes API ({type(e).__name__}): namespace environment labels are not read",
+              file=sys.stderr)
+        labels = None
     _fast_loop()
     app = create_app(store, labels, settings.max_body_bytes, settings.benchmark_baseline)
     also = []

@@ -58,8 +58,8 @@ def decide(pod: dict, namespace: str, cfg: InjectorConfig,
     if record and record.get("revision") == cfg.revision and record.get("mode", "envoy") == mode:
         return Outcome("skip", Reason.ALREADY_INJECTED)
     try:
-        sel = select(pod, namespace, cfg, values)
-        labels = namespace_labels(namespace) if cfg.namespace_policy.uses_labels and namespace_labels else None
+        labels = namespace_labels(namespace) if cfg.needs_namespace_labels and namespace_labels else None
+        sel = select(pod, namespace, cfg, values, labels)
         check_policy(sel, cfg.namespace_policy, labels)
         plan = planning.build(sel, cfg, mode, istio.has_socket_volume(stripped))
         if not (stripped.get("spec") or {}).get("containers"):

@@ -210,6 +210,11 @@ class InjectorConfig(Strict):
     naming: Naming = Field(default_factory=Naming)
     environments: list[str] = Field(default_factory=lambda: ["prod", "staging", "dev"])
     default_environment: str | None = Field(None, alias="defaultEnvironment")
+    # A namespace label only the operator sets (tenants with `edit` cannot change namespaces):
+    # its value is the namespace's environment, or several joined by "." (the first is the
+    # default). A pod without an env annotation gets it; an annotation may only choose among
+    # them. null: annotations (and defaultEnvironment) alone.
+    namespace_environment_label: str | None = Field(f"{PREFIX}env", alias="namespaceEnvironmentLabel")
     business_lines: dict[str, BusinessLine] = Field(
         default_factory=lambda: {"retail": BusinessLine(), "corporate": BusinessLine()}, alias="businessLines")
     namespace_policy: NamespacePolicy = Field(default_factory=NamespacePolicy, alias="namespacePolicy")
@@ -232,6 +237,10 @@ class InjectorConfig(Strict):
         if unknown:
             raise ValueError(f"businessLines ... trusts names unknown business lines: {sorted(unknown)}")
         return self
+
+    @property
+    def needs_namespace_labels(self) -> bool:
+        return self.namespace_policy.uses_labels or self.namespace_environment_label is not None
 
     @cached_property  # the config is frozen; hashing its dump on every admission would dominate
     def revision(self) -> str:

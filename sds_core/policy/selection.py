@@ -91,18 +91,44 @@ def _render(template: str, **values) -> str:
                      "configuration", 500) from None
 
 
-def select(pod: dict, namespace: str, config: InjectorConfig, values: dict | None = None) -> Selection:
-    """`values`: the parsed annotations, when the caller already has them."""
+def namespace_environments(config: InjectorConfig, labels: dict | None) -> list[str] | None:
+    """The environments the namespace's label permits (first: its default), or None when the
+    configuration names no label, the namespace has none, or its labels are not known."""
+    key = config.namespace_environment_label
+    value = (labels or {}).get(key) if key else None
+    if not isinstance(value, str):
+        return None
+    return [e for e in value.split(".") if e] or None
+
+
+def _environment(values: dict, namespace: str, config: InjectorConfig, labels: dict | None) -> str:
+    permitted = namespace_environments(config, labels)
+    env = values.get("env")
+    if env is None:
+        env = permitted[0] if permitted else config.default_environment
+    elif permitted is not None and env not in permitted:
+        raise Denied(Reason.ENV_NOT_IN_NAMESPACE, f"annotation {ann.PREFIX}env: {env!r} is not an environment of "
+                     f"namespace {namespace!r}, whose label {config.namespace_environment_label} permits "
+                     f"{', '.join(permitted)} (set by the platform team)", 403)
+    if env is None:
+        label = config.namespace_environment_label
+        raise Denied(Reason.MISSING_ENV, f"annotation {ann.PREFIX}env is required (one of "
+                     f"{', '.join(config.environments)})"
+                     + (f", or the platform team labels the namespace {label}=<env>" if label else "")
+                     + ", or set defaultEnvironment in the injector configuration", 400)
+    return env
+
+
+def select(pod: dict, namespace: str, config: InjectorConfig, values: dict | None = None,
+           namespace_labels: dict | None = None) -> Selection:
+    """`values`: the parsed annotations, when the caller already has them; `namespace_labels`:
+    the namespace's labels, None when not known."""
     if values is None:
         try:
             values = ann.parse((pod.get("metadata") or {}).get("annotations"))
         except ann.AnnotationError as e:
             raise Denied(Reason.INVALID_ANNOTATION, str(e), 400) from None
-    env = values.get("env") or config.default_environment
-    if env is None:
-        raise Denied(Reason.MISSING_ENV, f"annotation {ann.PREFIX}env is required (one of "
-                     f"{', '.join(config.environments)}), or set defaultEnvironment in the injector "
-                     "configuration", 400)
+    env = _environment(values, namespace, config, namespace_labels)
     if env not in config.environments:
         raise Denied(Reason.UNKNOWN_ENV, f"annotation {ann.PREFIX}env: unknown environment {env!r}; "
                      f"known: {', '.join(config.environments)} (configuration key environments)", 400)

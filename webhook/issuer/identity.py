@@ -71,7 +71,7 @@ def grant(caller: Caller, pod: dict | None, services: list[str], namespace_label
     if namespace in cfg.system_namespaces:
         raise Refused(Reason.SYSTEM_NAMESPACE, f"namespace {namespace!r} is a system namespace; not issued")
     try:
-        sel = select({"metadata": meta, "spec": spec}, namespace, cfg)
+        sel = select({"metadata": meta, "spec": spec}, namespace, cfg, namespace_labels=namespace_labels)
         check_policy(sel, cfg.namespace_policy, namespace_labels)  # unknown labels fail closed
     except Denied as d:
         raise Refused(d.reason, d.message, 503 if d.code == 503 else 403) from None

@@ -14,3 +14,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "sds.usesLabels" -}}
 {{- range .Values.config.namespacePolicy.rules }}{{ if .namespaceSelector }}true{{ end }}{{ end -}}
 {{- end -}}
+{{- /* The webhook reads namespace labels for label rules and for the environment label. */}}
+{{- define "sds.readsNamespaces" -}}
+{{- if or (include "sds.usesLabels" .) .Values.config.namespaceEnvironmentLabel }}true{{ end -}}
+{{- end -}}
