@@ -305,3 +305,10 @@ def test_the_config_schema_is_generated_from_the_configuration_model():
     current = json.loads((CHART / "values.schema.json").read_text())
     assert (CHART / "values.schema.json").read_text() == chart_values_schema(current), \
         "stale: python -m webhook chart-schema > charts/sds-injector/values.schema.json"
+
+
+def test_the_notes_say_the_ca_secret_is_kept_and_how_to_destroy_it():
+    out = helm("install", "sds", str(CHART), "-n", "sds-system", "--dry-run=client").stdout
+    notes = out.split("NOTES:", 1)[1]
+    assert "KEPT by `helm uninstall`" in notes
+    assert "kubectl delete secret sds-sds-injector-ca -n sds-system" in notes

@@ -111,3 +111,20 @@ def test_a_running_issuer_picks_up_a_rotation_made_by_another_replica(tmp_path):
     finally:
         issuer.stop()
         kube.stop()
+
+
+def test_the_ca_secret_is_kept_across_a_reinstall_and_renewed_only_when_deleted(core):
+    """`helm uninstall` leaves the CA Secret (the issuer made it; it says keep): a reinstall's
+    issuer settles on the same CAs. Deleting it (the documented way to start over) gives new
+    ones. Modelled with the API double: the release's own objects are not in it."""
+    api, kube = core
+    first = load_or_create(api, "sds-system", "sds-injector-ca", Layout(tuple(ENVS), TD))
+    stored = kube.objects["secrets"][("sds-system", "sds-injector-ca")]
+    assert stored["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert stored["metadata"]["labels"]["sds-injector.io/component"] == "ca"
+    again = load_or_create(api, "sds-system", "sds-injector-ca", Layout(tuple(ENVS), TD))  # the reinstall
+    assert again.root.cert == first.root.cert and again.ca("prod").cert == first.ca("prod").cert
+    kube.delete("secrets", "sds-system", "sds-injector-ca")  # kubectl delete secret ...
+    fresh = load_or_create(api, "sds-system", "sds-injector-ca", Layout(tuple(ENVS), TD))
+    assert fresh.root.cert != first.root.cert and fresh.ca("prod").cert != first.ca("prod").cert
+

@@ -206,7 +206,11 @@ def load_or_create(core, namespace: str, secret_name: str, layout: Layout, attem
             body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                     "metadata": {"name": secret_name, "namespace": namespace,
                                  "labels": {"app.kubernetes.io/name": "sds-injector",
-                                            "sds-injector.io/component": "ca"}},
+                                            "sds-injector.io/component": "ca"},
+                                 # Deliberately outlives `helm uninstall` (running pods keep
+                                 # verifying; a reinstall reuses the CAs). Helm does not own it; the
+                                 # annotation says so to anyone adopting it. Destroy: docs/issuer.md.
+                                 "annotations": {"helm.sh/resource-policy": "keep"}},
                     "data": auth.to_secret_data()}
             try:
                 core.create_namespaced_secret(namespace, body, _request_timeout=10)
