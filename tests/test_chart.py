@@ -312,3 +312,23 @@ def test_the_notes_say_the_ca_secret_is_kept_and_how_to_destroy_it():
     notes = out.split("NOTES:", 1)[1]
     assert "KEPT by `helm uninstall`" in notes
     assert "kubectl delete secret sds-sds-injector-ca -n sds-system" in notes
+
+
+@pytest.mark.parametrize("example", sorted(p for p in (ROOT / "examples").glob("*.yaml") if p.name != "config.yaml"),
+                         ids=lambda p: p.name)
+def test_every_shipped_example_passes_pod_security_restricted_once_injected(example):
+    """The examples are written for `restricted` (README): their own containers and the
+    sidecars the webhook adds. Checked with devkit/pod_security.py, a model of the profile."""
+    from devkit.pod_security import violations
+    from sds_core.policy.config import load_config, with_issuer_ca
+    from webhook.manifests import inject_document
+
+    cfg = with_issuer_ca(load_config(ROOT / "examples" / "config.yaml"), "-----BEGIN CERTIFICATE-----\n")
+    docs = [d for d in yaml.safe_load_all(example.read_text()) if d]
+    templates = [d for d in docs if d.get("kind") in ("Deployment", "StatefulSet", "DaemonSet", "Pod")]
+    assert templates, f"{example.name} holds no workload"
+    for i, doc in enumerate(templates):
+        injected = inject_document(doc, cfg, None, i, lambda _: None) or doc
+        spec = injected["spec"] if injected["kind"] == "Pod" else injected["spec"]["template"]["spec"]
+        assert any(c["name"] == "sds-agent" for c in spec.get("initContainers", []) + spec["containers"])
+        assert violations(spec) == [], (example.name, violations(spec))
