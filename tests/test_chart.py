@@ -241,8 +241,8 @@ def test_gateway_renders_strictly_and_passes_pod_security_restricted(extra):
     assert agent_env["SDS_GATEWAY_MAX_CONNECTIONS"] == "50000"
     # Least privilege: claims and namespace labels, read-only; no Secret anywhere.
     role = objs[("ClusterRole", "rel-sds-injector-gateway")]
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps", "namespaces"],
-                              "verbs": ["get", "list", "watch"]}]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch"]},
+                             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}]
     spec = gw["spec"]["template"]["spec"]
     issuer_ca = [v for v in spec["volumes"] if v["name"] == "issuer-ca"]
     webhook_env = {e["name"]: e.get("value") for e in deps["rel-sds-injector"]["spec"]["template"]["spec"]
@@ -332,3 +332,23 @@ def test_every_shipped_example_passes_pod_security_restricted_once_injected(exam
         spec = injected["spec"] if injected["kind"] == "Pod" else injected["spec"]["template"]["spec"]
         assert any(c["name"] == "sds-agent" for c in spec.get("initContainers", []) + spec["containers"])
         assert violations(spec) == [], (example.name, violations(spec))
+
+
+def test_rbac_in_gateway_mode_is_as_narrow_as_rbac_allows():
+    """What each service account may do, rule by rule: the only write verbs are creating
+    TokenReviews and the CA Secret (create cannot be limited by name; get and update are, to
+    that one Secret); ConfigMaps are list/watch only (claims; RBAC cannot filter by label:
+    documented). Nothing may read or write Secrets cluster-wide."""
+    docs = render("--set", "gateway.enabled=true")
+    roles = {(d["kind"], d["metadata"]["name"]): d["rules"] for d in docs if d["kind"] in ("ClusterRole", "Role")}
+    for (kind, name), rules in roles.items():
+        for r in rules:
+            writes = set(r.get("verbs", [])) - {"get", "list", "watch"}
+            if "secrets" in r.get("resources", []):
+                assert kind == "Role", f"{name}: Secrets only in the release namespace"
+                assert writes <= {"create", "update"} and ("update" not in writes or r.get("resourceNames")), r
+            elif writes:
+                assert r == {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
+                             "verbs": ["create"]}, (name, r)
+            if "configmaps" in r.get("resources", []):
+                assert set(r["verbs"]) == {"list", "watch"}, (name, r)
