@@ -17,6 +17,11 @@ class Reason(StrEnum):
     OPERATION = "operation"
     OPTED_OUT = "opted_out"
     SYSTEM_NAMESPACE = "system_namespace"
+    # workloads checked at apply time (allowed)
+    NO_POD_TEMPLATE = "no_pod_template"
+    TEMPLATE_UNCHANGED = "template_unchanged"
+    WORKLOAD_ALLOWED = "workload_allowed"
+    NOT_A_WORKLOAD = "not_a_workload"
     # admission: injected
     INJECTED = "injected"
     REINJECTED = "reinjected"

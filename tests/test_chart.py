@@ -352,3 +352,15 @@ def test_rbac_in_gateway_mode_is_as_narrow_as_rbac_allows():
                              "verbs": ["create"]}, (name, r)
             if "configmaps" in r.get("resources", []):
                 assert set(r["verbs"]) == {"list", "watch"}, (name, r)
+
+
+def test_workloads_are_validated_fail_open_on_the_same_namespaces():
+    docs = render()
+    vwc = next(d for d in docs if d["kind"] == "ValidatingWebhookConfiguration")["webhooks"][0]
+    mwc = next(d for d in docs if d["kind"] == "MutatingWebhookConfiguration")["webhooks"][0]
+    assert vwc["failurePolicy"] == "Ignore" and vwc["clientConfig"]["service"]["path"] == "/validate"
+    assert vwc["namespaceSelector"] == mwc["namespaceSelector"] and vwc["clientConfig"]["caBundle"]
+    assert {r for rule in vwc["rules"] for r in rule["resources"]} == {
+        "deployments", "statefulsets", "daemonsets", "replicasets", "jobs", "cronjobs"}
+    assert not [d for d in render("--set", "webhook.validateWorkloads=false")
+                if d["kind"] == "ValidatingWebhookConfiguration"]

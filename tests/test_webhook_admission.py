@@ -488,3 +488,44 @@ def test_the_namespace_label_gives_the_environment(label, annotations, expected)
     patched = jsonpatch.apply_patch(pod(annotations or None, namespace="team-a"), decode_patch(out))
     agent = next(c for c in patched["spec"]["initContainers"] if c["name"] == "sds-agent")
     assert {e["name"]: e.get("value") for e in agent["env"]}["SDS_ENV"] == expected[1]
+
+
+def _workload(kind: str, annotations: dict | None, group: str = "apps", name: str = "cart") -> dict:
+    template = {"metadata": {"labels": {"app": name}, **({"annotations": annotations} if annotations else {})},
+                "spec": {"containers": [{"name": "app", "image": "img:1"}]}}
+    spec = {"jobTemplate": {"spec": {"template": template}}} if kind == "CronJob" else {"template": template}
+    return {"apiVersion": f"{group}/v1", "kind": kind, "metadata": {"name": name, "namespace": "shop"}, "spec": spec}
+
+
+def _validate(obj: dict, operation: str = "CREATE", old: dict | None = None) -> dict:
+    from webhook.workloads import decide_workload
+
+    group, _, _ = obj["apiVersion"].partition("/")
+    r = review(obj, namespace="shop", operation=operation, kind=obj["kind"], group=group)
+    if old is not None:
+        r["request"]["oldObject"] = old
+    status, out = admission.handle(json.dumps(r).encode(), lambda: CONFIG, None, decide_workload)
+    assert status == 200
+    return json.loads(out)["response"]
+
+
+@pytest.mark.parametrize("kind,group", [("Deployment", "apps"), ("StatefulSet", "apps"), ("DaemonSet", "apps"),
+                                        ("ReplicaSet", "apps"), ("Job", "batch"), ("CronJob", "batch")])
+def test_a_workload_whose_pods_would_be_denied_is_denied_when_applied(kind, group):
+    """`kubectl apply` of a Deployment used to succeed while its ReplicaSet could create no pod
+    (the denial only in FailedCreate events). The same decision runs on the pod template."""
+    resp = _validate(_workload(kind, {"sds-injector.io/env": "prod"}, group))  # prod is not shop's
+    assert not resp["allowed"] and resp["status"]["code"] == 403
+    assert resp["status"]["message"].startswith(f"the pods of {kind} cart would be denied by sds-injector:")
+    assert "prod" in resp["status"]["message"]
+    ok = _validate(_workload(kind, {"sds-injector.io/env": "dev"}, group))
+    assert ok["allowed"] and "patch" not in ok  # validating: never changes the workload
+
+
+def test_a_workload_update_that_keeps_its_pod_template_is_never_denied():
+    """A policy changed after the Deployment was made must not freeze it (scale, labels...)."""
+    old = _workload("Deployment", {"sds-injector.io/env": "prod"})
+    new = {**old, "metadata": {**old["metadata"], "labels": {"team": "a"}}}
+    assert _validate(new, "UPDATE", old)["allowed"]
+    changed = _workload("Deployment", {"sds-injector.io/env": "prod", "sds-injector.io/inbound": "8443:8080"})
+    assert not _validate(changed, "UPDATE", old)["allowed"]

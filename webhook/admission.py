@@ -119,8 +119,10 @@ def noop(body: bytes) -> bytes:
     return respond(uid, skip(Reason.NOOP))[1]
 
 
-def handle(body: bytes, config: Callable[[], InjectorConfig], namespace_labels=None) -> tuple[int, bytes]:
-    """Returns (HTTP status, response body): parse, decide, respond, record."""
+def handle(body: bytes, config: Callable[[], InjectorConfig], namespace_labels=None,
+           decider: Callable[..., Verdict] | None = None) -> tuple[int, bytes]:
+    """Returns (HTTP status, response body): parse, decide (pods by default; `decider` for the
+    workload check), respond, record."""
     start = time.perf_counter()
     try:
         try:
@@ -131,7 +133,7 @@ def handle(body: bytes, config: Callable[[], InjectorConfig], namespace_labels=N
         uid = req["uid"]
         fields: dict = {"uid": uid}
         try:
-            verdict = decide_review(req, config(), namespace_labels, fields)
+            verdict = (decider or decide_review)(req, config(), namespace_labels, fields)
         except Exception as e:  # any bug becomes a denial that says so, not a 500
             log.exception("internal error", extra={"fields": fields})
             verdict = Verdict("error", type(e).__name__, f"sds-injector internal error ({type(e).__name__}); "

@@ -1,4 +1,4 @@
-"""The HTTP surface: POST /mutate, GET /healthz, /readyz, /metrics."""
+"""The HTTP surface: POST /mutate (pods), POST /validate (workloads), GET /healthz, /readyz, /metrics."""
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
@@ -6,6 +6,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import admission
+from .workloads import decide_workload
 from .bodies import TooLarge, read_limited
 from sds_core.policy.config import ConfigStore
 
@@ -23,6 +24,15 @@ def create_app(store: ConfigStore, namespace_labels=None, max_body: int = 3 * 10
         except TooLarge as e:
             return JSONResponse({"error": str(e)}, 413)
         status, out = admission.handle(body, store.get, namespace_labels)
+        return Response(out, status, media_type=JSON)
+
+    @app.post("/validate")
+    async def validate(request: Request) -> Response:
+        try:
+            body = await read_limited(request, max_body)
+        except TooLarge as e:
+            return JSONResponse({"error": str(e)}, 413)
+        status, out = admission.handle(body, store.get, namespace_labels, decide_workload)
         return Response(out, status, media_type=JSON)
 
     if baseline:
