@@ -40,6 +40,51 @@ def _b64url_uint(n: int) -> str:
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 
 
+SA_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def service_account_admission(pod: dict) -> dict:
+    """kube-apiserver's ServiceAccount admission plugin, as it runs before mutating webhooks and
+    again after them when they changed the pod: every container that does not mount the token
+    path already gets the `kube-api-access-*` projected volume there, unless the pod opts out
+    (automountServiceAccountToken: false). Returns a new pod."""
+    pod = copy.deepcopy(pod)
+    spec = pod.setdefault("spec", {})
+    if spec.get("automountServiceAccountToken") is False:
+        return pod
+    volumes = spec.setdefault("volumes", [])
+    name = next((v["name"] for v in volumes if v["name"].startswith("kube-api-access-")), None)
+    if name is None:
+        name = f"kube-api-access-{uuid.uuid4().hex[:5]}"
+        volumes.append({"name": name, "projected": {"defaultMode": 420, "sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1",
+                                                                         "fieldPath": "metadata.namespace"}}]}}]}})
+    for key in ("initContainers", "containers"):
+        for c in spec.get(key) or []:
+            mounts = c.setdefault("volumeMounts", [])
+            if not any(m.get("mountPath") == SA_TOKEN_DIR for m in mounts):
+                mounts.append({"name": name, "readOnly": True, "mountPath": SA_TOKEN_DIR})
+    return pod
+
+
+def admit_pod(pod: dict, webhook) -> tuple[dict, int]:
+    """A pod CREATE through the admission chain as kube-apiserver runs it for one mutating
+    webhook with reinvocationPolicy IfNeeded: the ServiceAccount plugin, the webhook, the plugin
+    again when the webhook changed the pod, and the webhook again when the plugin then did.
+    `webhook(pod)` returns the pod it admits (patched or not). Returns (stored pod, webhook calls)."""
+    first = service_account_admission(pod)
+    mutated = webhook(first)
+    calls = 1
+    if mutated != first:
+        again = service_account_admission(mutated)
+        if again != mutated:
+            mutated = webhook(again)
+            calls += 1
+    return mutated, calls
+
+
 class Invalid(ValueError):
     """What kube-apiserver answers 422 Invalid for."""
 

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 
 from devkit import harness
 from devkit.issuer_run import IssuerRun
-from devkit.kube_api import KubeAPI
+from devkit.kube_api import KubeAPI, admit_pod
 from devkit.podrun import ROOT, LocalPod, spiffe_of
 from sds_core.sds.sources.issuer import csr_pem, new_key
 from tests.conftest import remember_key
@@ -55,10 +55,12 @@ def cluster(tmp_path):
         stored = kube.add_pod(namespace, name, sa, labels, annotations)
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": dict(stored["metadata"]),
                "spec": {"serviceAccountName": sa, "containers": [{"name": "app", "image": "app:1"}]}}
-        out = decide(pod, namespace, cfg)
-        assert out.action == "inject", out.message
-        p = LocalPod(jsonpatch.apply_patch(pod, out.patch), tmp_path, tokens={"sds-injector": kube.mint(stored)},
-                     dns=dns)
+        def webhook(seen: dict) -> dict:
+            out = decide(seen, namespace, cfg)
+            assert out.action == "inject", out.message
+            return jsonpatch.apply_patch(seen, out.patch)
+        admitted, _ = admit_pod(pod, webhook)  # the API server's chain: ServiceAccount plugin, webhook, plugin
+        p = LocalPod(admitted, tmp_path, tokens={"sds-injector": kube.mint(stored)}, dns=dns)
         pods.append(p)
         return p.start(list(app_ports))
 

@@ -91,3 +91,36 @@ def test_the_informer_relists_after_410_and_drops_what_stops_matching(kube, tmp_
             wait_for(lambda: informer.get("bank", "c2") is not None, timeout=20, what="relist after 410")
     finally:
         informer.stop()
+
+
+def test_the_service_account_plugin_runs_around_the_webhook_as_in_kube_apiserver():
+    """The pod the webhook sees already mounts the API token in every container (the plugin ran
+    first); after injection the plugin runs again and leaves the sidecars alone (they mask the
+    token path), so the webhook's reinvocation is not needed; the app keeps its token."""
+    import jsonpatch
+
+    from devkit.kube_api import SA_TOKEN_DIR, admit_pod
+    from sds_core.policy.config import load_config, with_issuer_ca
+    from devkit.podrun import ROOT
+    from webhook.injector import decide
+
+    cfg = with_issuer_ca(load_config(ROOT / "examples" / "config.yaml"), "-----BEGIN CERTIFICATE-----\n")
+    seen: list[dict] = []
+
+    def webhook(pod: dict) -> dict:
+        seen.append(pod)
+        out = decide(pod, "shop", cfg)
+        return jsonpatch.apply_patch(pod, out.patch) if out.action == "inject" else pod
+
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "shop",
+                                                           "annotations": {"sds-injector.io/env": "dev"}},
+           "spec": {"serviceAccountName": "web", "containers": [{"name": "app", "image": "app:1"}]}}
+    stored, calls = admit_pod(pod, webhook)
+    assert any(m["mountPath"] == SA_TOKEN_DIR for m in seen[0]["spec"]["containers"][0]["volumeMounts"])
+    mounts = {c["name"]: {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+              for c in stored["spec"]["initContainers"] + stored["spec"]["containers"]}
+    assert mounts["app"][SA_TOKEN_DIR].startswith("kube-api-access-")
+    assert mounts["sds-agent"][SA_TOKEN_DIR] == mounts["sds-envoy"][SA_TOKEN_DIR] == "sds-no-sa-token"
+    assert calls == 1
+    # The webhook's reinvocation on the stored pod would be a no-op: already injected.
+    assert decide(stored, "shop", cfg).action == "skip"
