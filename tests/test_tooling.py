@@ -1,6 +1,7 @@
 """Dockerfile and shell scripts linted by real tools; the kind end-to-end path."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -70,3 +71,12 @@ def test_property_tests_in_the_suite_are_derandomized():
 def test_linters_type_checker_and_import_contract_are_clean(command):
     r = subprocess.run([tool(command[0]), *command[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+
+
+def test_the_cluster_acceptance_test_says_what_it_needs():
+    """scripts/e2e-cluster.sh cannot run here (no cluster); it refuses clearly without an image
+    (shellcheck covers the rest: test_shellcheck_passes_on_scripts)."""
+    env = {k: v for k, v in os.environ.items() if k != "IMAGE"}
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "e2e-cluster.sh")], capture_output=True, text=True,
+                       env=env, timeout=30)
+    assert r.returncode != 0 and "set IMAGE" in r.stderr, r.stderr
