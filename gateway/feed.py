@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from sds_core.kube.claims_informer import claims_informer, slim_claim
+from sds_core.policy.claims import CLAIM_LABEL
 
 log = logging.getLogger("gateway.feed")
 
@@ -82,7 +83,9 @@ class FileFeed:
             log.warning("claims file unreadable; previous claims kept: %s", type(e).__name__)
             return False
         items = [i for d in docs for i in (d.get("items") or [] if d.get("kind") == "List" else [d])]
-        self._objects = [slim_claim(i) for i in items if i.get("kind") == "ConfigMap"]
+        # One rule for both feeds: only ConfigMaps with the claim label are claims.
+        self._objects = [slim_claim(i) for i in items if i.get("kind") == "ConfigMap"
+                         and ((i.get("metadata") or {}).get("labels") or {}).get(CLAIM_LABEL) == "true"]
         self._labels = {name: (i.get("metadata") or {}).get("labels") or {} for i in items
                         if i.get("kind") == "Namespace" and isinstance(name := (i.get("metadata") or {}).get("name"), str)}
         self._stamp, self.synced = stamp, True

@@ -2,6 +2,8 @@
 chain spec must stay the same chain (Envoy-facing behaviour is tested in test_gateway_envoy.py)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from google.protobuf import json_format
 
@@ -40,3 +42,15 @@ def test_one_tenant_s_chain_names_nothing_of_another():
     text = str(json_format.MessageToDict(chain_a))
     for other in ("pay.example.com", "api.a.svc", "gw_a_b", "gateway:a/b"):
         assert other not in text
+
+
+def test_the_claims_file_feed_takes_only_labelled_configmaps_as_the_cluster_watch_does(tmp_path):
+    from devkit.gatewayrun import claim, claim_configmap, write_claims
+    from gateway.feed import FileFeed
+
+    labelled = claim_configmap("shop", claim(["a.example.com"], 8080), name="site")
+    unlabelled = {**claim_configmap("shop", claim(["b.example.com"], 8080), name="other")}
+    unlabelled["metadata"] = {**unlabelled["metadata"], "labels": {}}
+    feed = FileFeed(Path(write_claims(tmp_path / "claims.json", [labelled, unlabelled])))
+    assert feed.load()
+    assert [o["metadata"]["name"] for o in feed.objects()] == ["site"]

@@ -139,3 +139,15 @@ def served(port: int) -> x509.Certificate:
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     with socket_module.create_connection(("127.0.0.1", port), timeout=3) as raw, ctx.wrap_socket(raw) as s:
         return x509.load_der_x509_certificate(s.getpeercert(binary_form=True))
+
+
+@pytest.mark.parametrize("value, mode", [("true", "istio"), ("True", "envoy"), ("TRUE", "envoy"), (" true", "envoy")])
+def test_the_istio_inject_flag_is_read_exactly_as_istio_reads_it(value, mode):
+    """Istio accepts only "true"/"false" for sidecar.istio.io/inject; "True" means nothing to it
+    (namespace default), so it must not switch us into Istio mode (or skip a pod for "False")."""
+    from webhook import istio
+
+    pod = {"metadata": {"labels": {istio.INJECT: value}}, "spec": {"containers": [{"name": "app"}]}}
+    assert istio.mode(pod) == mode
+    assert istio.opted_out({"metadata": {"labels": {istio.INJECT: value.replace("true", "false").replace(
+        "True", "False").replace("TRUE", "FALSE")}}}) is (value == "true")

@@ -247,3 +247,29 @@ def test_a_deeply_nested_field_is_a_clear_denial_not_an_internal_error():
     resp = answer(review(injected))
     assert not resp["allowed"] and resp["status"]["code"] == 400 and "255 levels" in resp["status"]["message"], resp
     assert resp["status"]["reason"] == "BadRequest"
+
+
+def test_inject_keeps_crlf_and_a_documents_own_namespace_wins(tmp_path):
+    """`inject -f FILE` lost the \\r of CRLF files in untouched documents (stdin kept them), and
+    --namespace silently overrode a document's own namespace (a Pod declaring kube-system was
+    injected; without the flag it is skipped as a system namespace)."""
+    import subprocess
+    import sys
+
+    from sds_core.pki.ca import LocalCA
+
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(LocalCA.generate().cert_pem)
+    config = str(Path(__file__).parent.parent / "examples" / "config.yaml")
+    untouched = "apiVersion: v1\r\nkind: ConfigMap\r\nmetadata: {name: c}\r\ndata: {a: b}\r\n"
+    system_pod = ("---\r\napiVersion: v1\r\nkind: Pod\r\nmetadata: {name: p, namespace: kube-system, annotations: "
+                  "{sds-injector.io/env: dev}}\r\nspec: {containers: [{name: a, image: a}]}\r\n")
+    src = tmp_path / "crlf.yaml"
+    src.write_bytes((untouched + system_pod).encode())
+    r = subprocess.run([sys.executable, "-m", "webhook", "inject", "-f", str(src), "--config", config,
+                        "--issuer-ca", str(ca), "--namespace", "shop"], capture_output=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (untouched + system_pod).encode(), "both documents come back byte for byte"
+    err = r.stderr.decode()
+    assert "declares namespace kube-system; --namespace shop does not apply to it" in err
+    assert "not injected (system_namespace)" in err

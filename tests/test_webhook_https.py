@@ -166,7 +166,10 @@ spec:
     again = subprocess.run([*inject, "-"], input=run.stdout, capture_output=True, text=True, check=True)
     assert list(yaml.safe_load_all(again.stdout)) == docs
 
-    denied = subprocess.run([*inject, str(manifest), "--namespace", "default"], capture_output=True, text=True)
+    # --namespace decides for documents that declare none (a document's own namespace wins).
+    undeclared = tmp_path / "undeclared.yaml"
+    undeclared.write_text(manifest.read_text().replace(", namespace: shop}", "}"))
+    denied = subprocess.run([*inject, str(undeclared), "--namespace", "default"], capture_output=True, text=True)
     assert denied.returncode == 1 and "namespace 'default' may not use" in denied.stderr
 
 

@@ -37,8 +37,14 @@ def _inject(args, parser, rest) -> int:
         if args.issuer_ca:
             cfg = with_issuer_ca(cfg, args.issuer_ca.read_text())
         _require_issuer_ca(cfg, "--issuer-ca FILE")
-        text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
-        sys.stdout.write(inject_text(text, cfg, args.namespace, lambda m: print(m, file=sys.stderr)))
+        if args.filename == "-":
+            text = sys.stdin.read()
+        else:
+            with open(args.filename, newline="") as f:  # untouched documents keep their \r\n
+                text = f.read()
+        out = inject_text(text, cfg, args.namespace, lambda m: print(m, file=sys.stderr))
+        with open(sys.stdout.fileno(), "w", newline="", closefd=False) as stdout:  # as read: no newline translation
+            stdout.write(out)
     except (InjectError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -28,7 +28,9 @@ def _flag(pod: dict) -> str | None:
     for source in (meta.get("labels") or {}, meta.get("annotations") or {}):
         value = source.get(INJECT)
         if isinstance(value, str):
-            return value.strip().lower()
+            # Exactly as Istio reads it: only "true" and "false" mean anything; any other value
+            # ("True", " false") falls back to the namespace default, as if unset.
+            return value if value in ("true", "false") else None
     return None
 
 

@@ -13,7 +13,7 @@ from . import plan as planning
 from sds_core.policy.config import InjectorConfig
 from .injector import decide
 
-_SEPARATOR = re.compile(r"^---[ \t]*(#.*)?$", re.M)
+_SEPARATOR = re.compile(r"^---[ \t]*(#[^\r\n]*)?\r?$", re.M)  # CRLF files too
 TEMPLATE_PATHS = {
     "Pod": (),
     "Deployment": ("spec", "template"),
@@ -79,8 +79,12 @@ def inject_document(doc: dict, cfg: InjectorConfig, namespace: str | None, index
         node = node.get(key) if isinstance(node, dict) else None
     if not isinstance(node, dict):
         raise InjectError(f"document {index + 1} ({doc.get('kind')}): no pod template at {'.'.join(path)}")
-    ns = namespace or (doc.get("metadata") or {}).get("namespace") or "default"
     name = f"{doc.get('kind')}/{(doc.get('metadata') or {}).get('name', '?')}"
+    declared = (doc.get("metadata") or {}).get("namespace")
+    if declared and namespace and declared != namespace:
+        # The document's own namespace is where the API server will create it: it wins.
+        warn(f"{name}: declares namespace {declared}; --namespace {namespace} does not apply to it")
+    ns = declared or namespace or "default"
     outcome = decide(node, ns, cfg)
     if outcome.action == "deny":
         raise InjectError(f"{name} in namespace {ns}: {outcome.message}")
