@@ -273,3 +273,20 @@ def test_inject_keeps_crlf_and_a_documents_own_namespace_wins(tmp_path):
     err = r.stderr.decode()
     assert "declares namespace kube-system; --namespace shop does not apply to it" in err
     assert "not injected (system_namespace)" in err
+
+
+@pytest.mark.parametrize("annotations, warning", [
+    ({}, "Envoy is injected but terminates and originates no TLS"),
+    ({"sidecar.istio.io/inject": "true", "sds-injector.io/inbound": "8443:8080", "sds-injector.io/mtls": "false"},
+     "sds-injector.io/inbound, sds-injector.io/mtls ignored in Istio mode"),
+    ({"sds-injector.io/inbound": "8443:8080"}, None),
+])
+def test_what_a_pod_will_not_get_is_said_in_warnings(annotations, warning):
+    """kubectl shows AdmissionResponse warnings: a pod whose annotations do nothing was injected
+    silently before."""
+    resp = answer(review(pod({**DEV, **annotations})))
+    assert resp["allowed"] and resp.get("patch")
+    if warning is None:
+        assert "warnings" not in resp
+    else:
+        assert any(warning in w for w in resp["warnings"]), resp.get("warnings")

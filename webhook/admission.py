@@ -46,6 +46,7 @@ class Verdict:
     message: str = ""
     code: int = 200
     patch: list | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def allowed(self) -> bool:
@@ -74,6 +75,8 @@ def respond(uid: str, v: Verdict) -> tuple[Verdict, bytes]:
                                      "no Pod field does: remove it", 400))
         resp["patchType"] = "JSONPatch"
         resp["patch"] = base64.b64encode(encoded).decode()
+    if v.warnings:
+        resp["warnings"] = list(v.warnings)
     return v, orjson.dumps({"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": resp})
 
 
@@ -175,7 +178,7 @@ def decide_review(req: dict, cfg: InjectorConfig, namespace_labels, fields: dict
     if out.action == "skip":
         return skip(out.reason)
     fields["certificates"] = list(out.selection.certificates) if out.selection else []
-    return Verdict("injected", out.reason, patch=out.patch)
+    return Verdict("injected", out.reason, patch=out.patch, warnings=out.warnings)
 
 
 def _ephemeral(pod: dict) -> Verdict:

@@ -25,6 +25,19 @@ class Outcome:
     patch: list[dict] = field(default_factory=list)
     plan: planning.Plan | None = None
     selection: Selection | None = None
+    warnings: tuple[str, ...] = ()  # shown by kubectl (AdmissionResponse warnings) and the CLI
+
+
+def _warnings(sel: Selection, values: dict, mode: str) -> tuple[str, ...]:
+    """What the pod asks for that it will not get, said instead of silently ignored."""
+    if mode == "istio":
+        ignored = [k for k in ("inbound", "outbound", "mtls") if k in values]
+        return (f"{', '.join(ann.PREFIX + k for k in ignored)} ignored in Istio mode: Istio's proxy carries the "
+                "traffic (only the certificate and trust bundle come from sds-injector)",) if ignored else ()
+    if not sel.inbound and not sel.outbound:
+        return (f"no {ann.PREFIX}inbound or {ann.PREFIX}outbound: Envoy is injected but terminates and "
+                "originates no TLS for this pod",)
+    return ()
 
 
 def decide(pod: dict, namespace: str, cfg: InjectorConfig,
@@ -71,4 +84,4 @@ def decide(pod: dict, namespace: str, cfg: InjectorConfig,
     except Denied as d:
         return Outcome("deny", d.reason, d.message, d.code)
     return Outcome("inject", Reason.REINJECTED if record is not None else Reason.INJECTED,
-                   patch=ops(pod, plan), plan=plan, selection=sel)
+                   patch=ops(pod, plan), plan=plan, selection=sel, warnings=_warnings(sel, values, mode))

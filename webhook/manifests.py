@@ -92,6 +92,8 @@ def inject_document(doc: dict, cfg: InjectorConfig, namespace: str | None, index
         warn(f"{name}: not injected ({outcome.reason})")
         return None
     assert outcome.plan is not None, "an inject verdict always carries its plan"
+    for w in outcome.warnings:
+        warn(f"{name}: {w}")
     injected = planning.apply(planning.strip(node), outcome.plan)
     if not path:
         return injected
