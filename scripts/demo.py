@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 from cryptography import x509  # noqa: E402
 
 from sds_core.pki.ca import LocalCA  # noqa: E402
+from sds_core.pki.validation import serial_hex  # noqa: E402
 from devkit import harness  # noqa: E402
 from devkit.podrun import CONFIG, LocalPod, pod_from  # noqa: E402
 
@@ -26,7 +27,7 @@ from devkit.podrun import CONFIG, LocalPod, pod_from  # noqa: E402
 def describe(cert: x509.Certificate) -> str:
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     uri = san.get_values_for_type(x509.UniformResourceIdentifier)
-    return f"serial {cert.serial_number:x}, {uri[0] if uri else '-'}, expires {cert.not_valid_after_utc:%H:%M:%S}Z"
+    return f"serial {serial_hex(cert.serial_number)}, {uri[0] if uri else '-'}, expires {cert.not_valid_after_utc:%H:%M:%S}Z"
 
 
 def main() -> int:
@@ -57,7 +58,7 @@ def main() -> int:
             files = harness.save_pair(work, client, "client")
             cert, body = harness.tls_get(8443, ca.cert_pem, "cart.shop-prod.svc", client=files)
             served = {e["name"] for e in procs_pod.log_events()
-                      if e.get("event") == "served" and e.get("serial") == format(cert.serial_number, "x")}
+                      if e.get("event") == "served" and e.get("serial") == serial_hex(cert.serial_number)}
             print(f"== 4. mTLS request to :8443 -> {body.splitlines()[0]}; app said {body.splitlines()[-1]}")
             print(f"   Envoy presented {sorted(served)}: {describe(cert)}")
             agent = procs_pod.procs[0]

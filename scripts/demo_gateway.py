@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT))
 
 from devkit import harness  # noqa: E402
 from devkit.gatewayrun import EchoBackend, GatewayRun, claim, claim_configmap, sans, write_claims  # noqa: E402
+from sds_core.pki.validation import serial_hex  # noqa: E402
 
 CLAIMS = [  # (namespace, claim, hostnames, created)
     ("shop", "storefront", ["shop.example.com", "www.shop.example.com"], "2026-01-01T00:00:00Z"),
@@ -46,7 +47,7 @@ def main() -> int:
             print("== 3. TLS handshakes by SNI:")
             for sni in ("shop.example.com", "www.shop.example.com", "bank.example.com", "rogue.example.com"):
                 cert = gw.handshake(sni)
-                print(f"   {sni:<22} -> certificate for {sans(cert)}, serial {cert.serial_number:x}")
+                print(f"   {sni:<22} -> certificate for {sans(cert)}, serial {serial_hex(cert.serial_number)}")
             print(f"   {'unknown.example.com':<22} -> {'no certificate' if gw.served('unknown.example.com') is None else 'SERVED'}")
             items.append(claim_configmap("news", claim(["news.example.com"], backend.port), "site", "2026-01-04T00:00:00Z"))
             write_claims(claims_file, items)

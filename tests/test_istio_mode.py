@@ -4,6 +4,8 @@ test configures the real Envoy the way istio-proxy's bootstrap asks for SDS (clu
 over /var/run/secrets/workload-spiffe-uds/socket, names `default` and `ROOTCA`)."""
 from __future__ import annotations
 
+from sds_core.pki.validation import serial_hex
+
 import copy
 import json
 import signal
@@ -125,7 +127,7 @@ def test_real_envoy_asking_like_istio_proxy_gets_the_selected_certificate_and_ro
     loaded = {e["name"]: e for e in agent.log_events() if e.get("event") == "loaded"}
     assert set(loaded) == {"default", "ROOTCA"}
     cert = served(port)
-    assert format(cert.serial_number, "x") == loaded["default"]["serial"]
+    assert serial_hex(cert.serial_number) == loaded["default"]["serial"]
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://cluster.local/ns/bank-prod/sa/payments"]
     pid = envoy.p.pid

@@ -4,6 +4,8 @@ pod-to-pod mTLS call with SPIFFE checks go through them. No cluster: volumes are
 directories and both pods share the host's loopback (so pod B uses other sidecar ports)."""
 from __future__ import annotations
 
+from sds_core.pki.validation import serial_hex
+
 import json
 
 import pytest
@@ -16,7 +18,7 @@ from tests.conftest import remember_key
 
 
 def served_names(pod: LocalPod, serial: int) -> set[str]:
-    return {e["name"] for e in pod.log_events() if e.get("event") == "served" and e.get("serial") == format(serial, "x")}
+    return {e["name"] for e in pod.log_events() if e.get("event") == "served" and e.get("serial") == serial_hex(serial)}
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ the agent runs with policy-limited tokens or kubernetes auth. Each test here rep
 API double could not show."""
 from __future__ import annotations
 
+from sds_core.pki.validation import serial_hex
+
 import asyncio
 import datetime as dt
 import random
@@ -265,8 +267,8 @@ def test_kv_deletes_and_destroys_are_noticed_at_the_next_poll(bao, ca):
             await until(r, "new version", lambda: r.status()["ready"])
             kv.delete_metadata_and_all_versions("shop/web-cert", mount_point="secret")
             await until(r, "metadata delete", lambda: r.failing.get(CERT.name) == "deleted")
-            assert not r.status()["ready"] and r.cache.get(CERT.name).material.serial == format(
-                pairs[2].certificate.serial_number, "x")
+            assert not r.status()["ready"] and r.cache.get(CERT.name).material.serial == serial_hex(
+                pairs[2].certificate.serial_number)
         finally:
             await r.stop()
 

@@ -1,6 +1,8 @@
 """Validation, the rotation rule, sources and settings of the SDS agent, without Envoy."""
 from __future__ import annotations
 
+from sds_core.pki.validation import serial_hex
+
 import asyncio
 import datetime as dt
 import logging
@@ -33,7 +35,7 @@ def mat(lifetime_h: float, start=NOW) -> material.SecretMaterial:
 def test_validation_accepts_good_and_names_each_bad_case(ca):
     good = issue(ca)
     m = material.tls_certificate(good.chain_pem, good.key_pem)
-    assert m.serial == format(good.certificate.serial_number, "x")
+    assert m.serial == serial_hex(good.certificate.serial_number)
     assert b"BEGIN PRIVATE KEY" in m.private_key  # PKCS#8
     assert "PRIVATE" not in repr(m) and "key" not in repr(m).lower()
     other = issue(ca)
@@ -148,7 +150,7 @@ def test_renewer_keeps_previous_secret_on_bad_files_and_logs_reason(tmp_path, ca
         assert not await r.refresh(spec)
 
     asyncio.run(body())
-    assert cache.get("web").material.serial == format(good.certificate.serial_number, "x")
+    assert cache.get("web").material.serial == serial_hex(good.certificate.serial_number)
     assert r.status()["failing"] == {"web": "bad_pem"} and r.status()["ready"]
     rejected = [rec for rec in caplog.records if rec.getMessage().startswith("secret rejected")]
     assert rejected and rejected[0].fields["name"] == "web" and rejected[0].fields["reason"] == "bad_pem"
@@ -181,7 +183,7 @@ def test_files_source_sees_kubernetes_symlink_swap(tmp_path, ca):
         write_cert_dir(tmp_path, "web", second)
         assert await asyncio.wait_for(nxt, 1) == "web"
         m = await src.fetch(spec)
-        assert m.serial == format(second.certificate.serial_number, "x")
+        assert m.serial == serial_hex(second.certificate.serial_number)
         await changes.aclose()
 
     asyncio.run(body())
@@ -202,3 +204,32 @@ def test_dns_names_end_in_the_cluster_domain_not_the_trust_domain():
     s = AgentSettings(trust_domain="bank.example", cluster_domain="cluster.local", service="web", namespace="shop")
     assert s.dns_sans() == ["web.shop.svc", "web.shop.svc.cluster.local"]
     assert s.spiffe_id == "spiffe://bank.example/ns/shop/sa/default"
+
+
+def test_one_serial_format_keeps_the_leading_zero():
+    """Audit serials dropped leading zeros (`486afca...` where openssl and Envoy print
+    `0486afca...`): records could not be matched with what the tools show."""
+    assert serial_hex(0x486AFCA) == "0486afca" and serial_hex(0xABCD) == "abcd" and serial_hex(1) == "01"
+
+
+def test_expiry_metrics_count_down_and_give_the_timestamp():
+    """sds_secret_expiry_seconds was set when a certificate was stored and never moved (read
+    3,599 when 3,408 s were left); now it is computed at each scrape, beside the Prometheus-style
+    not-after timestamp."""
+    import datetime as dt
+    import time as _time
+
+    from prometheus_client import REGISTRY
+
+    from sds_core.sds import metrics
+
+    at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=100)
+    metrics.report_deadline(metrics.EXPIRY, metrics.NOT_AFTER, "unit-test-name", at)
+    first = REGISTRY.get_sample_value("sds_secret_expiry_seconds", {"name": "unit-test-name"})
+    _time.sleep(0.05)
+    second = REGISTRY.get_sample_value("sds_secret_expiry_seconds", {"name": "unit-test-name"})
+    assert 99 < first <= 100 and second < first
+    assert REGISTRY.get_sample_value("sds_secret_not_after_timestamp_seconds",
+                                     {"name": "unit-test-name"}) == at.timestamp()
+    metrics.clear_deadline(metrics.EXPIRY, metrics.NOT_AFTER, "unit-test-name")
+    assert REGISTRY.get_sample_value("sds_secret_expiry_seconds", {"name": "unit-test-name"}) is None

@@ -10,6 +10,8 @@ here needs what a real dev server cannot be made to do on command, and says so p
 - CA overlap expiry with a CA swapped instantly under the same mount name."""
 from __future__ import annotations
 
+from sds_core.pki.validation import serial_hex
+
 import asyncio
 import logging
 import time
@@ -154,7 +156,7 @@ def test_sealed_erroring_or_down_primary_fails_over(vault, tmp_path, ca, mode):
         primary.mode, primary.delay = mode, 1.0  # slow: answers after the 0.5 s timeout
     src = VaultSource(settings([primary, standby], tmp_path, vault_auth="token", vault_token=tok, vault_mode="kv"))
     m = asyncio.run(src.fetch(CERT))
-    assert m.serial == format(served.certificate.serial_number, "x")
+    assert m.serial == serial_hex(served.certificate.serial_number)
     assert standby.requests_to("/v1/secret/data/shop/web-cert") == 1
 
 
@@ -191,7 +193,7 @@ def test_kv_errors_are_distinct_clear_and_keep_the_old_secret(vault, tmp_path, c
         assert not refresh()
         assert r.failing == {CERT.name: reason}
         assert any(text in rec.getMessage() and rec.fields.get("name") == CERT.name for rec in caplog.records), reason
-        assert cache.get(CERT.name).material.serial == format(good.certificate.serial_number, "x")
+        assert cache.get(CERT.name).material.serial == serial_hex(good.certificate.serial_number)
     # Deleted latest version: handled, old kept.
     d.kv_delete_latest("secret", "shop/web-cert")
     assert not refresh() and r.failing == {CERT.name: "deleted"}
@@ -204,7 +206,7 @@ def test_kv_errors_are_distinct_clear_and_keep_the_old_secret(vault, tmp_path, c
     # Served before, now gone with all its versions: deleted (the agent reports not ready).
     assert not refresh() and r.failing == {CERT.name: "deleted"} and not r.status()["ready"]
     assert any("deleted with all its versions" in rec.getMessage() for rec in caplog.records)
-    assert cache.get(CERT.name).material.serial == format(good.certificate.serial_number, "x")
+    assert cache.get(CERT.name).material.serial == serial_hex(good.certificate.serial_number)
 
 
 def test_kv_new_version_is_noticed_by_polling(vault, tmp_path, ca):
@@ -217,7 +219,7 @@ def test_kv_new_version_is_noticed_by_polling(vault, tmp_path, ca):
     d.kv_put("secret", "shop/web-cert", {"certificate": second.chain_pem.decode(),
                                          "private_key": second.key_pem.decode(), "revokes_previous": True})
     assert src._poll([CERT]) == [CERT.name]
-    assert asyncio.run(src.fetch(CERT)).serial == format(second.certificate.serial_number, "x")
+    assert asyncio.run(src.fetch(CERT)).serial == serial_hex(second.certificate.serial_number)
 
 
 def test_ca_rollover_serves_both_cas_for_the_overlap_then_only_the_new(vault, tmp_path):

@@ -3,6 +3,8 @@ Vault-compatible server, OpenBao 2.7 (`bao server -dev`, from the PyPI package o
 started here (marker vault_real). Only the real backend proves real server behaviour."""
 from __future__ import annotations
 
+from sds_core.pki.validation import serial_hex
+
 import asyncio
 import uuid
 
@@ -99,7 +101,7 @@ def test_kv_certificate_and_permission_denied(backend, ca):
                                            "private_key": good.key_pem.decode()})
     spec = SecretSpec("web-cert", material.TLS_CERTIFICATE)
     ok = source(backend, backend.token([f"{mount}/data/shop/*"]), vault_mode="kv", vault_kv_mount=mount)
-    assert asyncio.run(ok.fetch(spec)).serial == format(good.certificate.serial_number, "x")
+    assert asyncio.run(ok.fetch(spec)).serial == serial_hex(good.certificate.serial_number)
     # A token whose policy covers only default/ (the seed's isolation rule) cannot read shop/.
     denied = source(backend, backend.token([f"{mount}/data/default/*"]), vault_mode="kv", vault_kv_mount=mount)
     with pytest.raises(SourceError) as e:

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .validation import parse_certificates, parse_private_key
+from .validation import parse_certificates, parse_private_key, serial_hex
 
 
 def _pem_key(key) -> bytes:
@@ -29,7 +29,7 @@ class Issued:
     certificate: x509.Certificate
 
     def __repr__(self) -> str:
-        return f"Issued(serial={self.certificate.serial_number:x})"
+        return f"Issued(serial={serial_hex(self.certificate.serial_number)})"
 
 
 class LocalCA:

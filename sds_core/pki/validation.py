@@ -96,3 +96,10 @@ def check_crl(pem: bytes, issuers: list[x509.Certificate]) -> bytes:
     if not kept:
         raise InvalidSecret("bad_crl", "CRL: not signed by any trusted CA")
     return b"".join(kept)
+
+
+def serial_hex(serial_number: int) -> str:
+    """A certificate serial as openssl and Envoy print it: hex, whole bytes (a leading zero kept,
+    `0486afca...`), lowercase. The one format of logs, audit records, metrics and APIs."""
+    digits = f"{serial_number:x}"
+    return digits.zfill(len(digits) + len(digits) % 2)

@@ -42,7 +42,7 @@ def backoff(failures: int, s: AgentSettings, rng: random.Random) -> float:
 
 def _report_expiry(name: str, m: SecretMaterial) -> None:
     if m.not_after:
-        metrics.EXPIRY.labels(name).set((m.not_after - now()).total_seconds())
+        metrics.report_deadline(metrics.EXPIRY, metrics.NOT_AFTER, name, m.not_after)
 
 
 class Renewer:
@@ -153,10 +153,7 @@ class Renewer:
         self.failing.pop(name, None)
         if not keep_cached:
             self.cache.remove(name)
-            try:
-                metrics.EXPIRY.remove(name)
-            except KeyError:
-                pass
+            metrics.clear_deadline(metrics.EXPIRY, metrics.NOT_AFTER, name)
 
     async def stop(self) -> None:
         if self.stapler is not None:

@@ -85,7 +85,7 @@ class Stapler:
                 if m.ocsp_staple and m.staple_expires is not None and m.staple_expires <= now():
                     # Past nextUpdate a staple is invalid: serve without one rather than a stale one.
                     self._put(spec, entry, with_staple(m, b"", None))
-                    metrics.STAPLE_EXPIRY.labels(spec.served).set(0)
+                    metrics.clear_deadline(metrics.STAPLE_EXPIRY, metrics.STAPLE_NEXT_UPDATE, spec.served)
 
     def _put(self, spec: SecretSpec, seen, m: SecretMaterial) -> None:
         # Only if the renewer has not replaced the certificate meanwhile.
@@ -105,4 +105,4 @@ class Stapler:
     @staticmethod
     def _report(spec: SecretSpec, staple: ocsp.Staple) -> None:
         if staple.next_update is not None:
-            metrics.STAPLE_EXPIRY.labels(spec.served).set((staple.next_update - now()).total_seconds())
+            metrics.report_deadline(metrics.STAPLE_EXPIRY, metrics.STAPLE_NEXT_UPDATE, spec.served, staple.next_update)

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from sds_core import issuer_api as api
+from sds_core.pki.validation import serial_hex
 from sds_core.policy.config import InjectorConfig
 from .audit import AuditLog
 from .authority import Authority, edge, line
@@ -122,7 +123,7 @@ class Issuer:
         g, ca, bundle, key = self._authorize(token, name, "certificate", csr_pem)
         cert = ca.sign(key, g.common_name, g.dns_names, [g.spiffe_id], g.ips, ttl=self.cert_ttl)
         fingerprint = cert.fingerprint(hashes.SHA256()).hex()
-        serial = format(cert.serial_number, "x")
+        serial = serial_hex(cert.serial_number)
         not_after = cert.not_valid_after_utc
         ISSUED.labels(g.env).inc()
         self.audit.record("issued", namespace=g.namespace, service_account=g.service_account, pod=g.pod,
@@ -163,7 +164,7 @@ class Issuer:
         tenant = req.tenant
         claim, ca, key = self._authorize_gateway(token, tenant, req.csr)
         cert = ca.sign(key, claim.hostnames[0], list(claim.hostnames), [], [], ttl=self.cert_ttl)
-        serial = format(cert.serial_number, "x")
+        serial = serial_hex(cert.serial_number)
         not_after = cert.not_valid_after_utc
         ISSUED.labels(claim.env).inc()
         self.audit.record("issued", tenant=tenant, hostnames=list(claim.hostnames), env=claim.env, serial=serial,

@@ -16,7 +16,7 @@ from hvac import exceptions as vexc
 from sds_core import logs
 from sds_core.sds import material
 from ..settings import AgentSettings
-from sds_core.pki.validation import InvalidSecret, now, parse_certificates
+from sds_core.pki.validation import InvalidSecret, now, parse_certificates, serial_hex
 from ..vault_client import VaultClient
 from .base import Tenant, SecretSpec, Source, SourceError
 
@@ -367,7 +367,7 @@ class VaultSource(Source):
                     crls = _pem_crls(self._crl(spec.name, mount, crl_memo))
                     if any(c.get_revoked_certificate_by_serial_number(self.served_serial[spec.name]) for c in crls):
                         log.warning("served certificate was revoked; issuing a replacement now",
-                                    extra=logs.kv(name=spec.name, serial=format(self.served_serial[spec.name], "x")))
+                                    extra=logs.kv(name=spec.name, serial=serial_hex(self.served_serial[spec.name])))
                         out.append(spec.name)
             except (SourceError, vexc.VaultError, ValueError) as e:
                 # The fetch path reports failures with full context; polling just skips this round.
