@@ -46,6 +46,14 @@ def request(leaf: x509.Certificate, issuer: x509.Certificate) -> bytes:
         serialization.Encoding.DER)
 
 
+def _issuer_hashes(leaf: x509.Certificate, issuer: x509.Certificate, algorithm: hashes.HashAlgorithm) -> tuple[bytes, bytes]:
+    """CertID's issuerNameHash and issuerKeyHash (RFC 6960 4.1.1) for this issuer, computed by
+    cryptography's own request builder rather than by hand."""
+    req = ocsp.load_der_ocsp_request(ocsp.OCSPRequestBuilder().add_certificate(leaf, issuer, algorithm).build()
+                                     .public_bytes(serialization.Encoding.DER))
+    return req.issuer_name_hash, req.issuer_key_hash
+
+
 def _verify(signer: x509.Certificate, resp: ocsp.OCSPResponse) -> None:
     key, algorithm = signer.public_key(), resp.signature_hash_algorithm
     if algorithm is None:
@@ -80,6 +88,9 @@ def parse(der: bytes, leaf: x509.Certificate, issuer: x509.Certificate, at: dt.d
         raise StapleError("responder_error", f"the OCSP responder answered {resp.response_status.name}")
     if resp.serial_number != leaf.serial_number:
         raise StapleError("wrong_certificate", "the OCSP response is about another certificate")
+    if (resp.issuer_name_hash, resp.issuer_key_hash) != _issuer_hashes(leaf, issuer, resp.hash_algorithm):
+        raise StapleError("wrong_certificate", "the OCSP response names another issuer (name or key hash) than the "
+                                               "certificate's")
     try:
         _verify(_signer(resp, issuer), resp)
     except InvalidSignature:
