@@ -17,7 +17,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 
 from sds_core.sds.server import TYPE_URL
-from devkit.harness import free_port
+from devkit.harness import Agent, free_port, wait_for
 
 METHODS = ("StreamSecrets", "DeltaSecrets")
 PATH = "/envoy.service.secret.v3.SecretDiscoveryService/"
@@ -187,3 +187,47 @@ def test_health_port_cuts_off_idle_and_trickling_clients(agent):
         s.close()
     assert time.monotonic() - t0 < 8, "slow clients must be closed within the read deadline"
     assert a.status()[0] == 200
+
+
+def test_the_agent_never_takes_over_a_socket_something_listens_on(tmp_path):
+    """Istio's SPIRE template puts a SPIRE agent's socket where ours would go: the agent deleted
+    that live socket and took the path. Now it refuses (one line, exit 2) and leaves it serving;
+    a stale socket file (nobody listening) is still replaced."""
+    import socket
+
+    sock = tmp_path / "socket"
+    with socket.socket(socket.AF_UNIX) as other:
+        other.bind(str(sock))
+        other.listen(1)
+        r = subprocess.run([sys.executable, "-m", "sds_sidecar", "serve", "--socket-path", str(sock),
+                            "--http-port", "0", "--certificates", "a"], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2 and f"another server is listening on {sock}" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(sock))  # still the other server's
+    agent = Agent(tmp_path, socket_path=str(sock), certificates="a").start()  # now stale: replaced
+    try:
+        wait_for(lambda: agent.p.poll() is None and port_connectable(sock), what="the agent on the stale path")
+    finally:
+        agent.stop()
+
+
+def port_connectable(path) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as c:
+        try:
+            c.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def test_an_unusable_socket_directory_is_one_line_and_exit_2(tmp_path):
+    """A read-only directory (Istio's SPIRE template mounts workload-socket from a read-only CSI
+    volume) raised an uncaught PermissionError traceback; /proc stands in for a directory the
+    agent cannot write, as root too."""
+    r = subprocess.run([sys.executable, "-m", "sds_sidecar", "serve", "--socket-path", "/proc/sds-test/socket",
+                        "--http-port", "0", "--certificates", "a"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "cannot create the socket directory /proc/sds-test" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

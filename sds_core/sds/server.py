@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -114,6 +115,34 @@ def _handlers(servicer: SecretDiscovery) -> grpc.GenericRpcHandler:
     })
 
 
+def _claim(path: Path) -> None:
+    """Make `path` free for our socket: its directory exists and is writable, and a socket file
+    left by a dead agent is removed. A socket something still listens on is never taken over (in
+    Istio mode the path is Istio's; a SPIRE agent may serve there)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the socket directory {path.parent}: {e.strerror}") from None
+    if path.is_socket():
+        probe = socket.socket(socket.AF_UNIX)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            pass  # nobody listens: a stale file
+        else:
+            raise ValueError(f"another server is listening on {path}; not taking it over")
+        finally:
+            probe.close()
+    if path.is_socket() or path.exists():
+        try:
+            path.unlink()
+        except OSError as e:
+            raise ValueError(f"cannot remove the stale socket file {path}: {e.strerror}") from None
+    if not os.access(path.parent, os.W_OK):
+        raise ValueError(f"the socket directory {path.parent} is not writable (read-only volume?)")
+
+
 class SdsServer:
     """The gRPC server on a Unix socket. A stale socket file is removed, and the socket is
     created with `mode` from the start (umask), so no other user can connect even briefly."""
@@ -128,16 +157,17 @@ class SdsServer:
         self.server.add_generic_rpc_handlers(tuple(handlers))
 
     async def start(self) -> SdsServer:
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        if self.socket_path.is_socket() or self.socket_path.exists():
-            self.socket_path.unlink()
-        self.server.add_insecure_port(f"unix:{self.socket_path}")
+        """Raises ValueError (one line for the operator) when the socket cannot be ours."""
+        _claim(self.socket_path)
         old = os.umask(0o777 & ~self.mode)
         try:
+            self.server.add_insecure_port(f"unix:{self.socket_path}")
             await self.server.start()
+            os.chmod(self.socket_path, self.mode)
+        except (OSError, RuntimeError) as e:
+            raise ValueError(f"cannot serve on {self.socket_path}: {e}") from None
         finally:
             os.umask(old)
-        os.chmod(self.socket_path, self.mode)
         return self
 
     async def stop(self, grace: float | None = 1.0) -> None:
