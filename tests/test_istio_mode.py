@@ -153,3 +153,21 @@ def test_the_istio_inject_flag_is_read_exactly_as_istio_reads_it(value, mode):
     assert istio.mode(pod) == mode
     assert istio.opted_out({"metadata": {"labels": {istio.INJECT: value.replace("true", "false").replace(
         "True", "False").replace("TRUE", "FALSE")}}}) is (value == "true")
+
+
+def test_the_agent_runs_as_istio_proxy_does_when_the_pod_overrides_its_user():
+    """Istio's own proxy-override-runas input runs istio-proxy as 1234:4321: an agent as 1337
+    was captured by Istio's iptables and its socket (0660, 1337:1337) was not the proxy's to
+    open, so the pod silently ran on istiod's certificates. The agent follows the proxy's ids."""
+    from tests.webhook_util import pod
+    from webhook.injector import decide
+
+    p = pod({"sds-injector.io/env": "dev", "sidecar.istio.io/inject": "true"})
+    p["spec"]["containers"].append({"name": "istio-proxy", "image": "proxyv2",
+                                    "securityContext": {"runAsUser": 1234, "runAsGroup": 4321}})
+    out = decide(p, "shop", CONFIG)
+    assert out.action == "inject", out.message
+    agent = next(c for c in out.plan.containers if c["name"] == "sds-agent")
+    assert (agent["securityContext"]["runAsUser"], agent["securityContext"]["runAsGroup"]) == (1234, 4321)
+    default = decide(pod({"sds-injector.io/env": "dev", "sidecar.istio.io/inject": "true"}), "shop", CONFIG)
+    assert next(c for c in default.plan.containers if c["name"] == "sds-agent")["securityContext"]["runAsUser"] == 1337

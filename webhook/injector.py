@@ -74,7 +74,8 @@ def decide(pod: dict, namespace: str, cfg: InjectorConfig,
         labels = namespace_labels(namespace) if cfg.needs_namespace_labels and namespace_labels else None
         sel = select(pod, namespace, cfg, values, labels)
         check_policy(sel, cfg.namespace_policy, labels)
-        plan = planning.build(sel, cfg, mode, istio.has_socket_volume(stripped))
+        plan = planning.build(sel, cfg, mode, istio.has_socket_volume(stripped),
+                              istio.proxy_identity(stripped, cfg.sidecar_group))
         if not (stripped.get("spec") or {}).get("containers"):
             # Only a container named like a sidecar can be stripped; if that was all the pod had,
             # the pod is not one the injector made.

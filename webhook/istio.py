@@ -19,6 +19,23 @@ PROXY_UID = 1337
 AGENT_HTTP_PORT = 15096
 
 
+def proxy_identity(pod: dict, default_gid: int) -> tuple[int, int]:
+    """The uid and gid istio-proxy runs as: Istio's 1337 unless the pod's own istio-proxy
+    container says otherwise (Istio's `proxy-override-runas`). The agent runs as the same: Istio's
+    traffic capture lets that uid out uncaptured, and the socket (0660) is the proxy's to open."""
+    spec = pod.get("spec") or {}
+    for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        if isinstance(c, dict) and c.get("name") == PROXY:
+            sc = c.get("securityContext")
+            sc = sc if isinstance(sc, dict) else {}
+            return _positive(sc.get("runAsUser"), PROXY_UID), _positive(sc.get("runAsGroup"), default_gid)
+    return PROXY_UID, default_gid
+
+
+def _positive(value: object, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
+
+
 def has_socket_volume(pod: dict) -> bool:
     return any(isinstance(v, dict) and v.get("name") == SOCKET_VOL for v in (pod.get("spec") or {}).get("volumes") or [])
 

@@ -74,19 +74,21 @@ def _field_env(name: str, path: str) -> dict:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
-_PLANS: dict[tuple[Selection, str, str, bool], Plan] = {}
+_PLANS: dict[tuple[Selection, str, str, bool, tuple[int, int]], Plan] = {}
 
 
-def build(sel: Selection, cfg: InjectorConfig, mode: str = "envoy", socket_volume: bool = False) -> Plan:
+def build(sel: Selection, cfg: InjectorConfig, mode: str = "envoy", socket_volume: bool = False,
+          proxy_ids: tuple[int, int] | None = None) -> Plan:
     """The plan depends only on the selection, the config and the mode (Istio's proxy present or
     not, and whether Istio's socket volume is already there): the pods of one Deployment share
     them, so a scale-up builds it once. Plans are never mutated (apply() copies)."""
-    key = (sel, cfg.revision, mode, socket_volume)
+    ids = proxy_ids or (istio.PROXY_UID, cfg.sidecar_group)
+    key = (sel, cfg.revision, mode, socket_volume, ids)
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) >= 1024:
             _PLANS.clear()
-        plan = _PLANS[key] = _build_istio(sel, cfg, socket_volume) if mode == "istio" else _build(sel, cfg)
+        plan = _PLANS[key] = _build_istio(sel, cfg, socket_volume, ids) if mode == "istio" else _build(sel, cfg)
     return plan
 
 
@@ -225,7 +227,8 @@ def _build(sel: Selection, cfg: InjectorConfig) -> Plan:
     return Plan((agent, proxy), tuple(volumes), cfg.native_sidecars, status)
 
 
-def _build_istio(sel: Selection, cfg: InjectorConfig, socket_volume_present: bool) -> Plan:
+def _build_istio(sel: Selection, cfg: InjectorConfig, socket_volume_present: bool,
+                 proxy_ids: tuple[int, int]) -> Plan:
     """Only the agent, serving the selected certificate as `default` and trust bundle as `ROOTCA`
     on Istio's socket path; Istio's proxy does TLS. Always a native sidecar placed first: the
     socket must exist when istio-proxy starts, or it falls back to istiod's certificates."""
@@ -240,7 +243,7 @@ def _build_istio(sel: Selection, cfg: InjectorConfig, socket_volume_present: boo
     agent["env"] += agent_env(serve_as=serve_as)
     agent["volumeMounts"] = [{"name": istio.SOCKET_VOL, "mountPath": istio.SOCKET_DIR},
                              *[m for m in agent["volumeMounts"] if m["name"] != SOCKET_VOL]]
-    agent["securityContext"] = _restricted(istio.PROXY_UID, cfg.sidecar_group)
+    agent["securityContext"] = _restricted(*proxy_ids)
     agent["restartPolicy"] = "Always"
     del agent["readinessProbe"]  # it went through our Envoy; here the socket is what matters
     agent["startupProbe"] = {"exec": {"command": ["python", "-c", "import os,sys; sys.exit(not os.path.exists("
