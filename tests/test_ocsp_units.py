@@ -90,3 +90,17 @@ def test_issuer_answers_malformed_requests_with_an_ocsp_error(pki):
     a, _, _ = pki
     resp = x509_ocsp.load_der_ocsp_response(respond(a, b"not a request"))
     assert resp.response_status == x509_ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+
+
+def test_a_fresh_good_response_replaces_the_staple_only_when_it_matters():
+    """Every poll got a newly signed response (new thisUpdate) and pushed a new secret version
+    and an audit line although nothing had changed. Now: only with no staple, or with less
+    than half a response's validity window left on the served one."""
+    from sds_core.sds.stapling import needs_restaple
+
+    fresh = ocsp.Staple(b"new", ocsp.GOOD, NOW, NOW + dt.timedelta(hours=1))
+    assert needs_restaple(b"", None, fresh, NOW)                                          # nothing stapled
+    assert not needs_restaple(b"old", NOW + dt.timedelta(minutes=50), fresh, NOW)          # plenty left
+    assert needs_restaple(b"old", NOW + dt.timedelta(minutes=20), fresh, NOW)              # under half the window
+    assert not needs_restaple(b"old", NOW + dt.timedelta(minutes=5),
+                              ocsp.Staple(b"new", ocsp.GOOD, NOW, None), NOW)              # no nextUpdate: no fresher

@@ -18,6 +18,20 @@ from sds_core.pki.validation import now
 log = logging.getLogger("sds.stapling")
 
 
+def needs_restaple(served: bytes, served_expires, fresh: ocsp.Staple, at) -> bool:
+    """Whether a fresh GOOD response should replace the one served. Responders sign a new
+    response on every request (a new thisUpdate), so replacing on any difference pushed a new
+    secret version to Envoy and an audit line at every poll. Replace only when nothing is
+    stapled, or the served staple has less than half of a response's validity window left (what
+    production responders reuse a response for)."""
+    if not served or served_expires is None:
+        return True
+    if fresh.next_update is None:
+        return False  # a response without nextUpdate is no fresher than the one served
+    window = fresh.next_update - fresh.this_update
+    return served_expires - at < window / 2
+
+
 class Stapler:
     def __init__(self, settings, cache):
         self.s, self.cache = settings, cache
@@ -78,7 +92,7 @@ class Stapler:
             elif staple is not None and staple.status == ocsp.GOOD:
                 failures = 0
                 self._report(spec, staple)
-                if staple.der != m.ocsp_staple:
+                if needs_restaple(m.ocsp_staple, m.staple_expires, staple, now()):
                     self._put(spec, entry, with_staple(m, staple.der, staple.next_update))
             else:
                 failures += 1
