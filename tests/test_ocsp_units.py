@@ -41,6 +41,18 @@ def test_a_good_response_staples_and_changes_the_version(pki):
     assert with_staple(stapled, b"", None).digest == m.digest  # unstapled again: the original version
 
 
+def _good_response(cert, names, signer) -> bytes:
+    """A GOOD response for `cert`'s serial naming `names`' hashes, signed by `signer`."""
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    req = x509_ocsp.load_der_ocsp_request(ocsp.request(cert, names.cert))
+    return x509_ocsp.OCSPResponseBuilder().add_response_by_hash(
+        req.issuer_name_hash, req.issuer_key_hash, cert.serial_number, req.hash_algorithm,
+        x509_ocsp.OCSPCertStatus.GOOD, NOW, NOW + dt.timedelta(hours=1), None, None,
+    ).responder_id(x509_ocsp.OCSPResponderEncoding.HASH, signer.cert).sign(signer.key, hashes.SHA256()).public_bytes(
+        serialization.Encoding.DER)
+
+
 @pytest.mark.parametrize("case", ["other_certificate", "other_ca", "other_issuer_hashes", "stale", "garbage",
                                   "unauthorized"])
 def test_responses_that_must_not_be_stapled(pki, case):
@@ -51,29 +63,11 @@ def test_responses_that_must_not_be_stapled(pki, case):
         der, reason = respond(a, ocsp.request(other, ca.cert)), "wrong_certificate"
     elif case == "other_ca":
         # Same serial and hashes, signed by another environment's CA: a forged staple.
-        dev = a.ca("dev")
-        req = x509_ocsp.load_der_ocsp_request(ocsp.request(cert, ca.cert))
-        from cryptography.hazmat.primitives import hashes, serialization
-
-        der = x509_ocsp.OCSPResponseBuilder().add_response_by_hash(
-            req.issuer_name_hash, req.issuer_key_hash, req.serial_number, req.hash_algorithm,
-            x509_ocsp.OCSPCertStatus.GOOD, NOW, NOW + dt.timedelta(hours=1), None, None,
-        ).responder_id(x509_ocsp.OCSPResponderEncoding.HASH, dev.cert).sign(dev.key, hashes.SHA256()).public_bytes(
-            serialization.Encoding.DER)
-        reason = "bad_signature"
+        der, reason = _good_response(cert, names=ca, signer=a.ca("dev")), "bad_signature"
     elif case == "other_issuer_hashes":
         # Signed by the real issuer, same serial, but naming another CA's hashes: docs/ocsp.md
         # promised a hash check that the code did not make.
-        dev = a.ca("dev")
-        req = x509_ocsp.load_der_ocsp_request(ocsp.request(cert, dev.cert))
-        from cryptography.hazmat.primitives import hashes, serialization
-
-        der = x509_ocsp.OCSPResponseBuilder().add_response_by_hash(
-            req.issuer_name_hash, req.issuer_key_hash, cert.serial_number, req.hash_algorithm,
-            x509_ocsp.OCSPCertStatus.GOOD, NOW, NOW + dt.timedelta(hours=1), None, None,
-        ).responder_id(x509_ocsp.OCSPResponderEncoding.HASH, ca.cert).sign(ca.key, hashes.SHA256()).public_bytes(
-            serialization.Encoding.DER)
-        reason = "wrong_certificate"
+        der, reason = _good_response(cert, names=a.ca("dev"), signer=ca), "wrong_certificate"
     elif case == "stale":
         der, reason = respond(a, ocsp.request(cert, ca.cert), at=NOW - dt.timedelta(hours=3)), "stale"
     elif case == "garbage":

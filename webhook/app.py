@@ -17,23 +17,21 @@ def create_app(store: ConfigStore, namespace_labels=None, max_body: int = 3 * 10
                baseline: bool = False) -> FastAPI:
     app = FastAPI(title="sds-injector webhook", docs_url=None, redoc_url=None, openapi_url=None)
 
-    @app.post("/mutate")
-    async def mutate(request: Request) -> Response:
+    async def review(request: Request, decider=None) -> Response:
         try:
             body = await read_limited(request, max_body)
         except TooLarge as e:
             return JSONResponse({"error": str(e)}, 413)
-        status, out = admission.handle(body, store.get, namespace_labels)
+        status, out = admission.handle(body, store.get, namespace_labels, decider)
         return Response(out, status, media_type=JSON)
+
+    @app.post("/mutate")
+    async def mutate(request: Request) -> Response:
+        return await review(request)
 
     @app.post("/validate")
     async def validate(request: Request) -> Response:
-        try:
-            body = await read_limited(request, max_body)
-        except TooLarge as e:
-            return JSONResponse({"error": str(e)}, 413)
-        status, out = admission.handle(body, store.get, namespace_labels, decide_workload)
-        return Response(out, status, media_type=JSON)
+        return await review(request, decide_workload)
 
     if baseline:
         # Benchmarks only: the same server and body handling, no injection (the comparison point).
