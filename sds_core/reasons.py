@@ -13,6 +13,7 @@ class Reason(StrEnum):
     EPHEMERAL_CONTAINERS = "ephemeral_containers"
     HOST_NETWORK = "host_network"
     ISTIO_OPTED_OUT = "istio_opted_out"
+    ISTIO_SOCKET_TAKEN = "istio_socket_taken"
     NOOP = "noop"
     OPERATION = "operation"
     OPTED_OUT = "opted_out"

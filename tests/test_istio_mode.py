@@ -171,3 +171,20 @@ def test_the_agent_runs_as_istio_proxy_does_when_the_pod_overrides_its_user():
     assert (agent["securityContext"]["runAsUser"], agent["securityContext"]["runAsGroup"]) == (1234, 4321)
     default = decide(pod({"sds-injector.io/env": "dev", "sidecar.istio.io/inject": "true"}), "shop", CONFIG)
     assert next(c for c in default.plan.containers if c["name"] == "sds-agent")["securityContext"]["runAsUser"] == 1337
+
+
+def test_a_pod_whose_workload_socket_is_spires_is_skipped_with_a_warning():
+    """Istio's SPIRE template mounts workload-socket from a read-only csi.spiffe.io volume: the
+    agent was put on it (a traceback on the read-only directory, or a live socket taken over).
+    Now the pod is admitted uninjected, and kubectl shows why."""
+    import json as _json
+
+    from tests.webhook_util import pod, review
+    from webhook import admission
+
+    p = pod({"sds-injector.io/env": "dev", "sidecar.istio.io/inject": "true"})
+    p["spec"]["volumes"] = [{"name": "workload-socket", "csi": {"driver": "csi.spiffe.io", "readOnly": True}}]
+    status, out = admission.handle(_json.dumps(review(p)).encode(), lambda: CONFIG)
+    resp = _json.loads(out)["response"]
+    assert status == 200 and resp["allowed"] and "patch" not in resp
+    assert any("csi volume" in w and "does not inject" in w for w in resp["warnings"]), resp

@@ -176,7 +176,7 @@ def decide_review(req: dict, cfg: InjectorConfig, namespace_labels, fields: dict
     if out.action == "deny":
         return deny(out.reason, out.message, out.code)
     if out.action == "skip":
-        return skip(out.reason)
+        return Verdict("skipped", out.reason, warnings=out.warnings)
     fields["certificates"] = list(out.selection.certificates) if out.selection else []
     return Verdict("injected", out.reason, patch=out.patch, warnings=out.warnings)
 

@@ -70,6 +70,10 @@ def decide(pod: dict, namespace: str, cfg: InjectorConfig,
         return Outcome("deny", d.reason, d.message, d.code)
     if record and record.get("revision") == cfg.revision and record.get("mode", "envoy") == mode:
         return Outcome("skip", Reason.ALREADY_INJECTED)
+    if mode == "istio" and (kind := istio.foreign_socket_volume(stripped)):
+        message = (f"volume {istio.SOCKET_VOL} is a {kind} volume (SPIRE's, in Istio's template): another SDS "
+                   "server serves Istio's proxy in this pod; sds-injector does not inject it")
+        return Outcome("skip", Reason.ISTIO_SOCKET_TAKEN, message, warnings=(message,))
     try:
         labels = namespace_labels(namespace) if cfg.needs_namespace_labels and namespace_labels else None
         sel = select(pod, namespace, cfg, values, labels)

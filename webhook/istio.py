@@ -36,6 +36,16 @@ def _positive(value: object, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
 
 
+def foreign_socket_volume(pod: dict) -> str | None:
+    """The kind of a `workload-socket` volume that is not a plain emptyDir (Istio's SPIRE
+    template mounts a read-only `csi.spiffe.io` volume): another SDS server serves there."""
+    for v in (pod.get("spec") or {}).get("volumes") or []:
+        if isinstance(v, dict) and v.get("name") == SOCKET_VOL:
+            kinds = sorted(set(v) - {"name"})
+            return None if kinds == ["emptyDir"] else ", ".join(kinds) or "unknown"
+    return None
+
+
 def has_socket_volume(pod: dict) -> bool:
     return any(isinstance(v, dict) and v.get("name") == SOCKET_VOL for v in (pod.get("spec") or {}).get("volumes") or [])
 
