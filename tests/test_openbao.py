@@ -366,3 +366,34 @@ def test_restarted_watches_do_not_postpone_the_poll(bao, ca):
         assert seen == [CERT.name], "the new version was not noticed while the watch was being restarted"
 
     asyncio.run(scenario())
+
+
+def test_the_documented_identity_templated_role_signs_the_agents_request(kube_auth):
+    """docs/vault.md section 4, as written (mount per environment, role per business line,
+    SPIFFE ID and DNS domains templated from the kubernetes-auth login, use_csr_sans=false),
+    with real OpenBao and its kubernetes auth reviewing tokens against the API double. Before,
+    every sign failed: the agent asked for the bare service name as common name."""
+    b, kube, pod, token_file = kube_auth
+    admin = b.client()
+    accessor = admin.sys.list_auth_methods()["kubernetes/"]["accessor"]
+    alias = f"identity.entity.aliases.{accessor}.metadata"
+    b.pki("pki_prod", role=None)
+    admin.write("pki_prod/roles/retail", allowed_uri_sans_template=True,
+                allowed_uri_sans=f"spiffe://cluster.local/ns/{{{{{alias}.service_account_namespace}}}}/sa/"
+                                 f"{{{{{alias}.service_account_name}}}}",
+                allowed_domains_template=True,
+                allowed_domains=f"{{{{{alias}.service_account_namespace}}}}.svc,"
+                                f"{{{{{alias}.service_account_namespace}}}}.svc.cluster.local",
+                allow_subdomains=True, allow_bare_domains=False, use_csr_sans=False, use_csr_common_name=False,
+                enforce_hostnames=True, key_type="any", server_flag=True, client_flag=True, max_ttl="72h")
+    admin.sys.create_or_update_acl_policy("shop-web", 'path "pki_prod/sign/retail" { capabilities = ["update"] }')
+    token_file.write_text(kube.mint(pod, audience="vault", ttl=600))
+    src = VaultSource(settings(b, vault_auth="kubernetes", vault_token_file=token_file,
+                               vault_pki_path="pki_{env}/sign/{business_line}"))
+    m = asyncio.run(src.fetch(CERT))
+    from cryptography import x509
+
+    leaf = x509.load_pem_x509_certificates(m.certificate_chain)[0]
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://cluster.local/ns/shop/sa/web"]
+    assert sorted(san.get_values_for_type(x509.DNSName)) == ["web.shop.svc", "web.shop.svc.cluster.local"]
