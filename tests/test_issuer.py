@@ -405,3 +405,22 @@ def test_the_namespace_environment_label_is_applied_at_signing_too(world):
                          {"sds-injector.io/env": "dev", "sds-injector.io/business-line": "retail"})
     status, out = sign(issuer, kube.mint(other), "retail-service-cert")
     assert (status, out["reason"]) == (403, "env_not_in_namespace"), out
+
+
+def test_junk_tokens_cost_the_api_server_nothing(world):
+    """Anyone on the pod network can send tokens: 500 junk ones caused 500 TokenReviews. Now
+    what can be refused from the token itself (shape, audience, expiry, subject, pod binding)
+    never reaches the API server; the genuine token is reviewed once."""
+    kube, issuer = world
+    pod = kube.add_pod("shop-prod", "cart-junk", "cart", {"app": "cart"}, PROD)
+    junk = ["hello", "a.b.c", kube.mint(pod, audience="vault"), kube.mint(pod, ttl=-120),
+            kube.mint(pod, sub="system:node:n1"), kube.mint(pod, **{"kubernetes.io": {"namespace": "shop-prod"}})]
+    reviews = lambda: sum(1 for m, p in kube.requests if m == "POST" and p.endswith("/tokenreviews"))  # noqa: E731
+    before = reviews()
+    for i in range(100):
+        status, out = sign(issuer, junk[i % len(junk)], "retail-service-cert")
+        assert status == 401 and "certificate_chain" not in out, out
+    if issuer.env["ISSUER_TOKEN_VERIFIER"] == "tokenreview":
+        assert reviews() == before, "junk reached the API server"
+        assert sign(issuer, kube.mint(pod), "retail-service-cert")[0] == 200
+        assert reviews() == before + 1

@@ -36,7 +36,7 @@ def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tup
     if settings.token_verifier == "jwks":
         verifier = JwksVerifier(api, settings.audience, settings.jwks_issuer)
     else:
-        verifier = TokenReviewVerifier(api, settings.audience)
+        verifier = TokenReviewVerifier(api, settings.audience, settings.jwks_issuer)
     issuer = Issuer(authority, cluster, verifier, config, AuditLog(settings.replica, settings.audit_file),
                     cert_ttl=dt.timedelta(seconds=settings.cert_ttl_seconds), max_dns_names=settings.max_dns_names,
                     overlap_seconds=settings.ca_overlap_seconds, gateways=settings.gateway_identities)

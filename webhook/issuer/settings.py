@@ -21,7 +21,8 @@ class IssuerSettings(BaseSettings):
     ca_secret: str = "sds-injector-ca"
     audience: str = Field("sds-injector", description="audience the agents' projected tokens must carry")
     token_verifier: Literal["tokenreview", "jwks"] = "tokenreview"
-    jwks_issuer: str | None = Field(None, description="expected `iss` (jwks); default: OIDC discovery's")
+    jwks_issuer: str | None = Field(None, description="expected `iss` (jwks: default OIDC discovery's; tokenreview: "
+                                     "checked before the review when set)")
     kubeconfig: Path | None = Field(None, description="default: in-cluster credentials")
     audit_file: Path | None = None
     replica: str = Field(default_factory=socket.gethostname, description="tags this replica's audit chain")

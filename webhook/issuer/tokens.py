@@ -23,6 +23,10 @@ from sds_core.reasons import Reason
 SA_PREFIX = "system:serviceaccount:"
 
 
+class Busy(RuntimeError):
+    """Not a refusal of the token: the issuer cannot review it now (503, retry)."""
+
+
 class TokenRefused(Exception):
     def __init__(self, reason: Reason, message: str):
         super().__init__(message)
@@ -43,20 +47,56 @@ def _bearer(token: str) -> str:
     return token
 
 
+def precheck(token: str, audience: str, issuer: str | None = None, leeway: float = 5) -> None:
+    """What can be refused without asking anyone, before a TokenReview: a JWT's shape, its
+    audience, expiry and not-before, the issuer when known, a service account's subject, a pod
+    binding. Anyone on the pod network can send junk; junk must cost no API-server call. The
+    signature is still the API server's to check (this reads the claims unverified)."""
+    try:
+        claims = jwt.decode(_bearer(token), options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise TokenRefused(Reason.TOKEN_MALFORMED, "the token is not a JWT") from None
+    now = time.time()
+    aud = claims.get("aud")
+    if audience not in (aud if isinstance(aud, list) else [aud]):
+        raise TokenRefused(Reason.TOKEN_AUDIENCE, f"the token is not for audience {audience!r}")
+    exp, nbf = claims.get("exp"), claims.get("nbf", claims.get("iat"))
+    if not isinstance(exp, (int, float)) or exp < now - leeway:
+        raise TokenRefused(Reason.TOKEN_EXPIRED, "the token has expired (or carries no exp)")
+    if isinstance(nbf, (int, float)) and nbf > now + leeway:
+        raise TokenRefused(Reason.TOKEN_NOT_YET_VALID, "the token is not valid yet (nbf/iat in the future)")
+    if issuer is not None and claims.get("iss") != issuer:
+        raise TokenRefused(Reason.TOKEN_ISSUER, f"the token's issuer is not {issuer!r}")
+    if not str(claims.get("sub", "")).startswith(SA_PREFIX):
+        raise TokenRefused(Reason.NOT_A_SERVICE_ACCOUNT, "the token's subject is not a service account")
+    pod = (claims.get("kubernetes.io") or {}).get("pod") if isinstance(claims.get("kubernetes.io"), dict) else None
+    if not isinstance(pod, dict) or not pod.get("name") or not pod.get("uid"):
+        raise TokenRefused(Reason.NOT_POD_BOUND, "the token is not bound to a pod; mount a projected "
+                           "service-account token (serviceAccountToken volume source)")
+
+
 class TokenReviewVerifier:
-    def __init__(self, api_client, audience: str):
+    def __init__(self, api_client, audience: str, issuer: str | None = None, max_in_flight: int = 32):
         from kubernetes import client
 
         self.auth = client.AuthenticationV1Api(api_client)
-        self.audience = audience
+        self.audience, self.issuer = audience, issuer
+        # However many requests arrive, at most this many TokenReviews are in flight at once.
+        self._in_flight = threading.BoundedSemaphore(max_in_flight)
 
     def verify(self, token: str) -> Caller:
+        precheck(token, self.audience, self.issuer)  # junk never reaches the API server
         # Plain JSON both ways: the client's model (de)serialization cost more than the review.
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
                 "spec": {"token": _bearer(token), "audiences": [self.audience]}}
-        # The client sends a dict as it is (its stubs ask for the model); the answer stays raw.
-        resp: Any = self.auth.create_token_review(body, _preload_content=False,  # type: ignore[arg-type]
-                                                  _request_timeout=5)
+        if not self._in_flight.acquire(timeout=2.0):
+            raise Busy("too many token reviews in flight; retry")
+        try:
+            # The client sends a dict as it is (its stubs ask for the model); the answer stays raw.
+            resp: Any = self.auth.create_token_review(body, _preload_content=False,  # type: ignore[arg-type]
+                                                      _request_timeout=5)
+        finally:
+            self._in_flight.release()
         status = json.loads(resp.data).get("status") or {}
         if not status.get("authenticated"):
             raise TokenRefused(Reason.TOKEN_INVALID, f"the API server refused the token: "
