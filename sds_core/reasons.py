@@ -67,6 +67,7 @@ class Reason(StrEnum):
     TOKEN_NOT_YET_VALID = "token_not_yet_valid"
     TOO_MANY_DNS_NAMES = "too_many_dns_names"
     UNAVAILABLE = "unavailable"
+    RATE_LIMITED = "rate_limited"
     WEAK_KEY = "weak_key"
     # gateway claims: refusals
     HOSTNAME_NOT_ALLOWED = "hostname_not_allowed"

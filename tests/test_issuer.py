@@ -424,3 +424,53 @@ def test_junk_tokens_cost_the_api_server_nothing(world):
         assert reviews() == before, "junk reached the API server"
         assert sign(issuer, kube.mint(pod), "retail-service-cert")[0] == 200
         assert reviews() == before + 1
+
+
+def test_one_pod_cannot_hammer_the_issuer(tmp_path):
+    """One pod's valid token got 1,000 certificates in 5 s. Now a token bucket per pod: past its
+    burst a 429 with Retry-After, which the agent's issuer source reports for its renewer;
+    another pod is not affected."""
+    import asyncio
+
+    from sds_core.sds import material
+    from sds_core.sds.settings import AgentSettings
+    from sds_core.sds.sources.base import SecretSpec, SourceError
+    from sds_core.sds.sources.issuer import IssuerSource
+
+    kube = KubeAPI().start()
+    issuer = IssuerRun(tmp_path, kube, CONFIG, verifier="jwks", pod_issuance_burst=3,
+                       pod_issuance_per_minute=6).start()
+    try:
+        hot = kube.add_pod("shop-prod", "hot-1", "cart", {"app": "cart"}, PROD)
+        for _ in range(3):
+            assert sign(issuer, kube.mint(hot), "retail-service-cert")[0] == 200
+        status, out = sign(issuer, kube.mint(hot), "retail-service-cert")
+        assert (status, out["reason"]) == (429, "rate_limited") and "retry in" in out["error"], out
+        other = kube.add_pod("shop-prod", "calm-1", "cart", {"app": "cart"}, PROD)
+        assert sign(issuer, kube.mint(other), "retail-service-cert")[0] == 200
+        token = tmp_path / "token"
+        token.write_text(kube.mint(hot))
+        src = IssuerSource(AgentSettings(source="issuer", issuer_address=issuer.address,
+                                         issuer_ca=issuer.ca_pem.decode(), issuer_token_file=token))
+        with pytest.raises(SourceError) as e:
+            asyncio.run(src.fetch(SecretSpec("retail-service-cert", material.TLS_CERTIFICATE)))
+        assert e.value.reason == "rate_limited" and 5 <= e.value.retry_after <= 11, e.value.retry_after
+    finally:
+        issuer.stop()
+        kube.stop()
+
+
+def test_the_renewer_waits_as_long_as_the_source_asked():
+    import random
+
+    from sds_core.sds.cache import SecretCache
+    from sds_core.sds.renewal import Renewer
+    from sds_core.sds.settings import AgentSettings
+    from sds_core.sds.sources.base import SecretSpec
+
+    s = AgentSettings(certificates=["a"])
+    r = Renewer(s, SecretCache(), [SecretSpec("a", "tls_certificate")], {})
+    r.rng = random.Random(1)
+    r._not_before["a"] = 120.0
+    assert r._next_delay(SecretSpec("a", "tls_certificate"), failures=1) == 120.0
+    assert r._next_delay(SecretSpec("a", "tls_certificate"), failures=1) < 120.0  # once, then backoff again

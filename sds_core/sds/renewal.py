@@ -60,6 +60,7 @@ class Renewer:
         self._followers: dict[int, asyncio.Task] = {}  # id(source) -> its change watch
         self._refollow_due: set[int] = set()
         self._stored_listeners: list[Callable[[str], None]] = []
+        self._not_before: dict[str, float] = {}  # name -> seconds the source asked us to wait
         self.stapler = stapler  # stapling.Stapler when OCSP stapling is on
 
     def add_stored_listener(self, listener: Callable[[str], None]) -> None:
@@ -193,7 +194,8 @@ class Renewer:
     def _next_delay(self, spec: SecretSpec, failures: int) -> float:
         s = self.settings
         if failures:
-            return backoff(failures, s, self.rng)
+            # A source that said when to come back (429 Retry-After) is not asked sooner.
+            return max(backoff(failures, s, self.rng), self._not_before.pop(spec.name, 0.0))
         entry = self.cache.get(spec.served)
         if entry and self.sources[spec.name].issues(spec):
             return renew_delay(entry.material, s, now(), self.rng)
@@ -212,6 +214,8 @@ class Renewer:
         except SourceError as e:
             metrics.SOURCE_ERRORS.labels(src.label, e.reason).inc()
             log.warning("source failed, cached version kept: %s", e, extra=logs.kv(reason=e.reason, **fields))
+            if e.retry_after:
+                self._not_before[spec.name] = e.retry_after
             return self._failed(spec, e.reason)
         except asyncio.CancelledError:
             raise

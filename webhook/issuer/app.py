@@ -28,8 +28,10 @@ MAX_BODY = 64 * 1024
 T = TypeVar("T")
 
 
-def _error(status: int, reason: str, message: str) -> Response:
-    return Response(orjson.dumps(api.to_json(api.ErrorResponse(reason, message))), status, media_type=JSON)
+def _error(status: int, reason: str, message: str, retry_after: float | None = None) -> Response:
+    headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after else None
+    return Response(orjson.dumps(api.to_json(api.ErrorResponse(reason, message))), status, media_type=JSON,
+                    headers=headers)
 
 
 async def _read(request: Request, model: type[T]) -> tuple[str, T]:
@@ -60,7 +62,7 @@ def create_app(issuer: Issuer, ready=lambda: True) -> FastAPI:
             # Token reviews and cache misses are blocking API calls: off the event loop.
             out = api.to_json(await run_in_threadpool(method, token, req))
         except Refused as e:
-            return _error(e.status, e.reason, e.message)
+            return _error(e.status, e.reason, e.message, e.retry_after)
         except Exception as e:  # noqa: BLE001 - e.g. the API server unreachable: retryable, not a 500
             return _error(503, Reason.UNAVAILABLE, f"the issuer cannot decide now ({type(e).__name__}); retry")
         return Response(orjson.dumps(out), media_type=JSON)

@@ -19,8 +19,9 @@ class Refused(Denied):
     """The issuer's answer to a request it will not serve: the webhook's Denied (reason, message
     to act on, code) with the code as the HTTP status, 403 unless said."""
 
-    def __init__(self, reason: Reason, message: str, status: int = 403):
+    def __init__(self, reason: Reason, message: str, status: int = 403, retry_after: float | None = None):
         super().__init__(reason, message, status)
+        self.retry_after = retry_after  # seconds, sent as Retry-After (429)
 
     @property
     def status(self) -> int:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from sds_core.policy.config import InjectorConfig
 from .audit import AuditLog
 from .authority import Layout, Rotation, load_or_create
+from .limits import PodBuckets
 from .cluster import ClusterCache
 from .service import Issuer
 from .settings import IssuerSettings
@@ -39,7 +40,8 @@ def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tup
         verifier = TokenReviewVerifier(api, settings.audience, settings.jwks_issuer)
     issuer = Issuer(authority, cluster, verifier, config, AuditLog(settings.replica, settings.audit_file),
                     cert_ttl=dt.timedelta(seconds=settings.cert_ttl_seconds), max_dns_names=settings.max_dns_names,
-                    overlap_seconds=settings.ca_overlap_seconds, gateways=settings.gateway_identities)
+                    overlap_seconds=settings.ca_overlap_seconds, gateways=settings.gateway_identities,
+                    pod_limits=PodBuckets(settings.pod_issuance_per_minute, settings.pod_issuance_burst))
     threading.Thread(target=_refresh, args=(issuer, settle, settings.ca_refresh_seconds), name="ca-refresh",
                      daemon=True).start()
     return issuer, cluster

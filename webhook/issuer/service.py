@@ -19,6 +19,7 @@ from .audit import AuditLog
 from .authority import Authority, edge, line
 from .identity import Grant, Refused, check_binding, grant
 from .inventory import ISSUED, REFUSED, Inventory
+from .limits import PodBuckets
 from .tokens import Caller, TokenRefused
 from sds_core.reasons import Reason
 
@@ -46,11 +47,12 @@ class Issuer:
     def __init__(self, authority: Authority, cluster, verifier, config: Callable[[], InjectorConfig],
                  audit: AuditLog, inventory: Inventory | None = None, cert_ttl: dt.timedelta = dt.timedelta(hours=1),
                  max_dns_names: int = 100, overlap_seconds: float = 48 * 3600,
-                 gateways: Sequence[str] = ()):
+                 gateways: Sequence[str] = (), pod_limits: PodBuckets | None = None):
         self.authority, self.cluster, self.verifier, self.config = authority, cluster, verifier, config
         self.audit, self.inventory = audit, inventory or Inventory()
         self.cert_ttl, self.max_dns_names, self.overlap = cert_ttl, max_dns_names, overlap_seconds
         self.gateways = frozenset(gateways)  # "namespace/serviceaccount"
+        self.pod_limits = pod_limits or PodBuckets(per_minute=20, burst=20)
 
     def _grant(self, token: str, cfg: InjectorConfig) -> tuple[Caller, Grant]:
         try:
@@ -69,6 +71,10 @@ class Issuer:
         cfg = self.config()
         try:
             caller, g = self._grant(token, cfg)
+            if kind == "certificate" and (wait := self.pod_limits.take(caller.pod_uid)):
+                raise Refused(Reason.RATE_LIMITED, f"pod {caller.namespace}/{caller.pod_name} asked for certificates "
+                              f"faster than the issuer allows one pod; retry in {wait:.0f} s (the agent keeps serving "
+                              "its cached certificate)", 429, retry_after=wait)
             allowed = g.certificates if kind == "certificate" else g.trust_bundles
             if name not in allowed:
                 raise Refused(Reason.NAME_NOT_ALLOWED, f"{kind} {name!r} is not one this pod may have (its "

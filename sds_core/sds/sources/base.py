@@ -42,10 +42,11 @@ WITHDRAWN = ("deleted",)
 class SourceError(Exception):
     """The source could not deliver; `reason` is a short metric label. Never carries key material."""
 
-    def __init__(self, reason: str, message: str, detail: dict | None = None):
+    def __init__(self, reason: str, message: str, detail: dict | None = None, retry_after: float | None = None):
         super().__init__(message)
         self.reason = reason
         self.detail = detail or {}  # the source's own answer, when the caller may need it
+        self.retry_after = retry_after  # the source asked not to be asked again sooner (429)
 
 
 class Source(abc.ABC):

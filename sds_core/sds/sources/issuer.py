@@ -43,6 +43,13 @@ def csr_pem(key, name: str, dns: Sequence[str] = (), uris: Sequence[str] = ()) -
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
 
 
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return min(3600.0, max(0.0, float(value))) if value else None
+    except ValueError:
+        return None
+
+
 class IssuerSource(Source):
     label = "issuer"
     has_ocsp = True
@@ -81,7 +88,8 @@ class IssuerSource(Source):
                 reason, message = str(err.get("reason", "refused"))[:40], str(err.get("error", ""))[:500]
             except ValueError:
                 reason, message = "refused", f"HTTP {e.code}"
-            raise SourceError(reason, f"the issuer refused {name!r}: {message}") from None
+            raise SourceError(reason, f"the issuer refused {name!r}: {message}",
+                              retry_after=_retry_after(e.headers.get("Retry-After"))) from None
         except (urllib.error.URLError, OSError, ValueError) as e:
             why = getattr(e, "reason", None) or type(e).__name__
             raise SourceError("unavailable", f"the issuer at {self.base} is unreachable: {why}") from None
