@@ -125,7 +125,7 @@ class LocalCA:
 
     def sign(self, public_key, common_name: str, dns_names: Sequence[str] = (), uris: Sequence[str] = (),
              ips: Sequence[str] = (), ttl: dt.timedelta = dt.timedelta(hours=1), not_before: dt.datetime | None = None,
-             client: bool = True, server: bool = True) -> x509.Certificate:
+             client: bool = True, server: bool = True, serial: int | None = None) -> x509.Certificate:
         """A leaf for `public_key` (from a CSR, or a key made here), never outliving this CA."""
         start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30)
         end = min(start + ttl, self.cert.not_valid_after_utc)
@@ -143,7 +143,7 @@ class LocalCA:
             .subject_name(x509.Name(subject))
             .issuer_name(self.cert.subject)
             .public_key(public_key)
-            .serial_number(x509.random_serial_number())
+            .serial_number(serial or x509.random_serial_number())
             .not_valid_before(start)
             .not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

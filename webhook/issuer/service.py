@@ -19,6 +19,7 @@ from .audit import AuditLog
 from .authority import Authority, edge, line
 from .identity import Grant, Refused, check_binding, grant
 from .inventory import ISSUED, REFUSED, Inventory
+from . import serials
 from .limits import PodBuckets
 from .tokens import Caller, TokenRefused
 from sds_core.reasons import Reason
@@ -127,7 +128,8 @@ class Issuer:
     def sign(self, token: str, req: api.CertificateRequest) -> api.CertificateResponse:
         name, csr_pem = req.name, req.csr
         g, ca, bundle, key = self._authorize(token, name, "certificate", csr_pem)
-        cert = ca.sign(key, g.common_name, g.dns_names, [g.spiffe_id], g.ips, ttl=self.cert_ttl)
+        cert = ca.sign(key, g.common_name, g.dns_names, [g.spiffe_id], g.ips, ttl=self.cert_ttl,
+                       serial=serials.mint(ca))
         fingerprint = cert.fingerprint(hashes.SHA256()).hex()
         serial = serial_hex(cert.serial_number)
         not_after = cert.not_valid_after_utc
@@ -169,7 +171,8 @@ class Issuer:
     def sign_gateway(self, token: str, req: api.GatewayCertificateRequest) -> api.CertificateResponse:
         tenant = req.tenant
         claim, ca, key = self._authorize_gateway(token, tenant, req.csr)
-        cert = ca.sign(key, claim.hostnames[0], list(claim.hostnames), [], [], ttl=self.cert_ttl)
+        cert = ca.sign(key, claim.hostnames[0], list(claim.hostnames), [], [], ttl=self.cert_ttl,
+                       serial=serials.mint(ca))
         serial = serial_hex(cert.serial_number)
         not_after = cert.not_valid_after_utc
         ISSUED.labels(claim.env).inc()
