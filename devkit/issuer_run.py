@@ -88,8 +88,11 @@ class IssuerRun:
         return ssl.create_default_context(cadata=self.ca_pem.decode())
 
     def get(self, path: str) -> tuple[int, bytes]:
-        with urllib.request.urlopen(self.address + path, timeout=5, context=self._context()) as r:
-            return r.status, r.read()
+        try:
+            with urllib.request.urlopen(self.address + path, timeout=5, context=self._context()) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:  # an answer too (503 from /readyz)
+            return e.code, e.read()
 
     def post(self, path: str, body: dict | bytes, token: str | None) -> tuple[int, dict]:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()

@@ -125,7 +125,9 @@ class KubeAPI:
         self.review_cache_seconds = 10.0
         self._reviewed: dict[str, tuple[float, dict]] = {}  # token -> (cached until, positive status)
         self.fail_watches = False
-        self.mode = "ok"  # "hang": never answer; "error": 500 to everything (an API server in trouble)
+        # "hang": never answer; "error": 500 to everything (an API server in trouble);
+        # "unauthorized": 401 to everything (the client's credentials revoked)
+        self.mode = "ok"
         self.server: ThreadingHTTPServer | None = None
 
     # --- objects ----------------------------------------------------------------------------
@@ -315,6 +317,9 @@ class KubeAPI:
                 if api.mode == "error":
                     self._status(500, "InternalError", "etcdserver: request timed out")
                     return True
+                if api.mode == "unauthorized":  # the client's credentials revoked
+                    self._status(401, "Unauthorized", "Unauthorized")
+                    return True
                 return False
 
             def do_GET(self):
@@ -405,6 +410,8 @@ class KubeAPI:
                 return json.loads(self.rfile.read(n) or b"{}")
 
             def do_POST(self):
+                if self._trouble():
+                    return None
                 parts = [p for p in urlparse(self.path).path.split("/") if p]
                 api.requests.append(("POST", self.path))
                 if not self._authorized():

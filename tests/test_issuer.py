@@ -474,3 +474,24 @@ def test_the_renewer_waits_as_long_as_the_source_asked():
     r._not_before["a"] = 120.0
     assert r._next_delay(SecretSpec("a", "tls_certificate"), failures=1) == 120.0
     assert r._next_delay(SecretSpec("a", "tls_certificate"), failures=1) < 120.0  # once, then backoff again
+
+
+def test_readiness_follows_whether_the_api_server_accepts_the_issuers_credentials(tmp_path):
+    """With its credentials revoked every CSR got a 503 while /readyz said ready. Now: unready
+    once the API server has refused them for api_refused_seconds, ready again when it accepts
+    them (found by a cheap probe: an unready replica receives no traffic that would tell)."""
+    kube = KubeAPI().start()
+    issuer = IssuerRun(tmp_path, kube, CONFIG, verifier="tokenreview", api_refused_seconds=1).start()
+    try:
+        pod = kube.add_pod("shop-prod", "cart-r", "cart", {"app": "cart"}, PROD)
+        assert issuer.get("/readyz")[0] == 200
+        kube.mode = "unauthorized"
+        assert sign(issuer, kube.mint(pod), "retail-service-cert")[0] == 503
+        harness.wait_for(lambda: sign(issuer, kube.mint(pod), "retail-service-cert")
+                         and issuer.get("/readyz")[0] == 503, timeout=10, what="unready")
+        kube.mode = "ok"
+        harness.wait_for(lambda: issuer.get("/readyz")[0] == 200, timeout=10, what="ready again")
+        assert sign(issuer, kube.mint(pod), "retail-service-cert")[0] == 200
+    finally:
+        issuer.stop()
+        kube.stop()

@@ -26,12 +26,14 @@ class Informer:
     """list + watch of one kind into a dict keyed by (namespace, name); relists on 410 Gone or
     any error, with backoff. `synced` is set after the first complete list."""
 
-    def __init__(self, kind: str, list_fn: Callable, slim: Callable[[dict], dict], watch_seconds: int = 300):
+    def __init__(self, kind: str, list_fn: Callable, slim: Callable[[dict], dict], watch_seconds: int = 300,
+                 health=None):
         self.kind, self.list_fn, self.slim, self.watch_seconds = kind, list_fn, slim, watch_seconds
         self.items: dict[str, dict[str, dict]] = {}  # namespace -> name -> slim object
         self.synced = threading.Event()
         self._stop = threading.Event()
         self._listeners: list[Callable[[], None]] = []  # called from the informer's thread
+        self.health = health  # an ApiHealth told of refused credentials and of successful lists
         self._thread = threading.Thread(target=self._run, name=f"informer:{kind}", daemon=True)
 
     def start(self) -> Informer:
@@ -78,6 +80,8 @@ class Informer:
                 if self._stop.is_set():
                     return
                 failures += 1
+                if self.health is not None:
+                    self.health.observe(e)
                 delay = min(30.0, 0.2 * 2 ** min(failures, 8)) * random.uniform(0.5, 1.0)
                 log.warning("%s watch failed (%s); relisting in %.1fs", self.kind, why(e), delay)
                 self._stop.wait(delay)
@@ -89,6 +93,8 @@ class Informer:
         for o in body.get("items") or []:
             self._put(o)
         rv = (body.get("metadata") or {}).get("resourceVersion")
+        if self.health is not None:
+            self.health.ok()
         self.synced.set()
         self._changed()
         while not self._stop.is_set():

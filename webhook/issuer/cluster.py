@@ -8,6 +8,7 @@ from typing import Any
 import json
 import time
 
+from sds_core.kube.health import ApiHealth
 from sds_core.kube.informer import Informer
 from sds_core.kube.namespaces import NamespaceLabels
 
@@ -29,10 +30,13 @@ def _slim_service(o: dict) -> dict:
 
 
 class ClusterCache:
-    def __init__(self, api_client, watch_seconds: int = 300, gateway: bool = False):
-        """`gateway`: also watch tenant claims (only when a gateway may ask: RBAC on ConfigMaps)."""
+    def __init__(self, api_client, watch_seconds: int = 300, gateway: bool = False, health: ApiHealth | None = None):
+        """`gateway`: also watch tenant claims (only when a gateway may ask: RBAC on ConfigMaps).
+        `health`: told of refused credentials by every API call made here."""
         from kubernetes import client
 
+        self.health = health or ApiHealth()
+        self._probed = 0.0
         self.core = client.CoreV1Api(api_client)
         self.pods = Informer("pods", self.core.list_pod_for_all_namespaces, _slim_pod, watch_seconds)
         self.services = Informer("services", self.core.list_service_for_all_namespaces, _slim_service,
@@ -50,6 +54,8 @@ class ClusterCache:
             self.claims.add_listener(self._forget)
             self.namespaces.add_listener(self._forget)
             self._all += (self.claims,)
+        for inf in self._all:
+            inf.health = self.health
 
     def start(self, wait: float = 30.0) -> ClusterCache:
         for inf in self._all:
@@ -66,8 +72,25 @@ class ClusterCache:
             inf.stop()
 
     def synced(self) -> bool:
-        """Every cache has completed its first list (readiness)."""
+        """Every cache has completed its first list."""
         return all(i.synced.is_set() for i in self._all)
+
+    def ready(self) -> bool:
+        """Readiness: synced, and the API server accepts our credentials. While it has refused
+        them for a while, one cheap call (at most every 2 s) finds out when it accepts them again:
+        an unready replica gets no traffic that would tell."""
+        if not self.synced():
+            return False
+        if self.health.problem() is None:
+            return True
+        if time.monotonic() - self._probed >= 2.0:
+            self._probed = time.monotonic()
+            try:
+                self.core.list_namespace(limit=1, _preload_content=False, _request_timeout=5)
+                self.health.ok()
+            except Exception as e:  # noqa: BLE001 - still refused, or unreachable: stay unready
+                self.health.observe(e)
+        return self.health.problem() is None
 
     def pod(self, namespace: str, name: str) -> dict | None:
         hit = self.pods.get(namespace, name)
@@ -81,6 +104,7 @@ class ClusterCache:
         except ApiException as e:
             if e.status == 404:
                 return None
+            self.health.observe(e)
             raise
         return _slim_pod(json.loads(resp.data))
 

@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 from sds_core.policy.config import InjectorConfig
 from .audit import AuditLog
+from sds_core.kube.health import ApiHealth
+
 from .authority import Layout, Rotation, load_or_create
 from .limits import PodBuckets
 from .cluster import ClusterCache
@@ -32,12 +34,13 @@ def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tup
                         tuple(c.business_lines) if c.business_line_cas else (), tuple(settings.pod_cidrs))
         return load_or_create(core, settings.namespace, settings.ca_secret, layout, rotation=rotation)
     authority = settle()
-    cluster = ClusterCache(api, gateway=bool(settings.gateway_identities)).start()
+    health = ApiHealth(settings.api_refused_seconds)
+    cluster = ClusterCache(api, gateway=bool(settings.gateway_identities), health=health).start()
     verifier: JwksVerifier | TokenReviewVerifier
     if settings.token_verifier == "jwks":
         verifier = JwksVerifier(api, settings.audience, settings.jwks_issuer)
     else:
-        verifier = TokenReviewVerifier(api, settings.audience, settings.jwks_issuer)
+        verifier = TokenReviewVerifier(api, settings.audience, settings.jwks_issuer, health=health)
     issuer = Issuer(authority, cluster, verifier, config, AuditLog(settings.replica, settings.audit_file),
                     cert_ttl=dt.timedelta(seconds=settings.cert_ttl_seconds), max_dns_names=settings.max_dns_names,
                     overlap_seconds=settings.ca_overlap_seconds, gateways=settings.gateway_identities,
@@ -70,7 +73,7 @@ async def serve(settings: IssuerSettings, config: Callable[[], InjectorConfig], 
     # Listing the cluster and settling the CA Secret block: keep the loop (and the webhook) free.
     issuer, cluster = await asyncio.to_thread(build, settings, config)
     try:
-        await serve_app(create_app(issuer, cluster.synced), settings.host, settings.port, settings.cert_file,
+        await serve_app(create_app(issuer, cluster.ready), settings.host, settings.port, settings.cert_file,
                         settings.key_file, "issuer", stop, sock=sock)
     finally:
         cluster.stop()

@@ -27,6 +27,8 @@ class IssuerSettings(BaseSettings):
     audit_file: Path | None = None
     replica: str = Field(default_factory=socket.gethostname, description="tags this replica's audit chain")
     cert_ttl_seconds: int = Field(3600, ge=300, le=90 * 86400)
+    api_refused_seconds: float = Field(10, gt=0, description="unready once the API server has refused the "
+                                       "issuer's credentials (401/403) this long, ready again at its first success")
     pod_issuance_per_minute: float = Field(20, gt=0, description="certificates one pod may get per minute, "
                                            "sustained (token bucket per pod uid); beyond: 429 with Retry-After")
     pod_issuance_burst: int = Field(20, ge=1, description="certificates one pod may get at once")

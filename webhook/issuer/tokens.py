@@ -76,9 +76,11 @@ def precheck(token: str, audience: str, issuer: str | None = None, leeway: float
 
 
 class TokenReviewVerifier:
-    def __init__(self, api_client, audience: str, issuer: str | None = None, max_in_flight: int = 32):
+    def __init__(self, api_client, audience: str, issuer: str | None = None, max_in_flight: int = 32,
+                 health=None):
         from kubernetes import client
 
+        self.health = health  # an ApiHealth: a refused review call makes the issuer unready
         self.auth = client.AuthenticationV1Api(api_client)
         self.audience, self.issuer = audience, issuer
         # However many requests arrive, at most this many TokenReviews are in flight at once.
@@ -95,8 +97,14 @@ class TokenReviewVerifier:
             # The client sends a dict as it is (its stubs ask for the model); the answer stays raw.
             resp: Any = self.auth.create_token_review(body, _preload_content=False,  # type: ignore[arg-type]
                                                       _request_timeout=5)
+        except Exception as e:
+            if self.health is not None:
+                self.health.observe(e)
+            raise
         finally:
             self._in_flight.release()
+        if self.health is not None:
+            self.health.ok()
         status = json.loads(resp.data).get("status") or {}
         if not status.get("authenticated"):
             raise TokenRefused(Reason.TOKEN_INVALID, f"the API server refused the token: "
