@@ -10,7 +10,7 @@ import sys
 
 
 def _bootstrap(argv: list[str]) -> int:
-    from .envoy import bootstrap
+    from .envoy import bootstrap  # lazy: not for `bootstrap`
 
     p = argparse.ArgumentParser(prog="python -m gateway bootstrap")
     p.add_argument("--agent-socket", required=True)
@@ -32,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
               "       python -m gateway bootstrap --agent-socket PATH [--admin-socket PATH]",
               file=sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr)
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
-    from sds_core.sds.run import run
+    from sds_core.sds.run import run  # lazy: not for `bootstrap`
 
-    from .run import GatewayAgent
-    from .settings import GatewaySettings
+    from .run import GatewayAgent  # lazy: not for `bootstrap`
+    from .settings import GatewaySettings  # lazy: not for `bootstrap`
 
     return run("gateway", "python -m gateway serve", GatewaySettings, GatewayAgent, argv[1:])
 

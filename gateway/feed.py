@@ -18,9 +18,9 @@ log = logging.getLogger("gateway.feed")
 
 class ClusterFeed:
     def __init__(self, api_client, watch_seconds: int = 300):
-        from kubernetes import client
+        from kubernetes import client  # lazy: not for the claims file
 
-        from sds_core.kube.namespaces import NamespaceLabels
+        from sds_core.kube.namespaces import NamespaceLabels  # lazy: not for the claims file
 
         self.claims = claims_informer(client.CoreV1Api(api_client), watch_seconds)
         self.labels_of = NamespaceLabels(api_client, watch_seconds)

@@ -14,7 +14,7 @@ from .settings import GatewaySettings
 def make_feed(s: GatewaySettings):
     if s.claims_file is not None:
         return FileFeed(s.claims_file)
-    from sds_core.kube.client import api_client
+    from sds_core.kube.client import api_client  # lazy: not for the claims file
 
     return ClusterFeed(api_client(s.kubeconfig), s.watch_seconds)
 

@@ -12,10 +12,10 @@ def main(argv: list[str] | None = None) -> int:
               "       [--certificates a,b] [--trust-bundles c] ... (see --help after 'serve')",
               file=sys.stderr if argv[:1] != ["--help"] else sys.stdout)
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
-    from sds_core.sds.agent import Agent
-    from sds_core.sds.settings import AgentSettings
+    from sds_core.sds.agent import Agent  # lazy: not for --help
+    from sds_core.sds.settings import AgentSettings  # lazy: not for --help
 
-    from sds_core.sds.run import run
+    from sds_core.sds.run import run  # lazy: not for --help
 
     return run("sds_sidecar", "python -m sds_sidecar serve", AgentSettings, Agent, argv[1:])
 

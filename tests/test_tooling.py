@@ -80,3 +80,20 @@ def test_the_cluster_acceptance_test_says_what_it_needs():
     r = subprocess.run(["bash", str(ROOT / "scripts" / "e2e-cluster.sh")], capture_output=True, text=True,
                        env=env, timeout=30)
     assert r.returncode != 0 and "set IMAGE" in r.stderr, r.stderr
+
+
+def test_every_import_inside_a_function_states_why():
+    """Imports belong at the top of a module; one inside a function is there for a reason (a
+    per-pod agent that loads only its source, a CLI subcommand, a heavy client only some callers
+    need) and says so with `# lazy: ...` on its line."""
+    import ast
+
+    unexplained = []
+    for path in sorted(p for d in ("webhook", "sds_core", "sds_sidecar", "gateway") for p in (ROOT / d).rglob("*.py")):
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for n in ast.walk(node):
+                    if isinstance(n, (ast.Import, ast.ImportFrom)) and "# lazy:" not in lines[n.lineno - 1]:
+                        unexplained.append(f"{path.relative_to(ROOT)}:{n.lineno}")
+    assert not unexplained, unexplained

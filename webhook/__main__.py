@@ -12,14 +12,14 @@ from pydantic import ValidationError
 
 
 def _describe(e: Exception) -> str:
-    from sds_core.sds.settings import describe_errors
+    from sds_core.sds.settings import describe_errors  # lazy: per subcommand
 
     return describe_errors(e) if isinstance(e, ValidationError) else f"  {e}"
 
 
 def _fast_loop() -> None:
     try:
-        import uvloop  # optional fast path
+        import uvloop  # lazy: optional fast path
 
         uvloop.install()
     except ImportError:
@@ -29,8 +29,8 @@ def _fast_loop() -> None:
 def _inject(args, parser, rest) -> int:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    from sds_core.policy.config import load_config, with_issuer_ca
-    from .manifests import InjectError, inject_text
+    from sds_core.policy.config import load_config, with_issuer_ca  # lazy: per subcommand
+    from .manifests import InjectError, inject_text  # lazy: per subcommand
 
     try:
         cfg = load_config(args.config)
@@ -59,7 +59,7 @@ def _require_issuer_ca(cfg, how: str) -> None:
 
 
 def _audit(args) -> int:
-    from .issuer.audit import verify
+    from .issuer.audit import verify  # lazy: per subcommand
 
     try:
         count, problems = verify(args.file.read_bytes())
@@ -73,16 +73,16 @@ def _audit(args) -> int:
 
 
 def _issuer_settings(rest: list[str]):
-    from .issuer.settings import IssuerSettings
+    from .issuer.settings import IssuerSettings  # lazy: per subcommand
 
     return IssuerSettings(_cli_parse_args=rest, _cli_prog_name="python -m webhook issuer")
 
 
 def _run_issuer(rest: list[str]) -> int:
-    from sds_core import logs
+    from sds_core import logs  # lazy: per subcommand
 
-    from sds_core.policy.config import ConfigStore
-    from .issuer import run
+    from sds_core.policy.config import ConfigStore  # lazy: per subcommand
+    from .issuer import run  # lazy: per subcommand
 
     try:
         settings = _issuer_settings(rest)
@@ -95,7 +95,7 @@ def _run_issuer(rest: list[str]) -> int:
     _fast_loop()
 
     async def main() -> None:
-        import signal
+        import signal  # lazy: per subcommand
 
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -107,12 +107,12 @@ def _run_issuer(rest: list[str]) -> int:
 
 
 def _serve(rest: list[str]) -> int:
-    from sds_core import logs
+    from sds_core import logs  # lazy: per subcommand
 
-    from .app import create_app
-    from sds_core.policy.config import ConfigStore, ServerSettings, with_issuer_ca
-    from sds_core.kube.namespaces import NamespaceLabels
-    from .server import serve
+    from .app import create_app  # lazy: per subcommand
+    from sds_core.policy.config import ConfigStore, ServerSettings, with_issuer_ca  # lazy: per subcommand
+    from sds_core.kube.namespaces import NamespaceLabels  # lazy: per subcommand
+    from .server import serve  # lazy: per subcommand
 
     try:
         settings = ServerSettings(_cli_parse_args=rest, _cli_prog_name="python -m webhook serve")
@@ -126,7 +126,7 @@ def _serve(rest: list[str]) -> int:
         print(f"webhook: invalid configuration:\n{_describe(e)}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level)
-    from sds_core.listen import bind_tcp
+    from sds_core.listen import bind_tcp  # lazy: per subcommand
 
     try:  # both ports before anything else starts: a busy port is a clean exit
         sock = bind_tcp(settings.host, settings.port, "webhook port")
@@ -136,7 +136,7 @@ def _serve(rest: list[str]) -> int:
         print(f"webhook: cannot start: {e}", file=sys.stderr)
         return 2
     try:
-        from sds_core.kube.client import api_client
+        from sds_core.kube.client import api_client  # lazy: per subcommand
 
         labels = (NamespaceLabels(api_client(settings.kubeconfig)).start()
                   if store.get().needs_namespace_labels else None)
@@ -152,10 +152,10 @@ def _serve(rest: list[str]) -> int:
     app = create_app(store, labels, settings.max_body_bytes, settings.benchmark_baseline)
     also = []
     if issuer_settings is not None:
-        from .issuer import run
+        from .issuer import run  # lazy: per subcommand
 
         also.append(lambda stop: run.serve(issuer_settings, store.get, stop, issuer_sock))
-    import gc
+    import gc  # lazy: per subcommand
 
     # Everything loaded so far lives as long as the process: keep it out of the collector's
     # full passes, which otherwise stall admissions (seen as p99 spikes under load).
@@ -191,12 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
 
     if args.command == "docs":
-        from sds_core.policy.annotations import markdown
+        from sds_core.policy.annotations import markdown  # lazy: per subcommand
 
         sys.stdout.write(markdown())
         return 0
     if args.command == "chart-schema":
-        from sds_core.policy.config import chart_values_schema
+        from sds_core.policy.config import chart_values_schema  # lazy: per subcommand
 
         sys.stdout.write(chart_values_schema(json.loads(args.values_schema.read_text())))
         return 0

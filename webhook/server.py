@@ -12,6 +12,9 @@ import uvicorn
 
 from sds_core.policy.config import ServerSettings
 from sds_core.deadline import with_timeout
+from sds_core.listen import bind_tcp
+import signal
+import importlib.util
 
 log = logging.getLogger("webhook.server")
 SHUTDOWN_GRACE_SECONDS = 2
@@ -62,7 +65,6 @@ async def serve_app(app, host: str, port: int, cert_file, key_file, name: str,
     """One uvicorn server until `stop` is set; TLS (≥ 1.2, certificate re-read on change) when
     files are given."""
     tls = cert_file is not None
-    from sds_core.listen import bind_tcp
 
     sock = sock or bind_tcp(host, port, f"{name} port")
     config = uvicorn.Config(
@@ -107,7 +109,6 @@ async def serve_app(app, host: str, port: int, cert_file, key_file, name: str,
 async def serve(app, settings: ServerSettings, also=(), sock=None) -> None:
     """The webhook, and the other servers of this process (`also`: functions of a stop event
     returning a coroutine), until SIGTERM/SIGINT; the first to end ends them all."""
-    import signal
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -126,6 +127,5 @@ async def serve(app, settings: ServerSettings, also=(), sock=None) -> None:
 
 
 def _has(module: str) -> bool:
-    import importlib.util
 
     return importlib.util.find_spec(module) is not None

@@ -5,7 +5,7 @@ from pathlib import Path
 
 
 def api_client(kubeconfig: Path | None = None):
-    from kubernetes import client, config
+    from kubernetes import client, config  # lazy: heavy, API callers only
 
     if kubeconfig is not None:
         return config.new_client_from_config(config_file=str(kubeconfig))

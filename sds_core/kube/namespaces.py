@@ -14,9 +14,9 @@ def _slim(o: dict) -> dict:
 
 class NamespaceLabels:
     def __init__(self, api_client=None, watch_seconds: int = 300):
-        from kubernetes import client
+        from kubernetes import client  # lazy: heavy, API callers only
 
-        from sds_core.kube.client import api_client as make_client
+        from sds_core.kube.client import api_client as make_client  # lazy: heavy, API callers only
 
         core = client.CoreV1Api(api_client or make_client())
         self.informer = Informer("namespaces", core.list_namespace, _slim, watch_seconds)

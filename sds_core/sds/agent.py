@@ -22,20 +22,20 @@ log = logging.getLogger("sds.agent")
 
 def make_source(kind: str, settings: AgentSettings) -> Source:
     if kind == "issuer":
-        from .sources.issuer import IssuerSource
+        from .sources.issuer import IssuerSource  # lazy: per source and feature
 
         return IssuerSource(settings)
     if kind == "local-ca":
-        from .sources.local_ca import LocalCASource
+        from .sources.local_ca import LocalCASource  # lazy: per source and feature
 
         return LocalCASource(settings)
     if kind == "files":
-        from .sources.files import FilesSource
+        from .sources.files import FilesSource  # lazy: per source and feature
 
         return FilesSource(settings)
     if kind == "vault":
         try:
-            from .sources.vault import VaultSource
+            from .sources.vault import VaultSource  # lazy: per source and feature
         except ImportError:
             raise ValueError("source 'vault' is not available in this build of the agent; "
                              "use local-ca or files") from None
@@ -67,7 +67,7 @@ class Agent:
             sources = {s.name: by_kind[settings.source_for(s.name)] for s in specs}
         stapler = None
         if settings.ocsp_stapling:
-            from .stapling import Stapler
+            from .stapling import Stapler  # lazy: per source and feature
 
             stapler = Stapler(settings, self.cache)
         self.renewer = Renewer(settings, self.cache, specs, sources, stapler=stapler)
@@ -85,11 +85,11 @@ class Agent:
         self.grpc = await start_grpc(self.cache, self._knows or self.renewer.knows, s.socket_path, s.socket_mode_int, self.stores)
         await self.renewer.start()
         if http_socket is not None:
-            import contextlib
+            import contextlib  # lazy: per source and feature
 
-            import uvicorn
+            import uvicorn  # lazy: per source and feature
 
-            from sds_core.deadline import with_timeout
+            from sds_core.deadline import with_timeout  # lazy: per source and feature
 
             # A kubelet probe is one small request: a client that idles or trickles is cut off.
             config = uvicorn.Config(health_app(self._status or self.renewer.status), log_level="warning", access_log=False,

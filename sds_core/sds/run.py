@@ -11,8 +11,8 @@ from pydantic import ValidationError
 def run(name: str, prog: str, settings_class, make_agent, args: list[str]) -> int:
     """Parse the settings, build the agent and run it until SIGTERM; every failure to start is a
     one-line message and exit status 2 (the agent and the gateway agent share this)."""
-    from sds_core import logs
-    from sds_core.sds.settings import describe_errors
+    from sds_core import logs  # lazy: after the settings parse
+    from sds_core.sds.settings import describe_errors  # lazy: after the settings parse
 
     try:
         settings = settings_class(_cli_parse_args=args, _cli_prog_name=prog)
@@ -21,7 +21,7 @@ def run(name: str, prog: str, settings_class, make_agent, args: list[str]) -> in
         return 2
     logs.setup(settings.log_level)
     try:
-        import uvloop  # optional fast path
+        import uvloop  # lazy: optional fast path
 
         uvloop.install()
     except ImportError:

@@ -8,6 +8,7 @@ from sds_core import names
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+import json
 
 SourceKind = Literal["issuer", "local-ca", "files", "vault"]
 NameList = Annotated[list[str], NoDecode]
@@ -18,7 +19,6 @@ def _split(value: object) -> object:
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("["):
-            import json
 
             return json.loads(text)
         return [part.strip() for part in text.split(",") if part.strip()]
@@ -195,7 +195,6 @@ def env_value(value: object) -> str:
     if isinstance(value, (list, tuple)):
         return ",".join(str(v) for v in value)
     if isinstance(value, dict):
-        import json
 
         return json.dumps(value, separators=(",", ":"))
     return str(value)

@@ -17,6 +17,9 @@ from hvac import exceptions as vexc
 from sds_core import logs
 from .settings import AgentSettings
 from .sources.base import SourceError
+import ssl
+from requests.adapters import HTTPAdapter
+from sds_core.sds import metrics
 
 log = logging.getLogger("sds.vault")
 T = TypeVar("T")
@@ -30,9 +33,7 @@ def _session(ca_cert: str) -> requests.Session:
     session = requests.Session()
     if not ca_cert:
         return session
-    import ssl
 
-    from requests.adapters import HTTPAdapter
 
     pem = ca_cert if ca_cert.lstrip().startswith("-----BEGIN") else None
     try:
@@ -149,7 +150,6 @@ class VaultClient:
                     ms=round(1000 * (time.monotonic() - started))))
                 continue
             if i != self.current:
-                from sds_core.sds import metrics
 
                 metrics.VAULT_SWITCHES.inc()
                 self.on_switch(self.addresses[self.current], self.addresses[i])
@@ -228,7 +228,6 @@ class VaultClient:
         except _UNAVAILABLE:
             raise
         except vexc.VaultError as e:
-            from sds_core.sds import metrics
 
             metrics.VAULT_AUTH_FAILURES.inc()
             said = "; ".join(str(x)[:300] for x in (e.errors or [])) or type(e).__name__

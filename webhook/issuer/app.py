@@ -20,6 +20,8 @@ from ..bodies import TooLarge, read_limited
 from .identity import Refused
 from .service import Issuer
 from sds_core.reasons import Reason
+from starlette.concurrency import run_in_threadpool
+from .ocsp import respond
 
 JSON = "application/json"
 MAX_BODY = 64 * 1024
@@ -52,7 +54,6 @@ async def _read(request: Request, model: type[T]) -> tuple[str, T]:
 
 
 def create_app(issuer: Issuer, ready=lambda: True) -> FastAPI:
-    from starlette.concurrency import run_in_threadpool
 
     app = FastAPI(title="sds-injector issuer", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -78,7 +79,6 @@ def create_app(issuer: Issuer, ready=lambda: True) -> FastAPI:
     @app.post(api.OCSP)
     async def ocsp_responder(request: Request) -> Response:
         # Public, as OCSP is: no token. A request is ~100 bytes.
-        from .ocsp import respond
 
         try:
             body = await read_limited(request, 4096)

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from sds_core import names
 from sds_core.pki.ca import LocalCA
 from sds_core.pki.validation import parse_certificates, parse_private_key
+from kubernetes.client.exceptions import ApiException
 
 log = logging.getLogger("issuer.authority")
 _KEY_SAFE = re.compile(r"^[-_a-zA-Z0-9]+$")
@@ -191,7 +192,6 @@ def load_or_create(core, namespace: str, secret_name: str, layout: Layout, attem
     """The cluster's Authority: the Secret created if absent, missing environments' CAs added,
     rotations advanced by the clock. Safe with any number of replicas doing it at once: the API
     server's create and resourceVersion-checked replace decide, the losers re-read."""
-    from kubernetes.client.exceptions import ApiException
 
     rotation = rotation or Rotation()
     layout.check()

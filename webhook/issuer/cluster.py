@@ -11,6 +11,10 @@ import time
 from sds_core.kube.health import ApiHealth
 from sds_core.kube.informer import Informer
 from sds_core.kube.namespaces import NamespaceLabels
+from kubernetes import client
+from sds_core.kube.claims_informer import claims_informer
+from kubernetes.client.exceptions import ApiException
+from sds_core.policy.claims import Resolved, resolve
 
 
 def _slim_pod(o: dict) -> dict:
@@ -33,7 +37,6 @@ class ClusterCache:
     def __init__(self, api_client, watch_seconds: int = 300, gateway: bool = False, health: ApiHealth | None = None):
         """`gateway`: also watch tenant claims (only when a gateway may ask: RBAC on ConfigMaps).
         `health`: told of refused credentials by every API call made here."""
-        from kubernetes import client
 
         self.health = health or ApiHealth()
         self._probed = 0.0
@@ -48,7 +51,6 @@ class ClusterCache:
         self._resolved = None  # (config, Resolved), dropped on any claim or namespace change
         if gateway:
             # Gateway tenant claims: the issuer resolves them itself, with the gateway's rules.
-            from sds_core.kube.claims_informer import claims_informer
 
             self.claims = claims_informer(self.core, watch_seconds)
             self.claims.add_listener(self._forget)
@@ -96,7 +98,6 @@ class ClusterCache:
         hit = self.pods.get(namespace, name)
         if hit is not None:
             return hit
-        from kubernetes.client.exceptions import ApiException
 
         try:
             resp: Any = self.core.read_namespaced_pod(name, namespace, _preload_content=False,  # raw response
@@ -123,7 +124,6 @@ class ClusterCache:
 
     def gateway_tenants(self, config):
         """Resolved claims, recomputed only after a change (10,000 claims take ~0.1 s)."""
-        from sds_core.policy.claims import Resolved, resolve
 
         if self.claims is None:
             return Resolved((), ())

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from . import serials
+from cryptography.hazmat.primitives.asymmetric import ec
 
 VALIDITY = dt.timedelta(hours=1)
 MAX_CACHED = 100_000
@@ -28,7 +29,6 @@ def _key_hash(cert, algorithm) -> bytes:
 
 def _spk_bits(cert) -> bytes:
     # The hash is over the subjectPublicKey BIT STRING's value: the raw key bytes.
-    from cryptography.hazmat.primitives.asymmetric import ec
 
     key = cert.public_key()
     if isinstance(key, ec.EllipticCurvePublicKey):

@@ -16,12 +16,16 @@ from .cluster import ClusterCache
 from .service import Issuer
 from .settings import IssuerSettings
 from .tokens import JwksVerifier, TokenReviewVerifier
+from kubernetes import client
+from sds_core.kube.client import api_client
+import logging
+import time
+from ..server import serve_app
+from .app import create_app
 
 
 def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tuple[Issuer, ClusterCache]:
-    from kubernetes import client
 
-    from sds_core.kube.client import api_client
 
     api = api_client(settings.kubeconfig)
     rotation = Rotation(before=settings.ca_rotate_before_seconds, propagation=settings.ca_propagation_seconds,
@@ -53,8 +57,6 @@ def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tup
 def _refresh(issuer: Issuer, settle, every: float) -> None:
     """Rotations advance with the clock, and another replica may have advanced one (or added an
     environment): re-settle the Secret periodically. A failure keeps the current CAs."""
-    import logging
-    import time
 
     while True:
         time.sleep(every)
@@ -65,10 +67,7 @@ def _refresh(issuer: Issuer, settle, every: float) -> None:
 
 
 async def serve(settings: IssuerSettings, config: Callable[[], InjectorConfig], stop=None, sock=None) -> None:
-    import logging
 
-    from ..server import serve_app
-    from .app import create_app
 
     # Listing the cluster and settling the CA Secret block: keep the loop (and the webhook) free.
     issuer, cluster = await asyncio.to_thread(build, settings, config)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import jwt
 from sds_core.reasons import Reason
+from kubernetes import client
 
 SA_PREFIX = "system:serviceaccount:"
 
@@ -78,7 +79,6 @@ def precheck(token: str, audience: str, issuer: str | None = None, leeway: float
 class TokenReviewVerifier:
     def __init__(self, api_client, audience: str, issuer: str | None = None, max_in_flight: int = 32,
                  health=None):
-        from kubernetes import client
 
         self.health = health  # an ApiHealth: a refused review call makes the issuer unready
         self.auth = client.AuthenticationV1Api(api_client)
@@ -141,7 +141,6 @@ class JwksVerifier:
         self._lock = threading.Lock()
 
     def _refresh(self, force: bool) -> None:
-        from kubernetes import client
 
         with self._lock:
             if not force and time.monotonic() - self._fetched < self.refresh_seconds and self._keys:

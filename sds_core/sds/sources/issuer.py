@@ -20,6 +20,7 @@ from sds_core import issuer_api as api
 from sds_core.sds import material
 from ..settings import AgentSettings
 from .base import SecretSpec, Source, SourceError
+from sds_core.pki.ocsp import CONTENT_TYPE
 
 
 def new_key(kind: str):
@@ -95,7 +96,6 @@ class IssuerSource(Source):
             raise SourceError("unavailable", f"the issuer at {self.base} is unreachable: {why}") from None
 
     def _post_der(self, body: bytes) -> bytes:
-        from sds_core.pki.ocsp import CONTENT_TYPE
 
         req = urllib.request.Request(self.base + api.OCSP, data=body, method="POST",
                                      headers={"content-type": CONTENT_TYPE})

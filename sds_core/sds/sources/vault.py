@@ -19,6 +19,9 @@ from ..settings import AgentSettings
 from sds_core.pki.validation import InvalidSecret, now, parse_certificates, serial_hex
 from ..vault_client import VaultClient
 from .base import Tenant, SecretSpec, Source, SourceError
+import random
+from sds_core.pki.ocsp import CONTENT_TYPE
+from sds_core.sds.sources.issuer import csr_pem, new_key, private_pem
 
 log = logging.getLogger("sds.vault")
 
@@ -80,7 +83,6 @@ class VaultSource(Source):
                                     "(or MOUNT/issue/ROLE)")
 
     async def ocsp(self, spec: SecretSpec, request_der: bytes) -> bytes | None:
-        from sds_core.pki.ocsp import CONTENT_TYPE
 
         mount = self._pki_path(spec.tenant)[0]
         try:
@@ -189,7 +191,6 @@ class VaultSource(Source):
         cn = dns[0] if dns else name
         where = f"{mount}/{op}/{role}"
         if op == "sign":
-            from .issuer import csr_pem, new_key, private_pem
 
             own_key = new_key(s.key_type)
             csr = csr_pem(own_key, cn, dns, [params["uri_sans"]] if "uri_sans" in params else [])
@@ -300,7 +301,6 @@ class VaultSource(Source):
     async def changes(self, specs: Iterable[SecretSpec]) -> AsyncIterator[str]:
         """Names to fetch again: those the periodic poll finds changed, and — probed every
         second during an outage — those that failed, as soon as an address is healthy again."""
-        import random
 
         specs = list(specs)
         poll = self.s.vault_poll_seconds
