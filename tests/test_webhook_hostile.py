@@ -261,7 +261,7 @@ def test_inject_keeps_crlf_and_a_documents_own_namespace_wins(tmp_path):
     ca = tmp_path / "ca.crt"
     ca.write_bytes(LocalCA.generate().cert_pem)
     config = str(Path(__file__).parent.parent / "examples" / "config.yaml")
-    untouched = "apiVersion: v1\r\nkind: ConfigMap\r\nmetadata: {name: c}\r\ndata: {a: b}\r\n"
+    untouched = "apiVersion: v1\r\nkind: ConfigMap\r\nmetadata: {name: c}\r\ndata: {a: grüß ✓}\r\n"
     system_pod = ("---\r\napiVersion: v1\r\nkind: Pod\r\nmetadata: {name: p, namespace: kube-system, annotations: "
                   "{sds-injector.io/env: dev}}\r\nspec: {containers: [{name: a, image: a}]}\r\n")
     src = tmp_path / "crlf.yaml"

@@ -40,10 +40,11 @@ def _inject(args, parser, rest) -> int:
         if args.filename == "-":
             text = sys.stdin.read()
         else:
-            with open(args.filename, newline="") as f:  # untouched documents keep their \r\n
+            with open(args.filename, newline="", encoding="utf-8") as f:  # untouched documents keep their \r\n
                 text = f.read()
         out = inject_text(text, cfg, args.namespace, lambda m: print(m, file=sys.stderr))
-        with open(sys.stdout.fileno(), "w", newline="", closefd=False) as stdout:  # as read: no newline translation
+        # As read: no newline translation; YAML is UTF-8 whatever the locale says.
+        with open(sys.stdout.fileno(), "w", newline="", encoding="utf-8", closefd=False) as stdout:
             stdout.write(out)
     except (InjectError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
