@@ -54,7 +54,6 @@ class RateLimit:
     reported with the next event let through. Keeps a hostile client from filling the disk."""
 
     def __init__(self, burst: int = 10, per: float = 60.0):
-
         self.burst, self.per, self._now = burst, per, time.monotonic
         self._windows: dict[str, tuple[float, int, int]] = {}  # key -> (window start, used, dropped)
 

@@ -496,3 +496,21 @@ def test_readiness_follows_whether_the_api_server_accepts_the_issuers_credential
     finally:
         issuer.stop()
         kube.stop()
+
+
+def test_junk_cannot_grow_the_audit_without_bound(tmp_path):
+    """500 junk requests wrote 500 audit records (183 KB). Refusals are still all counted, but
+    audited at most 20 a minute per reason and caller; a later record says how many were not."""
+    kube = KubeAPI().start()
+    issuer = IssuerRun(tmp_path, kube, CONFIG, verifier="jwks").start()
+    try:
+        for _ in range(100):
+            assert sign(issuer, "not-a-jwt", "retail-service-cert")[0] == 401
+        records = [json.loads(x) for x in issuer.audit_file.read_text().splitlines()]
+        refused = [r for r in records if r["decision"] == "refused" and r["reason"] == "token_malformed"]
+        assert len(refused) == 20, len(refused)
+        metrics = issuer.get("/metrics")[1].decode()
+        assert 'sds_issuer_requests_refused_total{reason="token_malformed"} 100.0' in metrics
+    finally:
+        issuer.stop()
+        kube.stop()

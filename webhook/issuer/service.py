@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from sds_core import issuer_api as api
+from sds_core.logs import RateLimit
 from sds_core.pki.validation import serial_hex
 from sds_core.policy.config import InjectorConfig
 from .audit import AuditLog
@@ -54,6 +55,7 @@ class Issuer:
         self.cert_ttl, self.max_dns_names, self.overlap = cert_ttl, max_dns_names, overlap_seconds
         self.gateways = frozenset(gateways)  # "namespace/serviceaccount"
         self.pod_limits = pod_limits or PodBuckets(per_minute=20, burst=20)
+        self._refusal_audit = RateLimit(burst=20, per=60.0)
 
     def _grant(self, token: str, cfg: InjectorConfig) -> tuple[Caller, Grant]:
         try:
@@ -118,11 +120,17 @@ class Issuer:
             raise Refused(Reason.NO_CA, f"{e.args[0]}; add it to the issuer's environments", 503) from None
 
     def _refused(self, e: Refused, caller: Caller | None, **fields) -> NoReturn:
-        """Count and audit a refusal, then raise it."""
+        """Count every refusal; audit at most a burst of them per reason and caller a minute
+        (unverified callers are one caller), the next record saying how many were not: junk from
+        the pod network cannot grow the audit without bound, and nothing is silently lost."""
         REFUSED.labels(e.reason).inc()
         who = {"namespace": caller.namespace, "service_account": caller.service_account,
                "pod": caller.pod_name} if caller else {}
-        self.audit.record("refused", e.reason, message=e.message, **fields, **who)
+        key = f"{e.reason}:{caller.namespace}/{caller.pod_name}" if caller else f"{e.reason}:unverified"
+        audit, suppressed = self._refusal_audit.allow(key)
+        if audit:
+            self.audit.record("refused", e.reason, message=e.message, **fields, **who,
+                              **({"suppressed_before": suppressed} if suppressed else {}))
         raise e
 
     def sign(self, token: str, req: api.CertificateRequest) -> api.CertificateResponse:
