@@ -2,6 +2,8 @@
 Envoy, and `openssl s_client -status` as the client asking for the staple."""
 from __future__ import annotations
 
+from sds_core.pki.validation import serial_hex
+
 import re
 import shutil
 import subprocess
@@ -22,12 +24,12 @@ def status(port: int) -> dict:
                           "-status", "-showcerts"], input=b"", capture_output=True, timeout=10).stdout.decode()
     served = subprocess.run(["openssl", "x509", "-noout", "-serial"], input=out.encode(), capture_output=True,
                             timeout=10).stdout.decode().strip().partition("=")[2]
-    served = format(int(served, 16), "x") if served else ""
+    served = serial_hex(int(served, 16)) if served else ""
     if "OCSP response: no response sent" in out or "OCSP Response Status" not in out:
         return {"served": served, "staple": None}
     cert_status = re.search(r"Cert Status: (\w+)", out).group(1)
-    # Compared as numbers: the two openssl printouts need not agree on a leading zero.
-    stapled = format(int(re.search(r"Serial Number: ([0-9A-F]+)", out).group(1), 16), "x")
+    # Normalised: the two openssl printouts need not agree on a leading zero; ours keeps it.
+    stapled = serial_hex(int(re.search(r"Serial Number: ([0-9A-F]+)", out).group(1), 16))
     return {"served": served, "staple": cert_status, "stapled_serial": stapled}
 
 
