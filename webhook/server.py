@@ -127,5 +127,4 @@ async def serve(app, settings: ServerSettings, also=(), sock=None) -> None:
 
 
 def _has(module: str) -> bool:
-
     return importlib.util.find_spec(module) is not None

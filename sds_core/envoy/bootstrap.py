@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sds_core import names
+
 SDS_CLUSTER = "sds-agent"
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -180,7 +182,7 @@ def admin_pipe(path: str) -> dict:
 def _peer_matchers(peers: tuple[str, ...], trust_domain: str, namespace: str) -> list[dict]:
     if not peers:
         # Default: the pod's own namespace only; anything wider is an explicit allowed-peers.
-        return san_matchers(spiffe_prefixes=[f"spiffe://{trust_domain}/ns/{namespace}/sa/"])
+        return san_matchers(spiffe_prefixes=[names.namespace_prefix(trust_domain, namespace)])
     return san_matchers(spiffe_ids=[p for p in peers if not p.endswith("*")],
                         spiffe_prefixes=[p[:-1] for p in peers if p.endswith("*")])
 

@@ -1,14 +1,14 @@
 """Typed configuration of the SDS agent, read once at start-up from flags and SDS_* variables."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from sds_core import names
-
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-import json
+
+from sds_core import names
 
 SourceKind = Literal["issuer", "local-ca", "files", "vault"]
 NameList = Annotated[list[str], NoDecode]
@@ -19,7 +19,6 @@ def _split(value: object) -> object:
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("["):
-
             return json.loads(text)
         return [part.strip() for part in text.split(",") if part.strip()]
     return value
@@ -195,7 +194,6 @@ def env_value(value: object) -> str:
     if isinstance(value, (list, tuple)):
         return ",".join(str(v) for v in value)
     if isinstance(value, dict):
-
         return json.dumps(value, separators=(",", ":"))
     return str(value)
 

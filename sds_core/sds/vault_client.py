@@ -150,7 +150,6 @@ class VaultClient:
                     ms=round(1000 * (time.monotonic() - started))))
                 continue
             if i != self.current:
-
                 metrics.VAULT_SWITCHES.inc()
                 self.on_switch(self.addresses[self.current], self.addresses[i])
                 log.info("vault address switched", extra=logs.kv(frm=self.addresses[self.current],
@@ -228,7 +227,6 @@ class VaultClient:
         except _UNAVAILABLE:
             raise
         except vexc.VaultError as e:
-
             metrics.VAULT_AUTH_FAILURES.inc()
             said = "; ".join(str(x)[:300] for x in (e.errors or [])) or type(e).__name__
             raise SourceError("auth_failed", f"Vault login as role {role!r} at auth/{s.vault_auth_mount} failed: "

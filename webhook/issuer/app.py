@@ -54,7 +54,6 @@ async def _read(request: Request, model: type[T]) -> tuple[str, T]:
 
 
 def create_app(issuer: Issuer, ready=lambda: True) -> FastAPI:
-
     app = FastAPI(title="sds-injector issuer", docs_url=None, redoc_url=None, openapi_url=None)
 
     async def call(request: Request, method: Callable[[str, T], object], model: type[T]) -> Response:

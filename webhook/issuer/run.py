@@ -26,7 +26,6 @@ from .app import create_app
 
 def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tuple[Issuer, ClusterCache]:
 
-
     api = api_client(settings.kubeconfig)
     rotation = Rotation(before=settings.ca_rotate_before_seconds, propagation=settings.ca_propagation_seconds,
                         overlap=settings.ca_overlap_seconds, lifetime_days=settings.ca_lifetime_days)
@@ -67,7 +66,6 @@ def _refresh(issuer: Issuer, settle, every: float) -> None:
 
 
 async def serve(settings: IssuerSettings, config: Callable[[], InjectorConfig], stop=None, sock=None) -> None:
-
 
     # Listing the cluster and settling the CA Secret block: keep the loop (and the webhook) free.
     issuer, cluster = await asyncio.to_thread(build, settings, config)

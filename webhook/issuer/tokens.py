@@ -79,7 +79,6 @@ def precheck(token: str, audience: str, issuer: str | None = None, leeway: float
 class TokenReviewVerifier:
     def __init__(self, api_client, audience: str, issuer: str | None = None, max_in_flight: int = 32,
                  health=None):
-
         self.health = health  # an ApiHealth: a refused review call makes the issuer unready
         self.auth = client.AuthenticationV1Api(api_client)
         self.audience, self.issuer = audience, issuer
@@ -141,7 +140,6 @@ class JwksVerifier:
         self._lock = threading.Lock()
 
     def _refresh(self, force: bool) -> None:
-
         with self._lock:
             if not force and time.monotonic() - self._fetched < self.refresh_seconds and self._keys:
                 return

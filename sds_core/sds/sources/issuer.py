@@ -20,7 +20,6 @@ from sds_core import issuer_api as api
 from sds_core.sds import material
 from ..settings import AgentSettings
 from .base import SecretSpec, Source, SourceError
-from sds_core.pki.ocsp import CONTENT_TYPE
 
 
 def new_key(kind: str):
@@ -96,6 +95,7 @@ class IssuerSource(Source):
             raise SourceError("unavailable", f"the issuer at {self.base} is unreachable: {why}") from None
 
     def _post_der(self, body: bytes) -> bytes:
+        from sds_core.pki.ocsp import CONTENT_TYPE  # lazy: only with OCSP stapling (per-pod start-up)
 
         req = urllib.request.Request(self.base + api.OCSP, data=body, method="POST",
                                      headers={"content-type": CONTENT_TYPE})

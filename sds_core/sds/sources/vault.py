@@ -83,7 +83,6 @@ class VaultSource(Source):
                                     "(or MOUNT/issue/ROLE)")
 
     async def ocsp(self, spec: SecretSpec, request_der: bytes) -> bytes | None:
-
         mount = self._pki_path(spec.tenant)[0]
         try:
             return await asyncio.to_thread(self.vault.post_bytes, f"/v1/{mount}/ocsp", request_der, CONTENT_TYPE)
@@ -191,7 +190,6 @@ class VaultSource(Source):
         cn = dns[0] if dns else name
         where = f"{mount}/{op}/{role}"
         if op == "sign":
-
             own_key = new_key(s.key_type)
             csr = csr_pem(own_key, cn, dns, [params["uri_sans"]] if "uri_sans" in params else [])
             resp = self._call(name, where, lambda c: c.secrets.pki.sign_certificate(
