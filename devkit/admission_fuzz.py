@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from webhook import admission
 from sds_core.policy.annotations import SCHEMA
-from webhook.plan import AGENT, PROXY
+from webhook.layout import AGENT, PROXY
 
 from .reviews import review
 

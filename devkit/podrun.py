@@ -208,7 +208,7 @@ def pod_from(example: str, name: str, cfg: InjectorConfig, annotations: dict | N
            "spec": tmpl["spec"]}
     pod["metadata"]["annotations"] = {**pod["metadata"]["annotations"], **(annotations or {})}
     out = decide(pod, pod["metadata"]["namespace"], cfg)
-    assert out.action == "inject", out.message
+    assert out.result == "injected", out.message
     return jsonpatch.apply_patch(pod, out.patch)
 
 

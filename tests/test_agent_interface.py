@@ -26,7 +26,7 @@ def test_what_the_webhook_writes_is_what_the_agent_reads(source, monkeypatch):
     cfg = with_issuer_ca(InjectorConfig.model_validate({"agent": {"source": source, **SOURCES[source]}}), CA)
     out = decide(pod({"sds-injector.io/env": "dev", "sds-injector.io/business-line": "retail",
                       "sds-injector.io/ocsp-staple-policy": "STRICT_STAPLING"}), "shop", cfg)
-    assert out.action == "inject", out.message
+    assert out.result == "injected", out.message
     agent = next(c for c in out.plan.containers if c["name"] == "sds-agent")
     for k in [k for k in os.environ if k.startswith("SDS_")]:
         monkeypatch.delenv(k)

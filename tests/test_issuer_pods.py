@@ -60,7 +60,7 @@ def local_cluster(tmp_path, issuer_config, prepare=lambda kube: None):
                "spec": {"serviceAccountName": sa, "containers": [{"name": "app", "image": "app:1"}]}}
         def webhook(seen: dict) -> dict:
             out = decide(seen, namespace, cfg)
-            assert out.action == "inject", out.message
+            assert out.result == "injected", out.message
             return jsonpatch.apply_patch(seen, out.patch)
         admitted, _ = admit_pod(pod, webhook)  # the API server's chain: ServiceAccount plugin, webhook, plugin
         p = LocalPod(admitted, tmp_path, tokens={"sds-injector": kube.mint(stored)}, dns=dns)

@@ -22,7 +22,8 @@ from devkit import harness
 from devkit.harness import free_port, wait_for
 from sds_core.envoy import bootstrap as b
 from webhook import istio
-from webhook import plan as planning
+from webhook import layout
+from webhook.existing import injected_status
 from sds_core.policy.config import load_config
 from webhook.injector import decide
 
@@ -33,14 +34,14 @@ ISTIO_POD = yaml.safe_load((ROOT / "tests" / "golden" / "istio-proxy-present.yam
 
 def admit(pod: dict, namespace: str = "bank-prod") -> dict:
     out = decide(pod, namespace, CONFIG)
-    assert out.action == "inject", (out.reason, out.message)
+    assert out.result == "injected", (out.reason, out.message)
     return jsonpatch.apply_patch(pod, out.patch)
 
 
 def proxies(pod: dict) -> list[str]:
     spec = pod["spec"]
     return [c["name"] for k in ("initContainers", "containers") for c in spec.get(k) or []
-            if c["name"] in (istio.PROXY, planning.PROXY)]
+            if c["name"] in (istio.PROXY, layout.PROXY)]
 
 
 def plain_pod() -> dict:
@@ -57,7 +58,7 @@ def test_istio_first_then_us_adds_only_the_agent_before_istio_proxy():
     pod = admit(copy.deepcopy(ISTIO_POD))
     assert proxies(pod) == [istio.PROXY]
     names = [c["name"] for c in pod["spec"]["initContainers"]]
-    assert names.index(planning.AGENT) < names.index(istio.PROXY), "the socket must exist when istio-proxy starts"
+    assert names.index(layout.AGENT) < names.index(istio.PROXY), "the socket must exist when istio-proxy starts"
     assert [v["name"] for v in pod["spec"]["volumes"]].count(istio.SOCKET_VOL) == 1
     # Admitted again (reinvocation): nothing changes.
     assert decide(pod, "bank-prod", CONFIG).reason == "already_injected"
@@ -67,7 +68,7 @@ def test_us_first_then_istio_converts_to_istio_mode_on_reinvocation():
     """Our webhook ran before Istio's (its name sorted first) and gave the pod our Envoy; Istio
     then added istio-proxy and the API server calls us again (reinvocationPolicy IfNeeded)."""
     ours = admit(plain_pod())
-    assert proxies(ours) == [planning.PROXY]
+    assert proxies(ours) == [layout.PROXY]
     # What Istio's injector adds on top (its containers and volumes).
     both = copy.deepcopy(ours)
     both["spec"]["initContainers"] += [c for c in ISTIO_POD["spec"]["initContainers"]]
@@ -75,9 +76,9 @@ def test_us_first_then_istio_converts_to_istio_mode_on_reinvocation():
     both["metadata"]["annotations"][istio.STATUS] = ISTIO_POD["metadata"]["annotations"][istio.STATUS]
     again = admit(both)
     assert proxies(again) == [istio.PROXY], "our Envoy removed: one proxy per pod"
-    assert planning.injected_status(again)["mode"] == "istio"
+    assert injected_status(again)["mode"] == "istio"
     vols = [v["name"] for v in again["spec"]["volumes"]]
-    assert planning.SOCKET_VOL not in vols and planning.ADMIN_VOL not in vols
+    assert layout.SOCKET_VOL not in vols and layout.ADMIN_VOL not in vols
     assert vols.count(istio.SOCKET_VOL) == 1
 
 
@@ -86,14 +87,14 @@ def test_istio_opt_out_is_honoured_unless_we_are_asked_explicitly():
     pod["metadata"]["labels"][istio.INJECT] = "false"
     assert decide(pod, "bank-prod", CONFIG).reason == "istio_opted_out"
     pod["metadata"]["annotations"]["sds-injector.io/inject"] = "true"
-    assert proxies(admit(pod)) == [planning.PROXY]
+    assert proxies(admit(pod)) == [layout.PROXY]
 
 
 def test_agent_settings_in_istio_mode_are_valid_for_the_agent():
     from sds_core.sds.settings import AgentSettings
 
     pod = admit(copy.deepcopy(ISTIO_POD))
-    agent = next(c for c in pod["spec"]["initContainers"] if c["name"] == planning.AGENT)
+    agent = next(c for c in pod["spec"]["initContainers"] if c["name"] == layout.AGENT)
     env = {e["name"]: e["value"] for e in agent["env"] if "value" in e}
     settings = AgentSettings(**{k[4:].lower(): v for k, v in env.items() if k.startswith("SDS_") and v}
                              | {"issuer_ca": "x", "serve_as": json.loads(env["SDS_SERVE_AS"])})
@@ -166,7 +167,7 @@ def test_the_agent_runs_as_istio_proxy_does_when_the_pod_overrides_its_user():
     p["spec"]["containers"].append({"name": "istio-proxy", "image": "proxyv2",
                                     "securityContext": {"runAsUser": 1234, "runAsGroup": 4321}})
     out = decide(p, "shop", CONFIG)
-    assert out.action == "inject", out.message
+    assert out.result == "injected", out.message
     agent = next(c for c in out.plan.containers if c["name"] == "sds-agent")
     assert (agent["securityContext"]["runAsUser"], agent["securityContext"]["runAsGroup"]) == (1234, 4321)
     default = decide(pod({"sds-injector.io/env": "dev", "sidecar.istio.io/inject": "true"}), "shop", CONFIG)

@@ -110,7 +110,7 @@ def test_the_service_account_plugin_runs_around_the_webhook_as_in_kube_apiserver
     def webhook(pod: dict) -> dict:
         seen.append(pod)
         out = decide(pod, "shop", cfg)
-        return jsonpatch.apply_patch(pod, out.patch) if out.action == "inject" else pod
+        return jsonpatch.apply_patch(pod, out.patch) if out.result == "injected" else pod
 
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "shop",
                                                            "annotations": {"sds-injector.io/env": "dev"}},
@@ -123,4 +123,4 @@ def test_the_service_account_plugin_runs_around_the_webhook_as_in_kube_apiserver
     assert mounts["sds-agent"][SA_TOKEN_DIR] == mounts["sds-envoy"][SA_TOKEN_DIR] == "sds-no-sa-token"
     assert calls == 1
     # The webhook's reinvocation on the stored pod would be a no-op: already injected.
-    assert decide(stored, "shop", cfg).action == "skip"
+    assert decide(stored, "shop", cfg).result == "skipped"

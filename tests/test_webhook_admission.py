@@ -10,7 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from webhook import admission
-from webhook import plan as planning
+from webhook import layout
+from webhook.existing import strip
+from webhook.patch import apply
 from sds_core.policy.config import InjectorConfig, load_config
 from webhook.injector import decide
 from devkit.harness import wait_for
@@ -51,7 +53,7 @@ def test_older_injection_is_stripped_and_redone_never_doubled():
     old_cfg = InjectorConfig.model_validate({**CONFIG.model_dump(by_alias=True), "images": {"envoy": "envoy:old"}})
     old = jsonpatch.apply_patch(p, decide(p, "shop", old_cfg).patch)
     out = decide(old, "shop", CONFIG)
-    assert out.action == "inject" and out.reason == "reinjected"
+    assert out.result == "injected" and out.reason == "reinjected"
     redone = jsonpatch.apply_patch(old, out.patch)
     names = [c["name"] for c in redone["spec"]["initContainers"]]
     assert names == ["sds-agent", "sds-envoy"]
@@ -75,7 +77,7 @@ def test_classic_sidecar_mode():
 def test_skips(annotations, reason):
     ns = "kube-system" if reason == "system_namespace" else "shop"
     out = decide(pod(annotations, ns), ns, CONFIG)
-    assert (out.action, out.reason) == ("skip", reason)
+    assert (out.result, out.reason) == ("skipped", reason)
 
 
 # Namespace × env × business line → allowed, or the denial's key phrase (examples/config.yaml).
@@ -228,9 +230,9 @@ def test_update_operation_is_admitted_unchanged():
 
 
 def test_internal_error_is_a_denial_naming_the_uid(monkeypatch):
-    import webhook.admission as adm
+    from webhook import injector
 
-    monkeypatch.setattr(adm, "decide", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(injector, "decide", lambda *a, **k: 1 / 0)
     r = review(pod({"sds-injector.io/env": "dev"}))
     status, out = call(r)
     assert status == 200 and not out["response"]["allowed"]
@@ -273,14 +275,14 @@ def test_injection_is_idempotent_on_generated_pods(containers, init, volumes, ex
         spec["volumes"] = volumes
     p = {"metadata": {"name": "p", "namespace": "shop", "annotations": annotations}, "spec": spec}
     out = decide(p, "shop", CONFIG)
-    assert out.action == "inject", out.message
+    assert out.result == "injected", out.message
     once = jsonpatch.apply_patch(p, out.patch)
-    assert once == planning.apply(p, out.plan)
+    assert once == apply(p, out.plan)
     assert decide(once, "shop", CONFIG).reason == "already_injected"
     assert [o["op"] for o in out.patch] == ["add"] * len(out.patch)
     assert sum(o["path"] == "/spec/volumes" for o in out.patch) <= 1
     # Stripping gives back exactly the original pod.
-    assert planning.strip(once) == p
+    assert strip(once) == p
 
 
 def test_files_source_mounts_one_secret_per_name():
@@ -434,7 +436,7 @@ def test_sidecars_get_no_api_token_and_envoy_admin_is_private():
     volumes = {v["name"]: v for v in patched["spec"]["volumes"]}
     for c in sidecars.values():
         # The API server's ServiceAccount plugin skips containers that mount this path already.
-        masked = [m for m in c["volumeMounts"] if m["mountPath"] == planning.SA_TOKEN_DIR]
+        masked = [m for m in c["volumeMounts"] if m["mountPath"] == layout.SA_TOKEN_DIR]
         assert masked and "emptyDir" in volumes[masked[0]["name"]]
     agent_env = {e["name"]: e.get("value") for e in sidecars["sds-agent"]["env"]}
     assert agent_env["SDS_HTTP_HOST"] == "127.0.0.1" and "ports" not in sidecars["sds-agent"]
@@ -529,3 +531,32 @@ def test_a_workload_update_that_keeps_its_pod_template_is_never_denied():
     assert _validate(new, "UPDATE", old)["allowed"]
     changed = _workload("Deployment", {"sds-injector.io/env": "prod", "sds-injector.io/inbound": "8443:8080"})
     assert not _validate(changed, "UPDATE", old)["allowed"]
+
+
+def test_an_admission_review_passes_each_admission_module_once():
+    """controller-runtime's shape: parse → decide (every check) → respond → record, each admission
+    module entered in one stretch (it took six trips through plan.py: status, strip, ownership,
+    collisions, build, apply)."""
+    import os
+    import sys
+
+    stages = {f"webhook/{m}.py" for m in ("admission", "injector", "podshape", "existing", "plan", "patch",
+                                          "verdict")} | {"sds_core/policy/selection.py"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/"
+    body = json.dumps(review(pod({"sds-injector.io/env": "dev", "sds-injector.io/inbound": "8443:8080"}))).encode()
+    entered: list[str] = []
+
+    def profile(frame, event, arg):
+        name = frame.f_code.co_filename.removeprefix(root)
+        caller = frame.f_back.f_code.co_filename.removeprefix(root) if frame.f_back else ""
+        if event == "call" and name in stages and caller != name and (not entered or entered[-1] != name):
+            entered.append(name)
+
+    sys.setprofile(profile)
+    try:
+        status, _ = admission.handle(body, lambda: CONFIG)
+    finally:
+        sys.setprofile(None)
+    assert status == 200
+    assert len(entered) == len(set(entered)), entered
+    assert set(entered) == stages, entered

@@ -10,7 +10,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from webhook import plan as planning
+from webhook.existing import strip
+from webhook.patch import apply
 from sds_core.policy.config import load_config
 from webhook.injector import decide
 
@@ -22,13 +23,13 @@ K8S_VERSIONS = ["1.33", kubernetes_validate.latest_version()]
 
 def outcome_of(pod: dict) -> dict:
     out = decide(pod, pod["metadata"]["namespace"], CONFIG)
-    if out.action == "deny":
+    if out.result == "denied":
         return {"denied": {"code": out.code, "reason": str(out.reason), "message": out.message}}
-    if out.action == "skip":
+    if out.result == "skipped":
         return {"skipped": str(out.reason)}
     patched = jsonpatch.apply_patch(pod, out.patch)
     # Two independent routes to the injected pod must agree: the patch, and the plan applied.
-    assert patched == planning.apply(planning.strip(pod), out.plan)
+    assert patched == apply(strip(pod), out.plan)
     return patched
 
 

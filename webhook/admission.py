@@ -1,21 +1,20 @@
-"""AdmissionReview v1 in, AdmissionReview v1 out. Bad input is a clear 400 (when no uid can be
-echoed) or a denial with a readable message — never a 500."""
+"""AdmissionReview v1 in, AdmissionReview v1 out: parse the review, ask the decider for the one
+verdict, build the response from it, count and log it. Bad input is a clear 400 (when no uid can
+be echoed) or a denial with a readable message — never a 500."""
 from __future__ import annotations
 
 import base64
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import orjson
 
-from . import istio, metrics, podshape
 from sds_core.policy.config import InjectorConfig
-from .injector import decide
-from .plan import check_owned_mounts
-from sds_core.policy.selection import Denied
 from sds_core.reasons import Reason
+
+from . import injector, metrics
+from .verdict import Verdict, deny, skip, status_reason
 
 log = logging.getLogger("webhook.admission")
 API_VERSION = "admission.k8s.io/v1"
@@ -23,42 +22,6 @@ API_VERSION = "admission.k8s.io/v1"
 
 class BadRequest(ValueError):
     pass
-
-
-# metav1.StatusReason for each code a denial carries (kubectl shows it beside the message).
-STATUS_REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
-                  422: "Invalid", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable",
-                  504: "Timeout"}
-
-
-def status_reason(code: int) -> str:
-    return STATUS_REASONS.get(code, "InternalError" if code >= 500 else "BadRequest")
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The one answer to one AdmissionReview, whatever decided it (controller-runtime's
-    admission.Response): allowed or not, why (`reason`: the metric label and log field), the
-    message and code a denial shows, the patch an injection applies."""
-
-    result: str  # injected | skipped | denied | error: the requests metric's label
-    reason: str
-    message: str = ""
-    code: int = 200
-    patch: list | None = None
-    warnings: tuple[str, ...] = ()
-
-    @property
-    def allowed(self) -> bool:
-        return self.result in ("injected", "skipped")
-
-
-def deny(reason: str, message: str, code: int) -> Verdict:
-    return Verdict("denied", reason, message, code)
-
-
-def skip(reason: str) -> Verdict:
-    return Verdict("skipped", reason)
 
 
 def respond(uid: str, v: Verdict) -> tuple[Verdict, bytes]:
@@ -136,7 +99,7 @@ def handle(body: bytes, config: Callable[[], InjectorConfig], namespace_labels=N
         uid = req["uid"]
         fields: dict = {"uid": uid}
         try:
-            verdict = (decider or decide_review)(req, config(), namespace_labels, fields)
+            verdict = (decider or injector.review)(req, config(), namespace_labels, fields)
         except Exception as e:  # any bug becomes a denial that says so, not a 500
             log.exception("internal error", extra={"fields": fields})
             verdict = Verdict("error", type(e).__name__, f"sds-injector internal error ({type(e).__name__}); "
@@ -147,45 +110,3 @@ def handle(body: bytes, config: Callable[[], InjectorConfig], namespace_labels=N
         return 200, out
     finally:
         metrics.LATENCY.observe(time.perf_counter() - start)
-
-
-def decide_review(req: dict, cfg: InjectorConfig, namespace_labels, fields: dict) -> Verdict:
-    """Every check of one review, in order; the first that applies is the verdict. `fields`
-    gathers what the log line says about the request."""
-    kind = req.get("kind")
-    if not isinstance(kind, dict):
-        return deny(Reason.MALFORMED_REQUEST, "request.kind must be an object {group, version, kind}", 400)
-    if (kind.get("group"), kind.get("kind")) != ("", "Pod"):
-        return deny(Reason.NOT_A_POD, f"sds-injector only mutates pods, got {kind.get('group') or 'core'}/"
-                    f"{kind.get('kind')}; check the rules of the MutatingWebhookConfiguration", 400)
-    pod = req.get("object")
-    ephemeral = req.get("subResource") == "ephemeralcontainers"
-    if req.get("operation") != "CREATE" and not ephemeral:
-        return skip(Reason.OPERATION)
-    if not isinstance(pod, dict):
-        return deny(Reason.MALFORMED_POD, "AdmissionReview request.object is missing or not an object", 400)
-    if (shape := podshape.problem(req)) is not None:
-        return deny(Reason.MALFORMED_POD, f"malformed pod: {shape}", 400)
-    if ephemeral:
-        return _ephemeral(pod)
-    namespace = req.get("namespace") or (pod.get("metadata") or {}).get("namespace") or "default"
-    meta = pod.get("metadata") or {}
-    fields.update(namespace=namespace, pod=meta.get("generateName") or meta.get("name"),
-                  dry_run=bool(req.get("dryRun")))
-    out = decide(pod, namespace, cfg, namespace_labels)
-    if out.action == "deny":
-        return deny(out.reason, out.message, out.code)
-    if out.action == "skip":
-        return Verdict("skipped", out.reason, warnings=out.warnings)
-    fields["certificates"] = list(out.selection.certificates) if out.selection else []
-    return Verdict("injected", out.reason, patch=out.patch, warnings=out.warnings)
-
-
-def _ephemeral(pod: dict) -> Verdict:
-    """`kubectl debug` adds ephemeral containers to a running pod: one may not mount the
-    injector's volumes (the agent's socket hands out every private key it serves)."""
-    try:
-        check_owned_mounts(pod, keys=("ephemeralContainers",), mode=istio.mode(pod))
-    except Denied as d:
-        return deny(d.reason, d.message, d.code)
-    return skip(Reason.EPHEMERAL_CONTAINERS)

@@ -9,9 +9,11 @@ from collections.abc import Callable
 
 import yaml
 
-from . import plan as planning
 from sds_core.policy.config import InjectorConfig
+
+from .existing import strip
 from .injector import decide
+from .patch import apply
 
 _SEPARATOR = re.compile(r"^---[ \t]*(#[^\r\n]*)?\r?$", re.M)  # CRLF files too
 TEMPLATE_PATHS = {
@@ -86,15 +88,15 @@ def inject_document(doc: dict, cfg: InjectorConfig, namespace: str | None, index
         warn(f"{name}: declares namespace {declared}; --namespace {namespace} does not apply to it")
     ns = declared or namespace or "default"
     outcome = decide(node, ns, cfg)
-    if outcome.action == "deny":
+    if outcome.result == "denied":
         raise InjectError(f"{name} in namespace {ns}: {outcome.message}")
-    if outcome.action == "skip":
+    if outcome.result == "skipped":
         warn(f"{name}: not injected ({outcome.reason})")
         return None
     assert outcome.plan is not None, "an inject verdict always carries its plan"
     for w in outcome.warnings:
         warn(f"{name}: {w}")
-    injected = planning.apply(planning.strip(node), outcome.plan)
+    injected = apply(strip(node), outcome.plan)
     if not path:
         return injected
     new = dict(doc)

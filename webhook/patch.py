@@ -1,8 +1,13 @@
 """Injection plan → RFC 6902 JSON patch, built directly (no diff of whole pods): only `add`
-operations on a first injection, one per list (never two `add /spec/volumes`)."""
+operations on a first injection, one per list (never two `add /spec/volumes`); and the injected pod
+the patch must produce."""
 from __future__ import annotations
 
-from .plan import STATUS, Plan, apply, injected_status, strip
+import copy
+
+from .existing import Existing
+from .layout import STATUS
+from .plan import Plan
 
 
 def _pointer(key: str) -> str:
@@ -19,9 +24,9 @@ def _add_all(ops: list, container: dict, parent: str, key: str, items, at_front:
         ops.append({"op": "add", "path": f"{parent}/{key}/{i if at_front else '-'}", "value": item})
 
 
-def ops(pod: dict, plan: Plan) -> list[dict]:
-    if injected_status(pod) is not None:
-        return _reinject(pod, plan)
+def ops(pod: dict, found: Existing, plan: Plan) -> list[dict]:
+    if found.record is not None:
+        return _reinject(pod, found.stripped, plan)
     spec = pod.get("spec") or {}
     meta = pod.get("metadata")
     out: list[dict] = []
@@ -39,10 +44,10 @@ def ops(pod: dict, plan: Plan) -> list[dict]:
     return out
 
 
-def _reinject(pod: dict, plan: Plan) -> list[dict]:
+def _reinject(pod: dict, stripped: dict, plan: Plan) -> list[dict]:
     # Rare path (an older revision's injection): replace the touched lists whole, which is
     # correct by construction, instead of index arithmetic over removals.
-    target = apply(strip(pod), plan)
+    target = apply(stripped, plan)
     spec, new = pod.get("spec") or {}, target["spec"]
     out = []
     for key in ("initContainers", "containers", "volumes"):
@@ -52,3 +57,17 @@ def _reinject(pod: dict, plan: Plan) -> list[dict]:
             out.append({"op": "remove", "path": f"/spec/{key}"})
     out.append({"op": "replace", "path": "/metadata/annotations", "value": target["metadata"]["annotations"]})
     return out
+
+
+def apply(pod: dict, plan: Plan) -> dict:
+    """The injected pod: what the patch must produce (used by tests and the inject CLI)."""
+    pod = copy.deepcopy(pod)
+    spec = pod.setdefault("spec", {})
+    if plan.native:
+        spec["initContainers"] = [copy.deepcopy(c) for c in plan.containers] + (spec.get("initContainers") or [])
+    else:
+        spec.setdefault("containers", []).extend(copy.deepcopy(c) for c in plan.containers)
+    spec["volumes"] = (spec.get("volumes") or []) + [copy.deepcopy(v) for v in plan.volumes]
+    meta = pod.setdefault("metadata", {})
+    meta["annotations"] = {**(meta.get("annotations") or {}), STATUS: plan.status}
+    return pod

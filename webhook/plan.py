@@ -1,40 +1,20 @@
-"""Selection → injection plan: the containers, volumes and status annotation to add. Also the
-inverse: stripping a previous injection, so re-injection never doubles anything."""
+"""Selection → injection plan: the containers, volumes and status annotation to add, checked
+against the pod they go into (no name or port used twice)."""
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass
 
-from sds_core.policy import annotations as ann
-from . import istio
 from sds_core.envoy.bootstrap import pod_bootstrap
-from sds_core.sds.settings import agent_env, agent_field_env, env_name
-from sds_core.policy.config import PREFIX, AgentConfig, InjectorConfig, Resources
+from sds_core.policy import annotations as ann
+from sds_core.policy.config import AgentConfig, InjectorConfig, Resources
 from sds_core.policy.selection import Denied, Selection
 from sds_core.reasons import Reason
+from sds_core.sds.settings import agent_env, agent_field_env, env_name
 
-STATUS = PREFIX + "status"
-AGENT, PROXY = "sds-agent", "sds-envoy"
-SOCKET_VOL, TOKEN_VOL, CA_VOL = "sds-socket", "sds-token", "sds-local-ca"
-ADMIN_VOL, NO_SA_TOKEN_VOL, FILES_VOL_PREFIX = "sds-admin", "sds-no-sa-token", "sds-files-"
-TOKEN_DIR, CA_DIR, FILES_DIR = "/var/run/secrets/sds-injector", "/etc/sds/local-ca", "/etc/sds/certs"
-ADMIN_DIR = "/var/run/sds-admin"
-# The API server mounts the pod's API token at this path into every container that has no mount
-# there already: an empty volume in its place keeps the token out of the sidecars.
-SA_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-
-
-# Without a pod fsGroup the kubelet writes Secret files as root:root, so the agent (uid 65532)
-# reads them through the "other" bits. Only the agent mounts these volumes (owned_volume() is
-# enforced at admission), so readable-by-all means readable by the agent alone.
-SECRET_FILE_MODE = 0o444
-
-
-def owned_volume(name: str) -> bool:
-    """Volumes the injector adds: no container of the pod's own may mount one."""
-    return name in (SOCKET_VOL, TOKEN_VOL, CA_VOL, ADMIN_VOL, NO_SA_TOKEN_VOL) or name.startswith(FILES_VOL_PREFIX)
-
+from . import istio
+from .layout import (ADMIN_DIR, ADMIN_VOL, AGENT, CA_DIR, CA_VOL, FILES_DIR, FILES_VOL_PREFIX, NO_SA_TOKEN_VOL,
+                     PROXY, SA_TOKEN_DIR, SECRET_FILE_MODE, SOCKET_VOL, TOKEN_DIR, TOKEN_VOL)
 
 @dataclass(frozen=True)
 class Plan:
@@ -77,18 +57,26 @@ def _field_env(name: str, path: str) -> dict:
 _PLANS: dict[tuple[Selection, str, str, bool, tuple[int, int]], Plan] = {}
 
 
-def build(sel: Selection, cfg: InjectorConfig, mode: str = "envoy", socket_volume: bool = False,
-          proxy_ids: tuple[int, int] | None = None) -> Plan:
-    """The plan depends only on the selection, the config and the mode (Istio's proxy present or
-    not, and whether Istio's socket volume is already there): the pods of one Deployment share
-    them, so a scale-up builds it once. Plans are never mutated (apply() copies)."""
-    ids = proxy_ids or (istio.PROXY_UID, cfg.sidecar_group)
+def build(sel: Selection, cfg: InjectorConfig, mode: str, pod: dict) -> Plan:
+    """The plan for `pod` (stripped of any earlier injection); raises Denied when the plan's
+    names or ports collide with the pod's own. The plan itself depends only on the selection, the
+    config and the mode (Istio's proxy present or not, and whether Istio's socket volume is
+    already there): the pods of one Deployment share them, so a scale-up builds it once. Plans
+    are never mutated (the patch copies)."""
+    socket_volume = istio.has_socket_volume(pod)
+    ids = istio.proxy_identity(pod, cfg.sidecar_group)
     key = (sel, cfg.revision, mode, socket_volume, ids)
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) >= 1024:
             _PLANS.clear()
         plan = _PLANS[key] = _build_istio(sel, cfg, socket_volume, ids) if mode == "istio" else _build(sel, cfg)
+    if not (pod.get("spec") or {}).get("containers"):
+        # Only a container named like a sidecar can be stripped; if that was all the pod had,
+        # the pod is not one the injector made.
+        raise Denied(Reason.RESERVED_NAME, f"the pod's containers are named {AGENT!r}/{PROXY!r}, names reserved "
+                     "for the sidecars; rename them", 400)
+    _check_collisions(pod, plan, sel, cfg, mode)
     return plan
 
 
@@ -260,73 +248,7 @@ def _build_istio(sel: Selection, cfg: InjectorConfig, socket_volume_present: boo
     return Plan((agent,), tuple(ours + shared), True, status)
 
 
-def injected_status(pod: dict) -> dict | None:
-    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(STATUS)
-    if not raw:
-        return None
-    try:
-        record = json.loads(raw)
-    except ValueError:
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def strip(pod: dict) -> dict:
-    """The pod without what a previous injection recorded in its status annotation."""
-    record = injected_status(pod)
-    if record is None:
-        return pod
-    pod = copy.deepcopy(pod)
-    spec = pod.setdefault("spec", {})
-    for key in ("containers", "initContainers", "volumes"):
-        listed = record.get(key)
-        listed = listed if isinstance(listed, list) else []
-        # Only what this injector adds may go, whatever the annotation claims: a hand-written
-        # status must not delete the pod's own containers or volumes.
-        ours = (lambda n: n in (AGENT, PROXY)) if key != "volumes" else owned_volume
-        gone = {n for n in listed if isinstance(n, str) and ours(n)}
-        if gone and key in spec:
-            spec[key] = [c for c in spec[key] if c.get("name") not in gone]
-            if not spec[key] and key != "containers":
-                del spec[key]
-    del pod["metadata"]["annotations"][STATUS]
-    if not pod["metadata"]["annotations"]:
-        del pod["metadata"]["annotations"]
-    return pod
-
-
-def check_owned_mounts(pod: dict, keys=("containers", "initContainers", "ephemeralContainers"),
-                       mode: str = "envoy") -> None:
-    """A container of the pod's own (in `keys` of a pod without our sidecars) mounting a volume
-    the injector adds would read the agent's socket (every private key it serves) or its
-    token: deny, naming both. In Istio mode the agent serves on Istio's `workload-socket`, which
-    only istio-proxy may mount besides it."""
-    spec = pod.get("spec") or {}
-    for key in keys:
-        for c in spec.get(key) or []:
-            if not isinstance(c, dict):
-                continue
-            istio_owned = mode == "istio" and not (key != "ephemeralContainers" and c.get("name") == istio.PROXY)
-            for m in c.get("volumeMounts") or []:
-                if not (isinstance(m, dict) and isinstance(m.get("name"), str)):
-                    continue
-                if owned_volume(m["name"]) or (istio_owned and m["name"] == istio.SOCKET_VOL):
-                    raise Denied(Reason.OWNED_VOLUME, f"container {c.get('name')!r} ({key}) mounts volume "
-                                 f"{m['name']!r}, which belongs to the sds-injector sidecars; remove that "
-                                 "volumeMount (the app reaches TLS through Envoy, never the agent)", 403)
-
-
-def check_process_isolation(pod: dict) -> None:
-    """With a shared process namespace any container running as the agent's uid reaches the
-    agent's socket (and memory) through /proc/<pid>/root: the app would get every private key."""
-    if (pod.get("spec") or {}).get("shareProcessNamespace") is True:
-        raise Denied(Reason.SHARED_PROCESS_NAMESPACE, "spec.shareProcessNamespace is true: every container could "
-                     "reach the SDS agent's socket and memory through /proc, and with them the pod's private "
-                     "keys; sds-injector does not inject such pods (remove shareProcessNamespace, or opt the "
-                     f"pod out with {ann.PREFIX}inject: \"false\")", 403)
-
-
-def check_collisions(pod: dict, plan: Plan, sel: Selection, cfg: InjectorConfig, mode: str = "envoy") -> None:
+def _check_collisions(pod: dict, plan: Plan, sel: Selection, cfg: InjectorConfig, mode: str = "envoy") -> None:
     spec = pod.get("spec") or {}
     existing = [c for key in ("containers", "initContainers") for c in spec.get(key) or []]
     names = {c.get("name") for c in existing}
@@ -370,17 +292,3 @@ def _check_ports(sel: Selection, cfg: InjectorConfig, declared: set) -> None:
     for port in sorted(p for p in declared if p in users):
         raise Denied(Reason.PORT_COLLISION, f"port {port} is declared by a container of the pod and used by "
                      f"{users[port]}; change one of them", 400)
-
-
-def apply(pod: dict, plan: Plan) -> dict:
-    """The injected pod: what the patch must produce (used by tests and the inject CLI)."""
-    pod = copy.deepcopy(pod)
-    spec = pod.setdefault("spec", {})
-    if plan.native:
-        spec["initContainers"] = [copy.deepcopy(c) for c in plan.containers] + (spec.get("initContainers") or [])
-    else:
-        spec.setdefault("containers", []).extend(copy.deepcopy(c) for c in plan.containers)
-    spec["volumes"] = (spec.get("volumes") or []) + [copy.deepcopy(v) for v in plan.volumes]
-    meta = pod.setdefault("metadata", {})
-    meta["annotations"] = {**(meta.get("annotations") or {}), STATUS: plan.status}
-    return pod

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from sds_core.reasons import Reason
 
-from .admission import Verdict, deny, skip
 from .injector import decide
 from .manifests import TEMPLATE_PATHS
+from .verdict import Verdict, deny, skip
 
 KINDS = {("apps", "Deployment"), ("apps", "StatefulSet"), ("apps", "DaemonSet"), ("apps", "ReplicaSet"),
          ("batch", "Job"), ("batch", "CronJob")}
@@ -42,7 +42,7 @@ def decide_workload(req: dict, cfg, namespace_labels, fields: dict) -> Verdict:
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": template.get("metadata") or {},
            "spec": template.get("spec")}
     out = decide(pod, namespace, cfg, namespace_labels)
-    if out.action == "deny":
+    if out.result == "denied":
         return deny(out.reason, f"the pods of {group_kind[1]} {meta.get('name')} would be denied by sds-injector: "
                     f"{out.message}", out.code)
     return skip(Reason.WORKLOAD_ALLOWED)
