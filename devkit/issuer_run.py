@@ -26,7 +26,7 @@ class IssuerRun:
     def __init__(self, workdir: Path, kube: KubeAPI, config: Path | None = None, verifier: str = "tokenreview",
                  **settings):
         self.workdir, self.kube = workdir, kube
-        self.port = free_port()
+        self.port, self.ops_port = free_port(), free_port()
         self.serving_ca = LocalCA.generate("issuer serving CA (test)")
         served = self.serving_ca.issue("localhost", dns_names=["localhost"], ttl=dt.timedelta(days=1))
         (workdir / "issuer.crt").write_bytes(served.chain_pem)
@@ -37,7 +37,7 @@ class IssuerRun:
         self.audit_file = workdir / "audit.jsonl"
         env = {k: v for k, v in os.environ.items() if not k.startswith("ISSUER_")}
         env.update({
-            "ISSUER_PORT": str(self.port), "ISSUER_HOST": "127.0.0.1",
+            "ISSUER_PORT": str(self.port), "ISSUER_OPS_PORT": str(self.ops_port), "ISSUER_HOST": "127.0.0.1",
             "ISSUER_CERT_FILE": str(workdir / "issuer.crt"), "ISSUER_KEY_FILE": str(key),
             "ISSUER_KUBECONFIG": str(workdir / "kubeconfig.json"), "ISSUER_TOKEN_VERIFIER": verifier,
             "ISSUER_AUDIT_FILE": str(self.audit_file), "ISSUER_NAMESPACE": "sds-system",
@@ -87,9 +87,11 @@ class IssuerRun:
     def _context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cadata=self.ca_pem.decode())
 
-    def get(self, path: str) -> tuple[int, bytes]:
+    def get(self, path: str, ops: bool = False) -> tuple[int, bytes]:
+        """GET on the issuer port, or with `ops` on the operations port (/inventory, /metrics)."""
+        address = f"https://localhost:{self.ops_port}" if ops else self.address
         try:
-            with urllib.request.urlopen(self.address + path, timeout=5, context=self._context()) as r:
+            with urllib.request.urlopen(address + path, timeout=5, context=self._context()) as r:
                 return r.status, r.read()
         except urllib.error.HTTPError as e:  # an answer too (503 from /readyz)
             return e.code, e.read()

@@ -364,3 +364,24 @@ def test_workloads_are_validated_fail_open_on_the_same_namespaces():
         "deployments", "statefulsets", "daemonsets", "replicasets", "jobs", "cronjobs"}
     assert not [d for d in render("--set", "webhook.validateWorkloads=false")
                 if d["kind"] == "ValidatingWebhookConfiguration"]
+
+
+def test_the_issuers_inventory_port_is_closed_to_the_pod_network_by_default():
+    """/inventory and /metrics list every pod, SPIFFE ID and serial: by default they are on their own
+    port, which the default NetworkPolicy opens to the monitoring namespace only, while the issuer
+    and webhook ports stay open to every pod and the API server."""
+    docs = render()
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
+    deployment = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "rel-sds-injector")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    ops_port = int(env["ISSUER_OPS_PORT"])
+    open_ports = {p["port"] for rule in policy["spec"]["ingress"] if "from" not in rule for p in rule["ports"]}
+    assert open_ports == {8443, 15012} and ops_port not in open_ports
+    scrape = [rule for rule in policy["spec"]["ingress"] if "from" in rule]
+    assert [p["port"] for p in scrape[0]["ports"]] == [ops_port]
+    assert scrape[0]["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    monitor = next(d for d in render("--set", "metrics.serviceMonitor.enabled=true") if d["kind"] == "ServiceMonitor")
+    assert "issuer-ops" in [e["port"] for e in monitor["spec"]["endpoints"]]
+    # Nobody may scrape: the rule goes, the port stays closed.
+    closed = next(d for d in render("--set", "networkPolicy.metricsFrom=null") if d["kind"] == "NetworkPolicy")
+    assert all("from" not in rule for rule in closed["spec"]["ingress"])

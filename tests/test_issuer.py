@@ -205,15 +205,30 @@ def test_bad_requests_get_clear_errors(world):
     assert sign(issuer, token, "retail-service-cert", new_key("rsa"))[0] == 200  # RSA 2048 is fine
 
 
+def test_the_port_pods_reach_does_not_list_what_was_issued(world):
+    """/inventory and /metrics name every namespace, pod, SPIFFE ID and serial: they were served to
+    anyone on the pod network (the issuer port). Now only on the operations port, which the chart's
+    NetworkPolicy opens to scrapers alone."""
+    kube, issuer = world
+    pod = kube.add_pod("shop-prod", "cart-8", "cart", {"app": "cart"}, PROD)
+    assert sign(issuer, kube.mint(pod), "retail-service-cert")[0] == 200
+    for path in ("/inventory", "/metrics"):
+        status, body = issuer.get(path)
+        assert status == 404 and b"cart-8" not in body and b"shop-prod" not in body, (path, status)
+        assert issuer.get(path, ops=True)[0] == 200
+    assert issuer.get("/readyz")[0] == issuer.get("/readyz", ops=True)[0] == 200  # probes on either
+
+
 def test_inventory_metrics_and_audit(world):
     kube, issuer = world
     pod = kube.add_pod("shop-prod", "cart-7", "cart", {"app": "cart"}, PROD)
     _, out = sign(issuer, kube.mint(pod), "retail-service-cert")
-    items = json.loads(issuer.get("/inventory")[1])
+    assert sign(issuer, "not-a-jwt", "retail-service-cert")[0] == 401  # a refusal: audited (at most 20 a minute of one kind)
+    items = json.loads(issuer.get("/inventory", ops=True)[1])
     mine = [i for i in items if i["pod"] == "cart-7"]
     assert mine and mine[0]["serial"] == out["serial"] and mine[0]["name"] == "retail-service-cert"
     assert mine[0]["spiffe_id"] == "spiffe://cluster.local/ns/shop-prod/sa/cart"
-    metrics = issuer.get("/metrics")[1].decode()
+    metrics = issuer.get("/metrics", ops=True)[1].decode()
     assert 'sds_issuer_certificate_not_after_seconds{name="retail-service-cert",namespace="shop-prod"}' in metrics
     assert "sds_issuer_requests_refused_total" in metrics
     records = [json.loads(line) for line in issuer.audit_file.read_text().splitlines()]
@@ -509,7 +524,7 @@ def test_junk_cannot_grow_the_audit_without_bound(tmp_path):
         records = [json.loads(x) for x in issuer.audit_file.read_text().splitlines()]
         refused = [r for r in records if r["decision"] == "refused" and r["reason"] == "token_malformed"]
         assert len(refused) == 20, len(refused)
-        metrics = issuer.get("/metrics")[1].decode()
+        metrics = issuer.get("/metrics", ops=True)[1].decode()
         assert 'sds_issuer_requests_refused_total{reason="token_malformed"} 100.0' in metrics
     finally:
         issuer.stop()

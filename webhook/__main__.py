@@ -79,6 +79,15 @@ def _issuer_settings(rest: list[str]):
     return IssuerSettings(_cli_parse_args=rest, _cli_prog_name="python -m webhook issuer")
 
 
+def _issuer_sockets(settings) -> tuple:
+    """The issuer's port and its operations port, bound up front: a busy port is a clean exit."""
+    from sds_core.listen import bind_tcp  # lazy: per subcommand
+
+    main = bind_tcp(settings.host, settings.port, "issuer port")
+    ops = bind_tcp(settings.host, settings.ops_port, "issuer operations port") if settings.ops_port else None
+    return main, ops
+
+
 def _run_issuer(rest: list[str]) -> int:
     from sds_core import logs  # lazy: per subcommand
 
@@ -93,6 +102,11 @@ def _run_issuer(rest: list[str]) -> int:
         print(f"issuer: invalid configuration:\n{_describe(e)}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level)
+    try:
+        socks = _issuer_sockets(settings)
+    except ValueError as e:
+        print(f"issuer: cannot start: {e}", file=sys.stderr)
+        return 2
     _fast_loop()
 
     async def main() -> None:
@@ -101,7 +115,7 @@ def _run_issuer(rest: list[str]) -> int:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        await run.serve(settings, store.get, stop)
+        await run.serve(settings, store.get, stop, *socks)
 
     asyncio.run(main())
     return 0
@@ -131,8 +145,7 @@ def _serve(rest: list[str]) -> int:
 
     try:  # both ports before anything else starts: a busy port is a clean exit
         sock = bind_tcp(settings.host, settings.port, "webhook port")
-        issuer_sock = (bind_tcp(issuer_settings.host, issuer_settings.port, "issuer port")
-                       if issuer_settings is not None else None)
+        issuer_socks = _issuer_sockets(issuer_settings) if issuer_settings is not None else (None, None)
     except ValueError as e:
         print(f"webhook: cannot start: {e}", file=sys.stderr)
         return 2
@@ -155,7 +168,7 @@ def _serve(rest: list[str]) -> int:
     if issuer_settings is not None:
         from .issuer import run  # lazy: per subcommand
 
-        also.append(lambda stop: run.serve(issuer_settings, store.get, stop, issuer_sock))
+        also.append(lambda stop: run.serve(issuer_settings, store.get, stop, *issuer_socks))
     import gc  # lazy: per subcommand
 
     # Everything loaded so far lives as long as the process: keep it out of the collector's

@@ -3,7 +3,9 @@ POST /v1/certificates {name, csr}   Authorization: Bearer <projected SA token>
 POST /v1/trust-bundles {name}       same
 POST /v1/gateway-certificates {tenant: "namespace/claim", csr}   a gateway's token only
 POST /v1/ocsp (DER OCSP request)    no token: OCSP responses for certificates of its CAs
-GET /healthz, /readyz, /inventory (what was issued), /metrics."""
+GET /healthz, /readyz.
+The operations port (`create_ops_app`, ISSUER_OPS_PORT): GET /inventory (what was issued),
+/metrics, /healthz, /readyz: what a scraper needs, kept off the port the pod network reaches."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -89,6 +91,11 @@ def create_app(issuer: Issuer, ready=lambda: True) -> FastAPI:
     async def trust_bundles(request: Request) -> Response:
         return await call(request, issuer.trust_bundle, api.TrustBundleRequest)
 
+    _health(app, ready)
+    return app
+
+
+def _health(app: FastAPI, ready: Callable[[], bool]) -> None:
     @app.get("/healthz")
     async def healthz() -> Response:
         return Response(b'{"status":"ok"}', media_type=JSON)
@@ -97,6 +104,11 @@ def create_app(issuer: Issuer, ready=lambda: True) -> FastAPI:
     async def readyz() -> Response:
         ok = ready()
         return Response(orjson.dumps({"ready": ok}), 200 if ok else 503, media_type=JSON)
+
+
+def create_ops_app(issuer: Issuer, ready=lambda: True) -> FastAPI:
+    app = FastAPI(title="sds-injector issuer operations", docs_url=None, redoc_url=None, openapi_url=None)
+    _health(app, ready)
 
     @app.get("/inventory")
     async def inventory() -> Response:

@@ -21,7 +21,7 @@ from sds_core.kube.client import api_client
 import logging
 import time
 from ..server import serve_app
-from .app import create_app
+from .app import create_app, create_ops_app
 
 
 def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tuple[Issuer, ClusterCache]:
@@ -65,13 +65,20 @@ def _refresh(issuer: Issuer, settle, every: float) -> None:
             logging.getLogger("issuer").warning("CA Secret refresh failed: %s", type(e).__name__)
 
 
-async def serve(settings: IssuerSettings, config: Callable[[], InjectorConfig], stop=None, sock=None) -> None:
-
+async def serve(settings: IssuerSettings, config: Callable[[], InjectorConfig], stop=None, sock=None,
+                ops_sock=None) -> None:
+    """The issuer port and, unless ops_port is 0, the operations port; `sock`/`ops_sock` when the
+    caller bound them already (a busy port is found before anything starts)."""
     # Listing the cluster and settling the CA Secret block: keep the loop (and the webhook) free.
     issuer, cluster = await asyncio.to_thread(build, settings, config)
+    stop = stop or asyncio.Event()
+    servers = [serve_app(create_app(issuer, cluster.ready), settings.host, settings.port, settings.cert_file,
+                         settings.key_file, "issuer", stop, sock=sock)]
+    if settings.ops_port:
+        servers.append(serve_app(create_ops_app(issuer, cluster.ready), settings.host, settings.ops_port,
+                                 settings.cert_file, settings.key_file, "issuer operations", stop, sock=ops_sock))
     try:
-        await serve_app(create_app(issuer, cluster.ready), settings.host, settings.port, settings.cert_file,
-                        settings.key_file, "issuer", stop, sock=sock)
+        await asyncio.gather(*servers)
     finally:
         cluster.stop()
         logging.getLogger("issuer").info("issuer stopped")

@@ -14,6 +14,10 @@ class IssuerSettings(BaseSettings):
 
     host: str = "0.0.0.0"
     port: int = Field(15012, ge=1, le=65535)
+    # /inventory and /metrics name every pod, SPIFFE ID, serial and hostname: never on the port
+    # the whole pod network reaches; the chart's NetworkPolicy admits scrapers only to this one.
+    ops_port: int = Field(15014, ge=0, le=65535, description="/inventory and /metrics (HTTPS, same certificate); "
+                          "0: not served")
     cert_file: Path = Field(description="serving certificate (the chart reuses the webhook's)")
     key_file: Path
     config: Path | None = Field(None, description="injector configuration: environments, naming, policy")
