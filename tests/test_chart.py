@@ -33,7 +33,8 @@ MATRIX = {
     "classic-sidecars": ["--set", "config.nativeSidecars=false"],
     "extras": ["--set", "metrics.serviceMonitor.enabled=true", "--set", "networkPolicy.enabled=true",
                "--set", "webhook.failurePolicy=Ignore"],
-    "jwks": ["--set", "issuer.tokenVerifier=jwks", "--set", "issuer.certTTLSeconds=7200"],
+    "jwks": ["--set", "issuer.tokenVerifier=jwks", "--set", "issuer.certTTLSeconds=7200",
+             "--set", "issuer.auditKeySecret=sds-audit-key"],
     "files": ["--set", "config.agent.source=files"],
 }
 

@@ -21,7 +21,8 @@ from devkit import harness
 from devkit.issuer_run import IssuerRun
 from devkit.kube_api import KubeAPI
 from sds_core.sds.sources.issuer import csr_pem, new_key
-from webhook.issuer.audit import AuditLog, verify
+from webhook.issuer.audit import AuditLog
+from webhook.issuer.audit_verify import verify
 
 ROOT = Path(__file__).parent.parent
 CONFIG = ROOT / "examples" / "config.yaml"
@@ -237,7 +238,8 @@ def test_inventory_metrics_and_audit(world):
     assert {"time", "namespace", "service_account", "spiffe_id", "name", "sha256", "not_after", "prev",
             "hash", "replica"} <= set(issued[0])
     assert any(r["decision"] == "refused" and r["reason"] for r in records)
-    assert verify(issuer.audit_file.read_bytes()) == (len(records), [])
+    report = verify(issuer.audit_file.read_bytes())
+    assert (report.count, report.problems) == (len(records), [])
     # The same records went to stdout (here: the process log) for the log collector.
     assert out["serial"] in issuer.log.read_text()
 
@@ -250,10 +252,11 @@ def test_audit_chain_detects_edits_deletions_and_reordering(tmp_path, capsys):
             log.record("issued", namespace="shop", serial=f"{replica}{i}")
     AuditLog("a", path).record("refused", "policy")  # a restarted replica continues its chain
     lines = path.read_text().splitlines()
-    assert verify(path.read_bytes()) == (9, [])
+    report = verify(path.read_bytes())
+    assert (report.count, report.problems) == (9, [])
 
     def problems(changed: list[str]) -> list[str]:
-        return verify(("\n".join(changed) + "\n").encode())[1]
+        return verify(("\n".join(changed) + "\n").encode()).problems
 
     edited = list(lines)
     edited[2] = edited[2].replace('"serial":"a2"', '"serial":"ff"')

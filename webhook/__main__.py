@@ -1,4 +1,4 @@
-"""python -m webhook serve | issuer | inject -f FILE|- | audit verify FILE | docs | chart-schema"""
+"""python -m webhook serve | issuer | inject -f FILE|- | audit verify|keygen | docs | chart-schema"""
 from __future__ import annotations
 
 import argparse
@@ -57,20 +57,6 @@ def _require_issuer_ca(cfg, how: str) -> None:
     if cfg.agent.source == "issuer" and not cfg.agent.issuer.ca_bundle.strip():
         raise ValueError(f"agent.source is issuer but the issuer's serving CA is unknown: give {how} "
                          "(or agent.issuer.caBundle in the configuration)")
-
-
-def _audit(args) -> int:
-    from .issuer.audit import verify  # lazy: per subcommand
-
-    try:
-        count, problems = verify(args.file.read_bytes())
-    except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for p in problems:
-        print(p)
-    print(f"{count} records, {'chain intact' if not problems else f'{len(problems)} problems'}")
-    return 1 if problems else 0
 
 
 def _issuer_settings(rest: list[str]):
@@ -195,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     inj.add_argument("--namespace", help="namespace to decide for (default: each document's, else default)")
     inj.add_argument("--config", type=Path, help="injector configuration YAML")
     inj.add_argument("--issuer-ca", type=Path, help="PEM of the issuer's serving CA (source issuer)")
-    audit = sub.add_parser("audit", help="check the issuer's audit chain")
-    audit.add_argument("action", choices=["verify"])
-    audit.add_argument("file", type=Path)
+    from .issuer import audit_cli  # lazy: per subcommand (cryptography only)
+
+    audit_cli.add_parser(sub)
     sub.add_parser("docs", help="print docs/annotations.md")
     schema = sub.add_parser("chart-schema", help="print the chart's values.schema.json, its `config` part "
                             "generated from the configuration model")
@@ -217,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "inject":
         return _inject(args, parser, rest)
     if args.command == "audit":
-        return _audit(args)
+        return audit_cli.run(args)
     if args.command == "issuer":
         return _run_issuer(rest)
     return _serve(rest)

@@ -109,6 +109,20 @@ class ClusterCache:
             raise
         return _slim_pod(json.loads(resp.data))
 
+    def peers(self, namespace: str, replica: str) -> list[str]:
+        """The running issuer pods beside `replica` (its own pod's name): the pods of its namespace
+        carrying its labels (but the ReplicaSet's hash, so a rollout's old and new pods are peers).
+        Audit checkpoints name them, so a replica whose whole audit stream is removed is noticed."""
+        own = self.pods.get(namespace, replica)
+        if own is None:
+            return []
+        labels = {k: v for k, v in (own["metadata"].get("labels") or {}).items() if k != "pod-template-hash"}
+        if not labels:
+            return []
+        return sorted(p["metadata"]["name"] for p in self.pods.in_namespace(namespace)
+                      if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+                      and labels.items() <= (p["metadata"].get("labels") or {}).items())
+
     def services_selecting(self, pod: dict) -> list[str]:
         """Names of the Services in the pod's namespace whose selector matches its labels."""
         ns = pod["metadata"]["namespace"]

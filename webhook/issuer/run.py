@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 
 from sds_core.policy.config import InjectorConfig
-from .audit import AuditLog
+from .audit import AuditLog, load_key
 from sds_core.kube.health import ApiHealth
 
 from .authority import Layout, Rotation, load_or_create
@@ -44,13 +44,25 @@ def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tup
         verifier = JwksVerifier(api, settings.audience, settings.jwks_issuer)
     else:
         verifier = TokenReviewVerifier(api, settings.audience, settings.jwks_issuer, health=health)
-    issuer = Issuer(authority, cluster, verifier, config, AuditLog(settings.replica, settings.audit_file),
+    audit = AuditLog(settings.replica, settings.audit_file,
+                     key=load_key(settings.audit_key_file) if settings.audit_key_file else None,
+                     peers=lambda: cluster.peers(settings.namespace, settings.replica),
+                     every_records=settings.audit_checkpoint_records, every_seconds=settings.audit_checkpoint_seconds)
+    issuer = Issuer(authority, cluster, verifier, config, audit,
                     cert_ttl=dt.timedelta(seconds=settings.cert_ttl_seconds), max_dns_names=settings.max_dns_names,
                     overlap_seconds=settings.ca_overlap_seconds, gateways=settings.gateway_identities,
                     pod_limits=PodBuckets(settings.pod_issuance_per_minute, settings.pod_issuance_burst))
     threading.Thread(target=_refresh, args=(issuer, settle, settings.ca_refresh_seconds), name="ca-refresh",
                      daemon=True).start()
+    threading.Thread(target=_checkpoints, args=(audit, settings.audit_checkpoint_seconds), name="audit-checkpoints",
+                     daemon=True).start()
     return issuer, cluster
+
+
+def _checkpoints(audit: AuditLog, every: float) -> None:
+    while True:
+        time.sleep(min(every, 5.0))
+        audit.checkpoint_if_due()
 
 
 def _refresh(issuer: Issuer, settle, every: float) -> None:
@@ -80,5 +92,6 @@ async def serve(settings: IssuerSettings, config: Callable[[], InjectorConfig], 
     try:
         await asyncio.gather(*servers)
     finally:
+        issuer.audit.checkpoint()  # at shutdown: the last records are confirmed too
         cluster.stop()
         logging.getLogger("issuer").info("issuer stopped")

@@ -5,8 +5,10 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .audit import load_key
 
 
 class IssuerSettings(BaseSettings):
@@ -29,6 +31,11 @@ class IssuerSettings(BaseSettings):
                                      "checked before the review when set)")
     kubeconfig: Path | None = Field(None, description="default: in-cluster credentials")
     audit_file: Path | None = None
+    audit_key_file: Path | None = Field(None, description="Ed25519 private key (PEM; `python -m webhook audit "
+                                        "keygen`) that signs audit checkpoints; keep its public key off the cluster")
+    audit_checkpoint_records: int = Field(100, ge=1, description="a signed checkpoint at least every this many "
+                                          "records")
+    audit_checkpoint_seconds: float = Field(60, gt=0, description="and every this many seconds while records come")
     replica: str = Field(default_factory=socket.gethostname, description="tags this replica's audit chain")
     cert_ttl_seconds: int = Field(3600, ge=300, le=90 * 86400)
     api_refused_seconds: float = Field(10, gt=0, description="unready once the API server has refused the "
@@ -51,3 +58,10 @@ class IssuerSettings(BaseSettings):
     ca_overlap_seconds: float = Field(48 * 3600, ge=0)
     ca_refresh_seconds: float = Field(60, gt=0, description="re-read the CA Secret (other replicas' rotations)")
     log_level: str = "INFO"
+
+    @field_validator("audit_key_file")
+    @classmethod
+    def _audit_key_loads(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            load_key(path)  # a wrong file is a start-up error, not a failure at the first checkpoint
+        return path
