@@ -46,12 +46,28 @@ def request(leaf: x509.Certificate, issuer: x509.Certificate) -> bytes:
         serialization.Encoding.DER)
 
 
-def _issuer_hashes(leaf: x509.Certificate, issuer: x509.Certificate, algorithm: hashes.HashAlgorithm) -> tuple[bytes, bytes]:
-    """CertID's issuerNameHash and issuerKeyHash (RFC 6960 4.1.1) for this issuer, computed by
-    cryptography's own request builder rather than by hand."""
-    req = ocsp.load_der_ocsp_request(ocsp.OCSPRequestBuilder().add_certificate(leaf, issuer, algorithm).build()
-                                     .public_bytes(serialization.Encoding.DER))
-    return req.issuer_name_hash, req.issuer_key_hash
+def issuer_key_hash(issuer: x509.Certificate, algorithm: hashes.HashAlgorithm) -> bytes:
+    """CertID's issuerKeyHash (RFC 6960 4.1.1): the hash of the issuer's subjectPublicKey BIT
+    STRING value, the raw key bytes. Used by the stapler and by the issuer's responder alike."""
+    key = issuer.public_key()
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        raw = key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    elif isinstance(key, rsa.RSAPublicKey):
+        raw = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
+    else:
+        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)  # Ed25519, Ed448
+    return _hash(algorithm, raw)
+
+
+def _hash(algorithm: hashes.HashAlgorithm, data: bytes) -> bytes:
+    digest = hashes.Hash(algorithm)
+    digest.update(data)
+    return digest.finalize()
+
+
+def _issuer_hashes(issuer: x509.Certificate, algorithm: hashes.HashAlgorithm) -> tuple[bytes, bytes]:
+    """CertID's issuerNameHash and issuerKeyHash for this issuer."""
+    return _hash(algorithm, issuer.subject.public_bytes()), issuer_key_hash(issuer, algorithm)
 
 
 def _verify(signer: x509.Certificate, resp: ocsp.OCSPResponse) -> None:
@@ -88,7 +104,7 @@ def parse(der: bytes, leaf: x509.Certificate, issuer: x509.Certificate, at: dt.d
         raise StapleError("responder_error", f"the OCSP responder answered {resp.response_status.name}")
     if resp.serial_number != leaf.serial_number:
         raise StapleError("wrong_certificate", "the OCSP response is about another certificate")
-    if (resp.issuer_name_hash, resp.issuer_key_hash) != _issuer_hashes(leaf, issuer, resp.hash_algorithm):
+    if (resp.issuer_name_hash, resp.issuer_key_hash) != _issuer_hashes(issuer, resp.hash_algorithm):
         raise StapleError("wrong_certificate", "the OCSP response names another issuer (name or key hash) than the "
                                                "certificate's")
     try:

@@ -13,27 +13,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from . import serials
-from cryptography.hazmat.primitives.asymmetric import ec
+from prometheus_client import Counter
 
+from sds_core.pki.ocsp import issuer_key_hash
+
+SIGNATURES = Counter("sds_issuer_ocsp_signatures_total", "OCSP responses signed (each reused for half its "
+                     "validity): what a flood of OCSP requests costs")
 VALIDITY = dt.timedelta(hours=1)
 MAX_CACHED = 100_000
 # (issuer key hash, issuer name hash, serial, hash algorithm) -> (signed response, reuse until)
 _SIGNED: dict[tuple, tuple[bytes, dt.datetime]] = {}
-
-
-def _key_hash(cert, algorithm) -> bytes:
-    digest = hashes.Hash(algorithm)
-    digest.update(_spk_bits(cert))
-    return digest.finalize()
-
-
-def _spk_bits(cert) -> bytes:
-    # The hash is over the subjectPublicKey BIT STRING's value: the raw key bytes.
-
-    key = cert.public_key()
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
 
 
 def respond(authority, request_der: bytes, at: dt.datetime | None = None) -> bytes:
@@ -43,7 +32,7 @@ def respond(authority, request_der: bytes, at: dt.datetime | None = None) -> byt
         return ocsp.OCSPResponseBuilder.build_unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST).public_bytes(
             serialization.Encoding.DER)
     signing = [*authority.envs.values(), *(ca for ca, _ in authority.nexts.values())]
-    ca = next((c for c in signing if _key_hash(c.cert, req.hash_algorithm) == req.issuer_key_hash), None)
+    ca = next((c for c in signing if issuer_key_hash(c.cert, req.hash_algorithm) == req.issuer_key_hash), None)
     if ca is None:
         return ocsp.OCSPResponseBuilder.build_unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED).public_bytes(
             serialization.Encoding.DER)
@@ -59,6 +48,7 @@ def respond(authority, request_der: bytes, at: dt.datetime | None = None) -> byt
         next_update=at + VALIDITY, revocation_time=None, revocation_reason=None,
     ).responder_id(ocsp.OCSPResponderEncoding.HASH, ca.cert)
     der = builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    SIGNATURES.inc()
     if len(_SIGNED) >= MAX_CACHED:
         _SIGNED.pop(next(iter(_SIGNED)))  # the oldest: insertion order
     _SIGNED[key] = (der, at + VALIDITY / 2)
