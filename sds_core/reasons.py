@@ -68,6 +68,7 @@ class Reason(StrEnum):
     TOO_MANY_DNS_NAMES = "too_many_dns_names"
     UNAVAILABLE = "unavailable"
     RATE_LIMITED = "rate_limited"
+    SOURCE_RATE_LIMITED = "source_rate_limited"
     WEAK_KEY = "weak_key"
     # gateway claims: refusals
     HOSTNAME_NOT_ALLOWED = "hostname_not_allowed"

@@ -36,7 +36,10 @@ def world(request, tmp_path_factory):
     kube.add_namespace("bank")
     kube.add_service("shop-prod", "cart", {"app": "cart"})
     kube.add_service("shop-prod", "payments", {"app": "payments"})
-    issuer = IssuerRun(tmp_path_factory.mktemp(request.param), kube, CONFIG, verifier=request.param).start()
+    # Every test's client is 127.0.0.1, and many send refused tokens on purpose: the per-address
+    # limit (test_forged_tokens_cost_a_few_reviews_per_address_then_nothing) is lifted here.
+    issuer = IssuerRun(tmp_path_factory.mktemp(request.param), kube, CONFIG, verifier=request.param,
+                       source_refusals_burst=100_000).start()
     yield kube, issuer
     issuer.stop()
     kube.stop()
@@ -529,6 +532,27 @@ def test_junk_cannot_grow_the_audit_without_bound(tmp_path):
         assert len(refused) == 20, len(refused)
         metrics = issuer.get("/metrics", ops=True)[1].decode()
         assert 'sds_issuer_requests_refused_total{reason="token_malformed"} 100.0' in metrics
+    finally:
+        issuer.stop()
+        kube.stop()
+
+
+def test_forged_tokens_cost_a_few_reviews_per_address_then_nothing(tmp_path):
+    """A well-formed token with a real pod's claims but the attacker's own signature passes every
+    local check: only a TokenReview refuses it, and 200 of them cost 200 reviews. After 5 refusals
+    by the API server, an address gets 429 without a review until its bucket refills."""
+    from cryptography.hazmat.primitives.asymmetric import rsa as rsa_keys
+
+    kube = KubeAPI().start()
+    issuer = IssuerRun(tmp_path, kube, CONFIG).start()
+    try:
+        pod = kube.add_pod("shop-prod", "cart-forged", "cart", {"app": "cart"}, PROD)
+        forged = kube.mint(pod, key=rsa_keys.generate_private_key(public_exponent=65537, key_size=2048))
+        reviews = lambda: sum(1 for m, p in kube.requests if m == "POST" and p.endswith("/tokenreviews"))  # noqa: E731
+        codes = [sign(issuer, forged, "retail-service-cert") for _ in range(50)]
+        assert [s for s, _ in codes[:5]] == [401] * 5 and {s for s, _ in codes[5:]} == {429}, codes
+        assert codes[-1][1]["reason"] == "source_rate_limited"
+        assert reviews() == 5, reviews()
     finally:
         issuer.stop()
         kube.stop()

@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..bodies import TooLarge, read_limited
 from .identity import Refused
+from .inventory import REFUSED
 from .service import Issuer
 from sds_core.reasons import Reason
 from starlette.concurrency import run_in_threadpool
@@ -59,11 +60,18 @@ def create_app(issuer: Issuer, ready=lambda: True) -> FastAPI:
     app = FastAPI(title="sds-injector issuer", docs_url=None, redoc_url=None, openapi_url=None)
 
     async def call(request: Request, method: Callable[[str, T], object], model: type[T]) -> Response:
+        source = request.client.host if request.client else ""
+        if wait := issuer.source_limits.wait(source):
+            REFUSED.labels(Reason.SOURCE_RATE_LIMITED).inc()
+            return _error(429, Reason.SOURCE_RATE_LIMITED, "this address sent tokens the API server refused; "
+                          f"retry in {wait:.0f} s", wait)
         try:
             token, req = await _read(request, model)
             # Token reviews and cache misses are blocking API calls: off the event loop.
             out = api.to_json(await run_in_threadpool(method, token, req))
         except Refused as e:
+            if e.reason == Reason.TOKEN_INVALID:
+                issuer.source_limits.take(source)
             return _error(e.status, e.reason, e.message, e.retry_after)
         except Exception as e:  # noqa: BLE001 - e.g. the API server unreachable: retryable, not a 500
             return _error(503, Reason.UNAVAILABLE, f"the issuer cannot decide now ({type(e).__name__}); retry")

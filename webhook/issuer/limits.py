@@ -1,6 +1,9 @@
-"""Per-pod issuance limits: a token bucket per pod uid, so one pod (a compromised app calling the
-issuer in a loop with its own valid token) cannot turn the issuer into a signing and
-TokenReview load generator. Memory is bounded: the least recently seen pods are forgotten."""
+"""Token buckets with bounded memory (the least recently seen keys are forgotten). Per pod uid: one
+pod (a compromised app calling the issuer in a loop with its own valid token) cannot turn the
+issuer into a signing and TokenReview load generator. Per source address, for tokens the API
+server refused: a well-formed token with a forged signature passes every local check, so only a
+TokenReview can refuse it; an address that sends them gets a few reviews a minute, then 429s
+that cost nothing."""
 from __future__ import annotations
 
 import threading
@@ -25,3 +28,13 @@ class PodBuckets:
             while len(self._buckets) > self.max_pods:
                 self._buckets.popitem(last=False)
             return wait
+
+    def wait(self, key: str, now: float | None = None) -> float:
+        """The seconds until `key` has a token again (0: it has one), taking none."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            hit = self._buckets.get(key)
+            if hit is None:
+                return 0.0
+            tokens = min(float(self.burst), hit[0] + (now - hit[1]) * self.rate)
+            return 0.0 if tokens >= 1 else (1 - tokens) / self.rate

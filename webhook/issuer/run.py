@@ -51,7 +51,8 @@ def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tup
     issuer = Issuer(authority, cluster, verifier, config, audit,
                     cert_ttl=dt.timedelta(seconds=settings.cert_ttl_seconds), max_dns_names=settings.max_dns_names,
                     overlap_seconds=settings.ca_overlap_seconds, gateways=settings.gateway_identities,
-                    pod_limits=PodBuckets(settings.pod_issuance_per_minute, settings.pod_issuance_burst))
+                    pod_limits=PodBuckets(settings.pod_issuance_per_minute, settings.pod_issuance_burst),
+                    source_limits=PodBuckets(settings.source_refusals_per_minute, settings.source_refusals_burst))
     threading.Thread(target=_refresh, args=(issuer, settle, settings.ca_refresh_seconds), name="ca-refresh",
                      daemon=True).start()
     threading.Thread(target=_checkpoints, args=(audit, settings.audit_checkpoint_seconds), name="audit-checkpoints",

@@ -49,12 +49,15 @@ class Issuer:
     def __init__(self, authority: Authority, cluster, verifier, config: Callable[[], InjectorConfig],
                  audit: AuditLog, inventory: Inventory | None = None, cert_ttl: dt.timedelta = dt.timedelta(hours=1),
                  max_dns_names: int = 100, overlap_seconds: float = 48 * 3600,
-                 gateways: Sequence[str] = (), pod_limits: PodBuckets | None = None):
+                 gateways: Sequence[str] = (), pod_limits: PodBuckets | None = None,
+                 source_limits: PodBuckets | None = None):
         self.authority, self.cluster, self.verifier, self.config = authority, cluster, verifier, config
         self.audit, self.inventory = audit, inventory or Inventory()
         self.cert_ttl, self.max_dns_names, self.overlap = cert_ttl, max_dns_names, overlap_seconds
         self.gateways = frozenset(gateways)  # "namespace/serviceaccount"
         self.pod_limits = pod_limits or PodBuckets(per_minute=20, burst=20)
+        # Per source address, for tokens the API server refused (the HTTP layer applies it).
+        self.source_limits = source_limits or PodBuckets(per_minute=5, burst=5)
         self._refusal_audit = RateLimit(burst=20, per=60.0)
 
     def _grant(self, token: str, cfg: InjectorConfig) -> tuple[Caller, Grant]:

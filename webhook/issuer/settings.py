@@ -43,6 +43,9 @@ class IssuerSettings(BaseSettings):
     pod_issuance_per_minute: float = Field(20, gt=0, description="certificates one pod may get per minute, "
                                            "sustained (token bucket per pod uid); beyond: 429 with Retry-After")
     pod_issuance_burst: int = Field(20, ge=1, description="certificates one pod may get at once")
+    source_refusals_per_minute: float = Field(5, gt=0, description="tokens the API server refused that one source "
+                                              "address may send per minute, sustained; beyond, 429 without a review")
+    source_refusals_burst: int = Field(5, ge=1, description="... and at once")
     max_dns_names: int = Field(100, ge=2, le=3000, description="DNS SANs one certificate may carry (2 per "
                                "Service selecting the pod); a pod selected by more Services is refused")
     pod_cidrs: list[str] = Field(default_factory=list, description="the cluster's pod CIDRs (JSON list): workload "
