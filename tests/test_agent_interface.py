@@ -35,8 +35,8 @@ def test_what_the_webhook_writes_is_what_the_agent_reads(source, monkeypatch):
         value = e.get("value", "downward-api-value")  # the kubelet fills valueFrom entries
         monkeypatch.setenv(e["name"], value)
         written[e["name"]] = value
-    settings = AgentSettings()
-    for field in AgentSettings.model_fields:
+    settings = AgentSettings.load([])
+    for field in AgentSettings.names():
         name = env_name(field)
         if name in written:
             got = getattr(settings, field)

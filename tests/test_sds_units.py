@@ -7,6 +7,9 @@ import asyncio
 import datetime as dt
 import logging
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -159,12 +162,12 @@ def test_renewer_keeps_previous_secret_on_bad_files_and_logs_reason(tmp_path, ca
 def test_settings_from_env_and_flags(monkeypatch, tmp_path):
     monkeypatch.setenv("SDS_CERTIFICATES", "a, b")
     monkeypatch.setenv("SDS_TRUST_BUNDLES", '["t"]')
-    s = AgentSettings(_cli_parse_args=["--socket-mode", "0600", "--source", "files"])
+    s = AgentSettings.load(["--socket-mode", "0600", "--source", "files"])
     assert s.certificates == ["a", "b"] and s.trust_bundles == ["t"]
     assert s.socket_mode_int == 0o600 and s.source == "files"
     with pytest.raises(Exception, match="both certificate and trust bundle"):
         AgentSettings(certificates=["x"], trust_bundles=["x"])
-    with pytest.raises(ValueError):  # pydantic's ValidationError is one
+    with pytest.raises(ValueError):  # SettingsError is one
         AgentSettings(source="nope")
 
 
@@ -233,3 +236,36 @@ def test_expiry_metrics_count_down_and_give_the_timestamp():
                                      {"name": "unit-test-name"}) == at.timestamp()
     metrics.clear_deadline(metrics.EXPIRY, metrics.NOT_AFTER, "unit-test-name")
     assert REGISTRY.get_sample_value("sds_secret_expiry_seconds", {"name": "unit-test-name"}) is None
+
+
+AGENT_RUN = """
+import asyncio, sys, tempfile
+import sds_sidecar.__main__, sds_core.sds.run
+from sds_core.sds.agent import Agent
+from sds_core.sds.settings import AgentSettings
+from sds_core.sds.sources import files, issuer, local_ca  # every source but Vault's (hvac, lazily)
+from sds_core.sds import stapling
+d = tempfile.mkdtemp()
+s = AgentSettings.load(["--socket-path", d + "/sds.sock", "--certificates", "web", "--trust-bundles", "ca",
+                        "--http-port", "0", "--http-host", "127.0.0.1"], environ={})
+async def main():
+    agent = Agent(s)
+    await agent.start()
+    await asyncio.sleep(0.3)
+    await agent.stop()
+asyncio.run(main())
+print(" ".join(sorted({m.split(".")[0] for m in sys.modules})))
+"""
+EXCLUDED = {"pydantic", "pydantic_settings", "pydantic_core", "fastapi", "starlette", "uvicorn", "hvac",
+            "kubernetes", "yaml", "httpx", "requests"}
+
+
+def test_the_agent_imports_no_web_or_settings_framework():
+    """The agent is a per-pod program: 5,000 pods pay for every import. Started (local CA) with every
+    source module but Vault's loaded, it holds none of the frameworks the webhook uses."""
+    out = subprocess.run([sys.executable, "-c", AGENT_RUN], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    loaded = set(out.stdout.split())
+    assert "grpc" in loaded and "cryptography" in loaded, "the check ran an agent"
+    assert not loaded & EXCLUDED, sorted(loaded & EXCLUDED)

@@ -337,7 +337,7 @@ def test_injected_agent_env_is_understood_by_the_agent(monkeypatch):
     agent = jsonpatch.apply_patch(p, decide(p, "shop", cfg).patch)["spec"]["initContainers"][0]
     for e in agent["env"]:
         monkeypatch.setenv(e["name"], e.get("value", "from-downward-api"))
-    s = AgentSettings()
+    s = AgentSettings.load([])
     assert s.source == "vault" and s.vault_addresses == ["https://vault-a:8200", "https://vault-b:8200"]
     assert s.vault_mode == "kv" and s.vault_crl and s.business_line == "retail" and s.env == "dev"
     assert s.certificates == ["retail-service-cert"] and str(s.vault_token_file).endswith("/token")

@@ -12,9 +12,15 @@ from pydantic import ValidationError
 
 
 def _describe(e: Exception) -> str:
-    from sds_core.sds.settings import describe_errors  # lazy: per subcommand
-
-    return describe_errors(e) if isinstance(e, ValidationError) else f"  {e}"
+    """A configuration error as lines of `field: what is wrong`, never the value given (it may be
+    a token)."""
+    if not isinstance(e, ValidationError):
+        return f"  {e}"
+    lines = []
+    for err in e.errors(include_input=False, include_url=False):
+        where = ".".join(str(p) for p in err.get("loc", ())) or "settings"
+        lines.append(f"  {where}: {err.get('msg')}")
+    return "\n".join(lines)
 
 
 def _fast_loop() -> None:

@@ -11,7 +11,7 @@ import ssl
 import uvicorn
 
 from sds_core.policy.config import ServerSettings
-from sds_core.deadline import with_timeout
+from .deadline import with_timeout
 from sds_core.listen import bind_tcp
 import signal
 import importlib.util

@@ -6,11 +6,10 @@ from collections.abc import Callable
 import asyncio
 import logging
 import signal
-from typing import Any
 
 from sds_core.sds import material
 from .cache import SecretCache
-from .health import health_app
+from .health import HealthServer
 from sds_core.listen import bind_tcp
 from .renewal import Renewer
 from .server import SdsServer, start_grpc
@@ -72,8 +71,7 @@ class Agent:
             stapler = Stapler(settings, self.cache)
         self.renewer = Renewer(settings, self.cache, specs, sources, stapler=stapler)
         self.grpc: SdsServer | None = None
-        self.http: Any = None  # a uvicorn.Server, imported only when the health port is on
-        self._http_task: asyncio.Task | None = None
+        self.http: HealthServer | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -85,26 +83,15 @@ class Agent:
         self.grpc = await start_grpc(self.cache, self._knows or self.renewer.knows, s.socket_path, s.socket_mode_int, self.stores)
         await self.renewer.start()
         if http_socket is not None:
-            import contextlib  # lazy: per source and feature
-
-            import uvicorn  # lazy: per source and feature
-
-            from sds_core.deadline import with_timeout  # lazy: per source and feature
-
-            # A kubelet probe is one small request: a client that idles or trickles is cut off.
-            config = uvicorn.Config(health_app(self._status or self.renewer.status), log_level="warning", access_log=False,
-                                    lifespan="off", http=with_timeout(5.0), limit_concurrency=64,
-                                    timeout_keep_alive=2)
-            self.http = uvicorn.Server(config)
-            self.http.capture_signals = contextlib.nullcontext  # this process's signals are the agent's
-            self._http_task = asyncio.create_task(self.http.serve(sockets=[http_socket]))
+            self.http = HealthServer(self._status or self.renewer.status)
+            await self.http.start(http_socket)
         log.info("SDS agent serving", extra={"fields": {
             "socket": str(s.socket_path), "names": list(self.renewer.specs), "http_port": s.http_port}})
 
     async def stop(self, grace: float = 1.0) -> None:
-        if self.http and self._http_task:
-            self.http.should_exit = True
-            await self._http_task
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
         await self.renewer.stop()
         if self.grpc:
             await self.grpc.stop(grace)

@@ -5,19 +5,18 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from pydantic import ValidationError
+from .fields import SettingsError
 
 
 def run(name: str, prog: str, settings_class, make_agent, args: list[str]) -> int:
     """Parse the settings, build the agent and run it until SIGTERM; every failure to start is a
     one-line message and exit status 2 (the agent and the gateway agent share this)."""
     from sds_core import logs  # lazy: after the settings parse
-    from sds_core.sds.settings import describe_errors  # lazy: after the settings parse
 
     try:
-        settings = settings_class(_cli_parse_args=args, _cli_prog_name=prog)
-    except ValidationError as e:
-        print(f"{name}: invalid configuration:\n{describe_errors(e)}", file=sys.stderr)
+        settings = settings_class.load(args, prog=prog)
+    except SettingsError as e:
+        print(f"{name}: invalid configuration:\n{e}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level)
     try:

@@ -1,54 +1,39 @@
-"""Typed configuration of the SDS agent, read once at start-up from flags and SDS_* variables."""
+"""Typed configuration of the SDS agent: one frozen dataclass read once at start-up from
+`--kebab-case` flags and SDS_* variables (flags win); the webhook writes the same names into the
+pod (agent_env below). Standard library only (sds_core/sds/fields.py): no settings framework on
+the per-pod agent's path."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
-
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing import ClassVar, Literal
 
 from sds_core import names
 
+from .fields import Secret, Settings, SettingsError, setting
+
 SourceKind = Literal["issuer", "local-ca", "files", "vault"]
-NameList = Annotated[list[str], NoDecode]
+__all__ = ["AgentSettings", "Secret", "SettingsError", "SourceKind", "agent_env", "agent_field_env", "default",
+           "env_name", "env_value"]
 
 
-def _split(value: object) -> object:
-    # Env vars and flags carry lists as "a,b,c" (what a pod spec writes); JSON lists also work.
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            return json.loads(text)
-        return [part.strip() for part in text.split(",") if part.strip()]
-    return value
-
-
-def describe_errors(error) -> str:
-    """A pydantic ValidationError as lines of `field: what is wrong`, never the value given (it
-    may be a Vault token)."""
-    lines = []
-    for e in error.errors(include_input=False, include_url=False):
-        where = ".".join(str(p) for p in e.get("loc", ())) or "settings"
-        lines.append(f"  {where}: {e.get('msg')}")
-    return "\n".join(lines)
-
-
-class AgentSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SDS_", extra="forbid", cli_kebab_case=True)
+@dataclass(frozen=True)
+class AgentSettings(Settings):
+    ENV_PREFIX: ClassVar[str] = "SDS_"
 
     socket_path: Path = Path("/var/run/sds/sds.sock")
-    socket_mode: str = Field("0660", pattern=r"^0?[0-7]{3}$", description="octal file mode of the socket")
+    socket_mode: str = setting("0660", pattern=r"^0?[0-7]{3}$", help="octal file mode of the socket")
     http_host: str = "127.0.0.1"
-    http_port: int = Field(15090, ge=0, le=65535, description="health/metrics port; 0 disables it")
+    http_port: int = setting(15090, ge=0, le=65535, help="health/metrics port; 0 disables it")
 
     source: SourceKind = "local-ca"
-    certificates: NameList = Field(default_factory=list, description="tls_certificate names to serve")
-    trust_bundles: NameList = Field(default_factory=list, description="validation_context names to serve")
-    certificates_file: Path | None = Field(None, description="more tls_certificate names, one per line "
+    certificates: list[str] = setting(factory=list, help="tls_certificate names to serve")
+    trust_bundles: list[str] = setting(factory=list, help="validation_context names to serve")
+    certificates_file: Path | None = setting(None, help="more tls_certificate names, one per line "
                                            "(a gateway's tenant list: too long for an environment variable)")
-    source_overrides: dict[str, SourceKind] = Field(default_factory=dict, description="name -> source")
-    serve_as: dict[str, str] = Field(default_factory=dict, description="name -> the name Envoy asks for (Istio "
+    source_overrides: dict[str, SourceKind] = setting(factory=dict, help="name -> source")
+    serve_as: dict[str, str] = setting(factory=dict, help="name -> the name Envoy asks for (Istio "
                                      "mode: the certificate as `default`, the trust bundle as `ROOTCA`)")
 
     # Pod identity (downward API in a pod).
@@ -62,47 +47,47 @@ class AgentSettings(BaseSettings):
     # Where the cluster's Service names end (svc.<cluster domain>): not the trust domain, which
     # names SPIFFE IDs and need not be a DNS suffix at all.
     cluster_domain: str = "cluster.local"
-    dns_names: NameList = Field(default_factory=list)
+    dns_names: list[str] = setting(factory=list)
 
     # Rotation: renew when the remaining lifetime falls below min(fraction*lifetime, floor),
     # jittered: half-life for short-lived certificates, 7 days before expiry for long-lived ones.
-    rotation_fraction: float = Field(0.5, gt=0, lt=1)
-    rotation_jitter: float = Field(0.1, ge=0, lt=0.5)
-    rotation_floor_seconds: float = Field(7 * 86400, ge=0, description="0: fraction only")
-    min_refresh_seconds: float = Field(1.0, gt=0)
-    static_refresh_seconds: float = Field(300, gt=0, description="re-read of sources that do not issue")
-    retry_initial_seconds: float = Field(0.5, gt=0)
-    retry_max_seconds: float = Field(60, gt=0)
+    rotation_fraction: float = setting(0.5, gt=0, lt=1)
+    rotation_jitter: float = setting(0.1, ge=0, lt=0.5)
+    rotation_floor_seconds: float = setting(7 * 86400, ge=0, help="0: fraction only")
+    min_refresh_seconds: float = setting(1.0, gt=0)
+    static_refresh_seconds: float = setting(300, gt=0, help="re-read of sources that do not issue")
+    retry_initial_seconds: float = setting(0.5, gt=0)
+    retry_max_seconds: float = setting(60, gt=0)
 
     # issuer source: the key pair is made here, in memory; only a CSR and the token leave.
-    issuer_address: str = Field("", description="https://<service>.<namespace>.svc:15012")
-    issuer_ca: str = Field("", description="PEM of the CA of the issuer's serving certificate")
+    issuer_address: str = setting("", help="https://<service>.<namespace>.svc:15012")
+    issuer_ca: str = setting("", help="PEM of the CA of the issuer's serving certificate")
     issuer_ca_file: Path | None = None
     issuer_token_file: Path = Path("/var/run/secrets/sds-injector/token")  # projected SA token
-    issuer_timeout_seconds: float = Field(5.0, gt=0)
+    issuer_timeout_seconds: float = setting(5.0, gt=0)
     key_type: Literal["ec", "rsa"] = "ec"
 
     # local-ca source
     local_ca_cert_file: Path | None = None
     local_ca_key_file: Path | None = None
-    local_ca_cert_ttl_seconds: float = Field(3600, gt=1)
+    local_ca_cert_ttl_seconds: float = setting(3600, gt=1)
     local_ca_bundle_name_suffix: str = ""
 
     # files source
     files_root: Path = Path("/etc/sds/certs")
-    files_poll_seconds: float = Field(0.05, gt=0)
+    files_poll_seconds: float = setting(0.05, gt=0)
 
     # vault source
-    vault_addresses: NameList = Field(default_factory=list, description="ordered: primary first")
+    vault_addresses: list[str] = setting(factory=list, help="ordered: primary first")
     vault_auth: Literal["kubernetes", "token"] = "kubernetes"
     vault_auth_mount: str = "kubernetes"
     vault_role: str = "{namespace}-{service_account}"
     vault_token_file: Path = Path("/var/run/secrets/sds-injector/token")  # projected SA token (JWT)
-    vault_token: SecretStr | None = None  # token auth, for local use
-    vault_ca_cert: str = Field("", description="CA of Vault's TLS certificate: a file path or the PEM itself")
-    vault_allow_http: bool = Field(False, description="allow http:// addresses (development only)")
-    vault_timeout_seconds: float = Field(0.5, gt=0)
-    vault_down_seconds: float = Field(5.0, gt=0, description="how long a failed address is skipped")
+    vault_token: Secret | None = None  # token auth, for local use
+    vault_ca_cert: str = setting("", help="CA of Vault's TLS certificate: a file path or the PEM itself")
+    vault_allow_http: bool = setting(False, help="allow http:// addresses (development only)")
+    vault_timeout_seconds: float = setting(0.5, gt=0)
+    vault_down_seconds: float = setting(5.0, gt=0, help="how long a failed address is skipped")
     vault_mode: Literal["kv", "pki"] = "pki"
     vault_kv_mount: str = "secret"
     vault_kv_path: str = "{namespace}/{name}"
@@ -113,33 +98,28 @@ class AgentSettings(BaseSettings):
     # 1.5-2.5 ms of Vault CPU each (measured on OpenBao): 600 s keeps 5,000 agents under 10 % of
     # one Vault core (6.4 %, 8.8 % during a CA rollover; 300 s: 10.5 %, 13.5 %). It also bounds how
     # long a revocation or a new KV version takes to arrive: lower it where Vault has headroom.
-    vault_poll_seconds: float = Field(600.0, gt=0, description="KV versions, CRL and CA chain checks (jittered)")
+    vault_poll_seconds: float = setting(600.0, gt=0, help="KV versions, CRL and CA chain checks (jittered)")
     vault_pki_path: str = "pki_{business_line}/sign/{env}"  # sign: our CSR; issue: Vault makes the key
     vault_pki_ttl: str = "24h"
-    vault_ca_overlap_seconds: float = Field(48 * 3600, ge=0, description="old CA kept after a rollover")
-    vault_crl: bool = Field(False, description="serve the PKI CRL in validation contexts")
+    vault_ca_overlap_seconds: float = setting(48 * 3600, ge=0, help="old CA kept after a rollover")
+    vault_crl: bool = setting(False, help="serve the PKI CRL in validation contexts")
 
     # OCSP stapling (issuer and Vault PKI sources): each certificate is served with a fresh
     # response from its CA's responder; a "revoked" answer replaces the certificate at once.
     ocsp_stapling: bool = False
-    ocsp_poll_seconds: float = Field(300, gt=0, description="re-ask at least this often (and at half the "
+    ocsp_poll_seconds: float = setting(300, gt=0, help="re-ask at least this often (and at half the "
                                      "time to nextUpdate): bounds how long a revocation goes unseen")
 
     log_level: str = "INFO"
 
-    _split_lists = field_validator("certificates", "trust_bundles", "dns_names", "vault_addresses", mode="before")(
-        lambda cls, v: _split(v)
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> AgentSettings:
+    def validate(self) -> None:
         if self.certificates_file is not None:
             try:
                 lines = self.certificates_file.read_text().splitlines()
             except OSError as e:
                 raise ValueError(f"certificates_file {self.certificates_file}: {e.strerror}") from None
             extra = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-            self.certificates = list(dict.fromkeys([*self.certificates, *extra]))
+            object.__setattr__(self, "certificates", list(dict.fromkeys([*self.certificates, *extra])))
         unknown = set(self.serve_as) - set(self.certificates) - set(self.trust_bundles)
         if unknown:
             raise ValueError(f"serve_as names no configured certificate or trust bundle: {sorted(unknown)}")
@@ -151,7 +131,6 @@ class AgentSettings(BaseSettings):
             raise ValueError("serve_as makes two secrets share one name")
         if (self.local_ca_cert_file is None) != (self.local_ca_key_file is None):
             raise ValueError("local_ca_cert_file and local_ca_key_file go together")
-        return self
 
     def dns_sans(self) -> list[str]:
         services = [self.service] if self.service else []
@@ -176,12 +155,13 @@ class AgentSettings(BaseSettings):
 
 
 # --- the pod's side of the interface: how the webhook writes these settings into a pod -------
-ENV_PREFIX = "SDS_"
+ENV_PREFIX = AgentSettings.ENV_PREFIX
+_NAMES = frozenset(AgentSettings.names())
 
 
 def env_name(field: str) -> str:
     """The variable that sets `field`; a name that is not a setting is a bug, raised at once."""
-    if field not in AgentSettings.model_fields:
+    if field not in _NAMES:
         raise KeyError(f"{field!r} is not an agent setting")
     return ENV_PREFIX + field.upper()
 
@@ -210,4 +190,4 @@ def agent_field_env(field: str, field_path: str) -> dict:
 
 def default(field: str):
     """The agent's default for `field`: what the webhook's configuration starts from too."""
-    return AgentSettings.model_fields[field].default
+    return AgentSettings.default(field)
