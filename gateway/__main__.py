@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from .run import GatewayAgent  # lazy: not for `bootstrap`
     from .settings import GatewaySettings  # lazy: not for `bootstrap`
 
-    return run("gateway", "python -m gateway serve", GatewaySettings, GatewayAgent, argv[1:])
+    return run("gateway", "python -m gateway serve", GatewaySettings, GatewayAgent, argv[1:], fast_loop=True)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -31,14 +31,35 @@ from sds_core.pki.ca import LocalCA  # noqa: E402
 
 RECORD = ROOT / "scripts" / "footprint.json"
 TOLERANCE = 0.25  # a ratio may be 25 % worse than recorded before --check fails: 2 noisy cores
-FLOOR = "import grpc.aio, cryptography.x509, envoy.service.secret.v3.sds_pb2_grpc, time; time.sleep(60)"
+FLOOR_IMPORTS = "import grpc.aio, cryptography.x509, envoy.service.secret.v3.sds_pb2_grpc"
+FLOOR = FLOOR_IMPORTS + "; import time; time.sleep(60)"
+# The brief's own floor: the agent must also export metrics with prometheus-client, whose import
+# alone (exposition: http.server, wsgiref, gzip, bz2, lzma) costs ~3 MB private.
+FLOOR_METRICS = FLOOR_IMPORTS + "; import prometheus_client, time; time.sleep(60)"
+
+
+def _idle_memory(code: str) -> tuple[float, float]:
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    time.sleep(2)
+    try:
+        return memory_mb(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def floor_import_seconds(tries: int = 7) -> float:
+    """Process start → the floor's imports done (interpreter start and exit included): median."""
+    times = []
+    for _ in range(tries):
+        t0 = time.monotonic()
+        subprocess.run([sys.executable, "-c", FLOOR_IMPORTS], check=True)
+        times.append(time.monotonic() - t0)
+    return statistics.median(times)
 
 
 def baselines(workdir: Path) -> dict:
-    floor = subprocess.Popen([sys.executable, "-c", FLOOR])
-    time.sleep(2)
-    py = memory_mb(floor.pid)
-    floor.kill()
+    py, py_metrics = _idle_memory(FLOOR), _idle_memory(FLOOR_METRICS)
     cfg = workdir / "bare-envoy.json"
     port = harness.free_port()
     cfg.write_text(json.dumps({"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}))
@@ -47,7 +68,33 @@ def baselines(workdir: Path) -> dict:
     time.sleep(2)
     bare = memory_mb(envoy.pid)
     envoy.kill()
-    return {"python_floor": py, "envoy_bare": bare}
+    return {"python_floor": py, "python_floor_metrics": py_metrics, "envoy_bare": bare,
+            "floor_import_s": floor_import_seconds()}
+
+
+def rotations(workdir: Path, total: int = 1000, checkpoint: int = 100) -> dict:
+    """The agent alone (local CA) renewing every secret on SIGHUP, `total` times: private memory
+    after `checkpoint` rotations and after all of them (a leak shows as growth between the two)."""
+    import signal
+
+    agent = harness.Agent(workdir, "rotations", source="local-ca", certificates="c", trust_bundles="t")
+    agent.start()
+    agent.wait_ready()
+
+    def updates() -> float:
+        line = next(ln for ln in agent.metrics().splitlines() if ln.startswith('sds_secret_updates_total{kind="tls_certificate"}'))
+        return float(line.split()[-1])
+
+    out = {"agent_private_idle_mb": memory_mb(agent.p.pid)[1]}
+    try:
+        for target in (checkpoint, total):
+            while updates() < target + 1:  # the first certificate counts once
+                agent.p.send_signal(signal.SIGHUP)
+                time.sleep(0.01)
+            out[f"agent_private_after_{target}_rotations_mb"] = memory_mb(agent.p.pid)[1]
+    finally:
+        agent.stop()
+    return out
 
 
 def one_pod(workdir: Path, ca: LocalCA, client: tuple[Path, Path], requests: int = 0) -> dict:
@@ -81,15 +128,16 @@ def _ts(text: str) -> float:
     return dt.datetime.fromisoformat(text).timestamp()
 
 
-def agent_socket_seconds(workdir: Path, tries: int = 10) -> float:
-    """Launch → the SDS socket accepting, for the agent alone (local CA, two names): median."""
+def agent_start_seconds(workdir: Path, tries: int = 10, **settings) -> tuple[float, float]:
+    """Launch → the SDS socket accepting, and → every secret cached (/readyz 200), for the agent
+    alone (two names): medians. Envoy is not involved: its own start is not the agent's cost."""
     import socket
 
-    times = []
+    to_socket, to_ready = [], []
     for i in range(tries):
         sock = workdir / f"s{i}.sock"
-        agent = harness.Agent(workdir, f"sock{i}", source="local-ca", certificates="c", trust_bundles="t",
-                              socket_path=str(sock))
+        agent = harness.Agent(workdir, f"sock{i}", socket_path=str(sock),
+                              **settings)
         t0 = time.monotonic()
         agent.start()
 
@@ -98,9 +146,32 @@ def agent_socket_seconds(workdir: Path, tries: int = 10) -> float:
                 s.connect(str(sock))
                 return True
         harness.wait_for(accepting, 20, 0.002, what="agent socket")
-        times.append(time.monotonic() - t0)
+        to_socket.append(time.monotonic() - t0)
+        harness.wait_for(lambda agent=agent: agent.status()[0] == 200, 20, 0.002, what="agent ready")
+        to_ready.append(time.monotonic() - t0)
         agent.stop()
-    return statistics.median(times)
+    return statistics.median(to_socket), statistics.median(to_ready)
+
+
+def issuer_start_seconds(workdir: Path) -> tuple[float, float]:
+    """The same with the issuer source: a real issuer process signs the agent's CSR (API double)."""
+    from devkit.issuer_run import IssuerRun
+    from devkit.kube_api import KubeAPI
+
+    kube = KubeAPI().start()
+    issuer = IssuerRun(workdir, kube, ROOT / "examples" / "config.yaml", verifier="jwks",
+                       pod_issuance_burst=1000).start()
+    try:
+        pod = kube.add_pod("shop-prod", "web-1", "web", {"app": "web"},
+                           {"sds-injector.io/env": "prod", "sds-injector.io/business-line": "retail"})
+        token = workdir / "token"
+        token.write_text(kube.mint(pod))
+        return agent_start_seconds(workdir, source="issuer", issuer_address=issuer.address,
+                                   issuer_ca=issuer.ca_pem.decode(), issuer_token_file=str(token),
+                                   certificates="retail-service-cert", trust_bundles="retail-trust-bundle")
+    finally:
+        issuer.stop()
+        kube.stop()
 
 
 def measure(starts: int) -> dict:
@@ -108,7 +179,9 @@ def measure(starts: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
         workdir = Path(d)
         base = baselines(workdir)
-        socket_s = agent_socket_seconds(workdir)
+        socket_s, ready_s = agent_start_seconds(workdir, source="local-ca", certificates="c", trust_bundles="t")
+        issuer_socket_s, issuer_ready_s = issuer_start_seconds(workdir)
+        rotated = rotations(workdir)
         client = save_pair(workdir, issue(ca, "tester", spiffe="spiffe://cluster.local/ns/shop-prod/sa/tester"), "c")
         runs = []
         for i in range(starts):
@@ -119,15 +192,30 @@ def measure(starts: int) -> dict:
     fig = {
         "pod_start_median_s": statistics.median(r["start_s"] for r in runs),
         "agent_first_secret_median_s": statistics.median(r["agent_first_secret_s"] for r in runs),
-        "agent_socket_median_s": socket_s,
+        "agent_socket_median_s": socket_s, "agent_ready_median_s": ready_s,
+        "issuer_agent_socket_median_s": issuer_socket_s, "issuer_agent_ready_median_s": issuer_ready_s,
         "agent_rss_mb": first["agent_idle"][0], "agent_private_mb": first["agent_idle"][1],
         "agent_private_busy_mb": first["agent_busy"][1],
         "envoy_rss_mb": first["envoy_idle"][0], "envoy_private_mb": first["envoy_idle"][1],
         "envoy_private_busy_mb": first["envoy_busy"][1],
-        "python_floor_private_mb": base["python_floor"][1], "envoy_bare_private_mb": base["envoy_bare"][1],
+        "python_floor_private_mb": base["python_floor"][1], "python_floor_rss_mb": base["python_floor"][0],
+        "python_floor_metrics_private_mb": base["python_floor_metrics"][1],
+        "python_floor_metrics_rss_mb": base["python_floor_metrics"][0],
+        "floor_import_s": base["floor_import_s"], "envoy_bare_private_mb": base["envoy_bare"][1],
+        **rotated,
     }
     fig["ratio_agent_private_vs_floor"] = fig["agent_private_mb"] / fig["python_floor_private_mb"]
     fig["ratio_envoy_private_vs_bare"] = fig["envoy_private_mb"] / fig["envoy_bare_private_mb"]
+    # The issue's goals as differences from the floors measured in this run.
+    fig["agent_private_minus_floor_mb"] = fig["agent_private_mb"] - fig["python_floor_private_mb"]
+    fig["agent_private_minus_floor_metrics_mb"] = fig["agent_private_mb"] - fig["python_floor_metrics_private_mb"]
+    fig["agent_rss_minus_floor_mb"] = fig["agent_rss_mb"] - fig["python_floor_rss_mb"]
+    fig["agent_rss_minus_floor_metrics_mb"] = fig["agent_rss_mb"] - fig["python_floor_metrics_rss_mb"]
+    fig["socket_minus_floor_import_ms"] = (fig["agent_socket_median_s"] - fig["floor_import_s"]) * 1000
+    fig["ready_minus_socket_ms"] = (fig["agent_ready_median_s"] - fig["agent_socket_median_s"]) * 1000
+    fig["issuer_ready_minus_socket_ms"] = (fig["issuer_agent_ready_median_s"] - fig["issuer_agent_socket_median_s"]) * 1000
+    # In a pod Envoy starts beside the agent: the first secret at Envoy waits for Envoy's own start.
+    fig["pod_first_secret_minus_socket_ms"] = (fig["agent_first_secret_median_s"] - fig["agent_socket_median_s"]) * 1000
     return fig
 
 

@@ -2,16 +2,24 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import sys
-
-import orjson
 import time
+from collections.abc import Callable
 
 AUDIT = logging.getLogger("sds.audit")
 
 
+def _stdlib_dumps(out: dict) -> str:
+    return json.dumps(out, default=str, separators=(",", ":"), ensure_ascii=False)
+
+
 class JsonFormatter(logging.Formatter):
+    def __init__(self, dumps: Callable[[dict], str] = _stdlib_dumps):
+        super().__init__()
+        self.dumps = dumps
+
     def format(self, record: logging.LogRecord) -> str:
         out = {
             "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
@@ -22,13 +30,20 @@ class JsonFormatter(logging.Formatter):
         out.update(getattr(record, "fields", {}))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        # orjson: the webhook logs every admission, and stdlib json was a tenth of its CPU.
-        return orjson.dumps(out, default=str).decode()
+        return self.dumps(out)
 
 
-def setup(level: str = "INFO") -> None:
+def setup(level: str = "INFO", fast_json: bool = False) -> None:
+    """`fast_json`: orjson, for the webhook, which logs every admission (stdlib json was a tenth
+    of its CPU). The per-pod agent logs little and keeps the standard library's (orjson's
+    library is 2 MB of each of 5,000 pods' RSS)."""
+    dumps = _stdlib_dumps
+    if fast_json:
+        import orjson  # lazy: the webhook's choice, not the agent's
+
+        dumps = lambda out: orjson.dumps(out, default=str).decode()  # noqa: E731
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(dumps))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

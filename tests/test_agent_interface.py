@@ -51,3 +51,14 @@ def test_what_the_webhook_writes_is_what_the_agent_reads(source, monkeypatch):
 def test_a_name_that_is_not_a_setting_fails_at_once():
     with pytest.raises(KeyError, match="not an agent setting"):
         env_name("vault_adresses")
+
+
+@pytest.mark.parametrize("source, memory", [("issuer", "32Mi"), ("local-ca", "32Mi"), ("files", "32Mi"),
+                                            ("vault", "40Mi")])
+def test_the_agents_memory_request_follows_its_sources_footprint(source, memory):
+    """Measured private memory: 26 MB with the issuer or local CA, ~32 MB with Vault's client
+    (docs/benchmarks.md); an explicit setting wins."""
+    cfg = InjectorConfig.model_validate({"agent": {"source": source}})
+    assert cfg.agent.resources.memory_request == memory
+    mine = InjectorConfig.model_validate({"agent": {"source": source, "resources": {"memoryRequest": "70Mi"}}})
+    assert mine.agent.resources.memory_request == "70Mi"

@@ -93,7 +93,7 @@ def _run_issuer(rest: list[str]) -> int:
     except (ValidationError, ValueError) as e:
         print(f"issuer: invalid configuration:\n{_describe(e)}", file=sys.stderr)
         return 2
-    logs.setup(settings.log_level)
+    logs.setup(settings.log_level, fast_json=True)
     try:
         socks = _issuer_sockets(settings)
     except ValueError as e:
@@ -132,7 +132,7 @@ def _serve(rest: list[str]) -> int:
     except (ValidationError, ValueError, OSError) as e:
         print(f"webhook: invalid configuration:\n{_describe(e)}", file=sys.stderr)
         return 2
-    logs.setup(settings.log_level)
+    logs.setup(settings.log_level, fast_json=True)
     from sds_core.listen import bind_tcp  # lazy: per subcommand
 
     try:  # both ports before anything else starts: a busy port is a clean exit

@@ -177,10 +177,26 @@ class AgentConfig(Strict):
     ocsp_stapling: bool = Field(False, alias="ocspStapling")
     issuer: IssuerAgentConfig = Field(default_factory=IssuerAgentConfig)
     vault: VaultAgentConfig = Field(default_factory=VaultAgentConfig)
-    # Measured: 36.5 MB private dirty, 72 MB RSS serving two names (docs/benchmarks.md); the
-    # request covers the private part with headroom for renewals.
-    resources: Resources = Field(default_factory=lambda: Resources(cpu_request="10m", memory_request="48Mi",
-                                                                    memory_limit="96Mi"))
+    # Unset: the request follows the source's measured footprint (AGENT_MEMORY_REQUEST).
+    resources: Resources = Field(default_factory=lambda: _agent_resources("issuer"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resources_of_source(cls, data: object) -> object:
+        if isinstance(data, dict) and "resources" not in data:
+            return {**data, "resources": _agent_resources(str(data.get("source", "issuer")))}
+        return data
+
+
+# Measured (docs/benchmarks.md, agent diet 2026-12-04): 26 MB private dirty, 56 MB RSS serving two
+# names with the issuer or local CA; the Vault source loads hvac and requests, ~32 MB private. The
+# request covers the private part (what the pod costs the node beyond shared pages) with headroom
+# for renewals; it was 48Mi when the agent carried pydantic and uvicorn (36.5 MB private).
+AGENT_MEMORY_REQUEST = {"vault": "40Mi"}
+
+
+def _agent_resources(source: str) -> Resources:
+    return Resources(cpu_request="10m", memory_request=AGENT_MEMORY_REQUEST.get(source, "32Mi"), memory_limit="96Mi")
 
 
 class ProxyConfig(Strict):
