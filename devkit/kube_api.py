@@ -340,6 +340,8 @@ class KubeAPI:
                 if parts[:2] == ["api", "v1"] and len(parts) == 3 and parts[2] in ("pods", "services", "namespaces",
                                                                                    "configmaps"):
                     return self._list_or_watch(parts[2], q)
+                if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 5 and parts[4] == "configmaps":
+                    return self._list_or_watch(parts[4], q, namespace=parts[3])
                 if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 6 and parts[4] in ("pods", "secrets"):
                     obj = api.objects[parts[4]].get((parts[3], parts[5]))
                     if obj is None:
@@ -347,13 +349,15 @@ class KubeAPI:
                     return self._send(200, obj)
                 return self._status(404, "NotFound", "the server could not find the requested resource")
 
-            def _list_or_watch(self, resource: str, q: dict) -> None:
+            def _list_or_watch(self, resource: str, q: dict, namespace: str | None = None) -> None:
                 kind = {"pods": "PodList", "services": "ServiceList", "namespaces": "NamespaceList",
                         "configmaps": "ConfigMapList"}[resource]
                 # labelSelector: equality terms only (k=v,k2=v2), as the callers here use it.
                 terms = [t.partition("=")[0::2] for t in (q.get("labelSelector") or "").split(",") if t]
 
                 def selected(obj: dict) -> bool:
+                    if namespace is not None and obj["metadata"].get("namespace") != namespace:
+                        return False
                     labels = obj["metadata"].get("labels") or {}
                     return all(labels.get(k) == v for k, v in terms)
 
@@ -419,13 +423,14 @@ class KubeAPI:
                 body = self._body()
                 if parts == ["apis", "authentication.k8s.io", "v1", "tokenreviews"]:
                     return self._send(201, api.review(body))
-                if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 5 and parts[4] == "secrets":
-                    name = body["metadata"]["name"]
+                if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 5 and parts[4] in ("secrets", "configmaps"):
+                    kind, name = parts[4], body["metadata"]["name"]
                     with api.cond:
-                        if (parts[3], name) in api.objects["secrets"]:
-                            return self._status(409, "AlreadyExists", f'secrets "{name}" already exists')
-                        body["metadata"].update(namespace=parts[3], uid=str(uuid.uuid4()))
-                        obj = api._store("secrets", body, "ADDED")
+                        if (parts[3], name) in api.objects[kind]:
+                            return self._status(409, "AlreadyExists", f'{kind} "{name}" already exists')
+                        body["metadata"].update(namespace=parts[3], uid=str(uuid.uuid4()),
+                                                creationTimestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                        obj = api._store(kind, body, "ADDED")
                     return self._send(201, obj)
                 return self._status(404, "NotFound", "the server could not find the requested resource")
 

@@ -24,7 +24,7 @@ def pki():
     def leaf():
         key = new_key("ec")
         cert = ca.sign(key.public_key(), "x", ["x"], ["spiffe://cluster.local/ns/a/sa/b"], [], ttl=dt.timedelta(hours=1),
-                       serial=serials.mint(ca))  # as the issuer signs
+                       serial=serials.mint(ca, serials.Identity("a", "b", "uid-b")))  # as the issuer signs
         return cert, key
     return a, ca, leaf
 

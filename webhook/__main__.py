@@ -1,4 +1,4 @@
-"""python -m webhook serve | issuer | inject -f FILE|- | audit verify|keygen | docs | chart-schema"""
+"""python -m webhook serve | issuer | inject -f FILE|- | audit verify|keygen | revoke | docs | chart-schema"""
 from __future__ import annotations
 
 import argparse
@@ -190,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     from .issuer import audit_cli  # lazy: per subcommand (cryptography only)
 
     audit_cli.add_parser(sub)
+    from .issuer import revoke_cli  # lazy: per subcommand
+
+    revoke_cli.add_parser(sub)
     sub.add_parser("docs", help="print docs/annotations.md")
     schema = sub.add_parser("chart-schema", help="print the chart's values.schema.json, its `config` part "
                             "generated from the configuration model")
@@ -210,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         return _inject(args, parser, rest)
     if args.command == "audit":
         return audit_cli.run(args)
+    if args.command == "revoke":
+        return revoke_cli.run(args)
     if args.command == "issuer":
         return _run_issuer(rest)
     return _serve(rest)

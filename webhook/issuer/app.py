@@ -93,7 +93,8 @@ def create_app(issuer: Issuer, ready=lambda: True) -> FastAPI:
             body = await read_limited(request, 4096)
         except TooLarge:
             return _error(413, Reason.BAD_REQUEST, "an OCSP request is a few hundred bytes")
-        return Response(respond(issuer.authority, body), media_type="application/ocsp-response")
+        return Response(respond(issuer.authority, body, revocations=issuer.cluster.revocations),
+                        media_type="application/ocsp-response")
 
     @app.post(api.TRUST_BUNDLES)
     async def trust_bundles(request: Request) -> Response:

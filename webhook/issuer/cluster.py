@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import functools
 import json
 import time
+from collections.abc import Callable
 
 from sds_core.kube.health import ApiHealth
 from sds_core.kube.informer import Informer
@@ -15,6 +17,8 @@ from kubernetes import client
 from sds_core.kube.claims_informer import claims_informer
 from kubernetes.client.exceptions import ApiException
 from sds_core.policy.claims import Resolved, resolve
+
+from .revocations import LABEL_SELECTOR, Revocations
 
 
 def _slim_pod(o: dict) -> dict:
@@ -34,9 +38,11 @@ def _slim_service(o: dict) -> dict:
 
 
 class ClusterCache:
-    def __init__(self, api_client, watch_seconds: int = 300, gateway: bool = False, health: ApiHealth | None = None):
+    def __init__(self, api_client, watch_seconds: int = 300, gateway: bool = False, health: ApiHealth | None = None,
+                 namespace: str | None = None):
         """`gateway`: also watch tenant claims (only when a gateway may ask: RBAC on ConfigMaps).
-        `health`: told of refused credentials by every API call made here."""
+        `health`: told of refused credentials by every API call made here. `namespace`: the
+        issuer's own, where revocation records live (watched when given)."""
 
         self.health = health or ApiHealth()
         self._probed = 0.0
@@ -56,8 +62,27 @@ class ClusterCache:
             self.claims.add_listener(self._forget)
             self.namespaces.add_listener(self._forget)
             self._all += (self.claims,)
+        self.revocations = Revocations()
+        self._revocation_listeners: list[Callable[[Revocations], None]] = []
+        if namespace is not None:
+            records = Informer("configmaps", functools.partial(self.core.list_namespaced_config_map, namespace,
+                                                               label_selector=LABEL_SELECTOR),
+                               lambda o: {"metadata": {k: (o.get("metadata") or {}).get(k) for k in ("name",
+                                                                                                     "namespace")},
+                                          "data": o.get("data") or {}}, watch_seconds)
+            records.add_listener(lambda: self._revoked(records))
+            self._all += (records,)
         for inf in self._all:
             inf.health = self.health
+
+    def on_revocations(self, listener: Callable[[Revocations], None]) -> None:
+        """`listener(revocations)` after every change of the records (from the informer's thread)."""
+        self._revocation_listeners.append(listener)
+
+    def _revoked(self, records: Informer) -> None:
+        self.revocations = Revocations.of(records.all())  # replaced whole: readers see one view
+        for listener in self._revocation_listeners:
+            listener(self.revocations)
 
     def start(self, wait: float = 30.0) -> ClusterCache:
         for inf in self._all:

@@ -41,6 +41,7 @@ class Grant:
     common_name: str
     dns_names: tuple[str, ...]
     ips: tuple[str, ...]
+    pod_uid: str = ""  # the token's (checked against the pod): in the serial, for revocation by pod
 
 
 def check_binding(caller: Caller, pod: dict | None) -> dict:
@@ -87,4 +88,4 @@ def grant(caller: Caller, pod: dict | None, services: list[str], namespace_label
                  spiffe_id=names.spiffe_id(cfg.agent.trust_domain, namespace, caller.service_account),
                  env=sel.env, business_line=sel.business_line, certificates=sel.certificates,
                  trust_bundles=sel.trust_bundles, common_name=names.common_name(dns),
-                 dns_names=tuple(dns), ips=tuple(dict.fromkeys(ips)))
+                 dns_names=tuple(dns), ips=tuple(dict.fromkeys(ips)), pod_uid=caller.pod_uid)

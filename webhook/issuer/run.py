@@ -38,7 +38,8 @@ def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tup
         return load_or_create(core, settings.namespace, settings.ca_secret, layout, rotation=rotation)
     authority = settle()
     health = ApiHealth(settings.api_refused_seconds)
-    cluster = ClusterCache(api, gateway=bool(settings.gateway_identities), health=health).start()
+    cluster = ClusterCache(api, gateway=bool(settings.gateway_identities), health=health,
+                           namespace=settings.namespace).start()
     verifier: JwksVerifier | TokenReviewVerifier
     if settings.token_verifier == "jwks":
         verifier = JwksVerifier(api, settings.audience, settings.jwks_issuer)
@@ -53,11 +54,26 @@ def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tup
                     overlap_seconds=settings.ca_overlap_seconds, gateways=settings.gateway_identities,
                     pod_limits=PodBuckets(settings.pod_issuance_per_minute, settings.pod_issuance_burst),
                     source_limits=PodBuckets(settings.source_refusals_per_minute, settings.source_refusals_burst))
+    cluster.on_revocations(_audit_revocations(audit))
+    _audit_revocations(audit)(cluster.revocations)
     threading.Thread(target=_refresh, args=(issuer, settle, settings.ca_refresh_seconds), name="ca-refresh",
                      daemon=True).start()
     threading.Thread(target=_checkpoints, args=(audit, settings.audit_checkpoint_seconds), name="audit-checkpoints",
                      daemon=True).start()
     return issuer, cluster
+
+
+def _audit_revocations(audit: AuditLog):
+    """Each revocation record, audited once by each replica when it first sees it."""
+    seen: set[str] = set()
+
+    def listener(revocations) -> None:
+        for rec in revocations.records:
+            if rec.name not in seen:
+                seen.add(rec.name)
+                fields = {k: v for k, v in rec.to_data().items() if k != "reason"}
+                audit.record("revocation", rec.reason, record=rec.name, **fields)
+    return listener
 
 
 def _checkpoints(audit: AuditLog, every: float) -> None:

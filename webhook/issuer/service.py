@@ -140,7 +140,7 @@ class Issuer:
         name, csr_pem = req.name, req.csr
         g, ca, bundle, key = self._authorize(token, name, "certificate", csr_pem)
         cert = ca.sign(key, g.common_name, g.dns_names, [g.spiffe_id], g.ips, ttl=self.cert_ttl,
-                       serial=serials.mint(ca))
+                       serial=serials.mint(ca, serials.Identity(g.namespace, g.service_account, g.pod_uid)))
         fingerprint = cert.fingerprint(hashes.SHA256()).hex()
         serial = serial_hex(cert.serial_number)
         not_after = cert.not_valid_after_utc
@@ -183,7 +183,7 @@ class Issuer:
         tenant = req.tenant
         claim, ca, key = self._authorize_gateway(token, tenant, req.csr)
         cert = ca.sign(key, claim.hostnames[0], list(claim.hostnames), [], [], ttl=self.cert_ttl,
-                       serial=serials.mint(ca))
+                       serial=serials.mint(ca, serials.Identity(claim.namespace, f"gateway:{claim.name}", "")))
         serial = serial_hex(cert.serial_number)
         not_after = cert.not_valid_after_utc
         ISSUED.labels(claim.env).inc()
