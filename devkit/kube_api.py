@@ -221,6 +221,14 @@ class KubeAPI:
         obj = self.objects[resource][(namespace, name)]
         self._store(resource, copy.deepcopy(obj), "DELETED")
 
+    def add_secret(self, namespace: str, name: str, data: dict[str, bytes]) -> dict:
+        """A Secret as `kubectl create secret generic --from-file` makes it (data base64)."""
+        import base64
+
+        return self._store("secrets", {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                                       "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4())},
+                                       "data": {k: base64.b64encode(v).decode() for k, v in data.items()}}, "ADDED")
+
     def add_service(self, namespace: str, name: str, selector: dict) -> dict:
         return self._store("services", {"apiVersion": "v1", "kind": "Service", "metadata": {
             "name": name, "namespace": namespace, "uid": str(uuid.uuid4())},

@@ -34,7 +34,7 @@ MATRIX = {
     "extras": ["--set", "metrics.serviceMonitor.enabled=true", "--set", "networkPolicy.enabled=true",
                "--set", "webhook.failurePolicy=Ignore"],
     "jwks": ["--set", "issuer.tokenVerifier=jwks", "--set", "issuer.certTTLSeconds=7200",
-             "--set", "issuer.auditKeySecret=sds-audit-key"],
+             "--set", "issuer.auditKeySecret=sds-audit-key", "--set", "issuer.caMode=plugin"],
     "files": ["--set", "config.agent.source=files"],
 }
 

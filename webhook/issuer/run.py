@@ -11,6 +11,7 @@ from .audit import AuditLog, load_key
 from sds_core.kube.health import ApiHealth
 
 from .authority import Layout, Rotation, load_or_create
+from .plugin import load_plugin
 from .limits import PodBuckets
 from .cluster import ClusterCache
 from .service import Issuer
@@ -35,6 +36,8 @@ def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tup
         c = config()
         layout = Layout(tuple(c.environments), c.agent.trust_domain, c.agent.cluster_domain,
                         tuple(c.business_lines) if c.business_line_cas else (), tuple(settings.pod_cidrs))
+        if settings.ca_mode == "plugin":
+            return load_plugin(core, settings.namespace, settings.ca_plugin_secret, layout)
         return load_or_create(core, settings.namespace, settings.ca_secret, layout, rotation=rotation)
     authority = settle()
     health = ApiHealth(settings.api_refused_seconds)

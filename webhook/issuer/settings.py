@@ -25,6 +25,11 @@ class IssuerSettings(BaseSettings):
     config: Path | None = Field(None, description="injector configuration: environments, naming, policy")
     namespace: str = Field("sds-system", description="release namespace: where the CA Secret lives")
     ca_secret: str = "sds-injector-ca"
+    ca_mode: Literal["self", "plugin"] = Field("self", description="self: the issuer makes and rotates its CAs in "
+                                               "ca_secret; plugin: the operator's intermediates in ca_plugin_secret "
+                                               "(docs/issuer.md)")
+    ca_plugin_secret: str = Field("sds-injector-plugin-ca", description="plugin mode: per signing CA <name>.crt, "
+                                  "<name>.key (optional <name>.chain.crt, <name>.bundle.crt) and root.crt, no root key")
     audience: str = Field("sds-injector", description="audience the agents' projected tokens must carry")
     token_verifier: Literal["tokenreview", "jwks"] = "tokenreview"
     jwks_issuer: str | None = Field(None, description="expected `iss` (jwks: default OIDC discovery's; tokenreview: "
