@@ -30,6 +30,7 @@ class IssuerRun:
         self.serving_ca = LocalCA.generate("issuer serving CA (test)")
         served = self.serving_ca.issue("localhost", dns_names=["localhost"], ttl=dt.timedelta(days=1))
         (workdir / "issuer.crt").write_bytes(served.chain_pem)
+        (workdir / "serving-ca.crt").write_bytes(self.serving_ca.cert_pem)  # what the issuer publishes
         key = workdir / "issuer.key"
         key.touch(mode=0o600)
         key.write_bytes(served.key_pem)
@@ -39,6 +40,7 @@ class IssuerRun:
         env.update({
             "ISSUER_PORT": str(self.port), "ISSUER_OPS_PORT": str(self.ops_port), "ISSUER_HOST": "127.0.0.1",
             "ISSUER_CERT_FILE": str(workdir / "issuer.crt"), "ISSUER_KEY_FILE": str(key),
+            "ISSUER_SERVING_CA_FILE": str(workdir / "serving-ca.crt"),
             "ISSUER_KUBECONFIG": str(workdir / "kubeconfig.json"), "ISSUER_TOKEN_VERIFIER": verifier,
             "ISSUER_AUDIT_FILE": str(self.audit_file), "ISSUER_NAMESPACE": "sds-system",
             "ISSUER_REPLICA": settings.pop("replica", "issuer-0"),

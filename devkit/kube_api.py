@@ -152,6 +152,15 @@ class KubeAPI:
             "name": name, "uid": str(uuid.uuid4()),
             "labels": {"kubernetes.io/metadata.name": name, **(labels or {})}}}, "ADDED")
 
+    def label_namespace(self, name: str, labels: dict) -> dict:
+        """Labels added to a namespace (created if absent), as `kubectl label namespace` does."""
+        cur = self.objects["namespaces"].get(("", name))
+        if cur is None:
+            return self.add_namespace(name, labels)
+        new = copy.deepcopy(cur)
+        new["metadata"]["labels"] = {**(new["metadata"].get("labels") or {}), **labels}
+        return self._store("namespaces", new, "MODIFIED")
+
     def add_pod(self, namespace: str, name: str, service_account: str = "default", labels: dict | None = None,
                 annotations: dict | None = None, ip: str = "10.1.2.3", host_network: bool = False) -> dict:
         if ("", namespace) not in self.objects["namespaces"]:
@@ -350,7 +359,8 @@ class KubeAPI:
                     return self._list_or_watch(parts[2], q)
                 if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 5 and parts[4] == "configmaps":
                     return self._list_or_watch(parts[4], q, namespace=parts[3])
-                if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 6 and parts[4] in ("pods", "secrets"):
+                if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 6 and parts[4] in ("pods", "secrets",
+                                                                                             "configmaps"):
                     obj = api.objects[parts[4]].get((parts[3], parts[5]))
                     if obj is None:
                         return self._status(404, "NotFound", f'{parts[4]} "{parts[5]}" not found')
@@ -442,6 +452,19 @@ class KubeAPI:
                     return self._send(201, obj)
                 return self._status(404, "NotFound", "the server could not find the requested resource")
 
+            def do_DELETE(self):
+                parts = [p for p in urlparse(self.path).path.split("/") if p]
+                api.requests.append(("DELETE", self.path))
+                if not self._authorized():
+                    return None
+                if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 6 and parts[4] == "configmaps":
+                    with api.cond:
+                        if (parts[3], parts[5]) not in api.objects["configmaps"]:
+                            return self._status(404, "NotFound", f'configmaps "{parts[5]}" not found')
+                        api.delete("configmaps", parts[3], parts[5])
+                    return self._send(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
+                return self._status(404, "NotFound", "the server could not find the requested resource")
+
             def do_PUT(self):
                 parts = [p for p in urlparse(self.path).path.split("/") if p]
                 api.requests.append(("PUT", self.path))
@@ -457,6 +480,21 @@ class KubeAPI:
                             return self._status(409, "Conflict", "the object has been modified; please apply "
                                                 "your changes to the latest version and try again")
                         obj = api._store("secrets", body, "MODIFIED")
+                    return self._send(200, obj)
+                if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 6 and parts[4] == "configmaps":
+                    with api.cond:
+                        cur = api.objects["configmaps"].get((parts[3], parts[5]))
+                        if cur is None:
+                            return self._status(404, "NotFound", f'configmaps "{parts[5]}" not found')
+                        if body["metadata"].get("resourceVersion") not in (None, cur["metadata"]["resourceVersion"]):
+                            return self._status(409, "Conflict", "the object has been modified; please apply "
+                                                "your changes to the latest version and try again")
+                        try:
+                            obj = api.update_configmap(parts[3], parts[5], data=body.get("data") or {},
+                                                       labels=body["metadata"].get("labels") or {},
+                                                       immutable=body.get("immutable"))
+                        except Invalid as e:
+                            return self._status(422, "Invalid", str(e))
                     return self._send(200, obj)
                 return self._status(404, "NotFound", "the server could not find the requested resource")
 

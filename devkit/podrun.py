@@ -61,7 +61,7 @@ class App:
 class LocalPod:
     def __init__(self, pod: dict, workdir: Path, secrets: dict[str, dict[str, bytes]] | None = None,
                  name: str | None = None, tokens: dict[str, str] | None = None,
-                 dns: dict[str, str] | None = None):
+                 dns: dict[str, str] | None = None, configmaps: dict[str, dict[str, bytes]] | None = None):
         """`tokens`: projected service-account tokens by audience, as the kubelet writes them.
         `dns`: the cluster's DNS as this pod sees it (hostname -> address): Envoy's outbound
         endpoints are resolved through it, while SNI and peer verification keep the hostname,
@@ -73,6 +73,7 @@ class LocalPod:
         self.workdir = workdir / self.name
         self.workdir.mkdir(parents=True)
         self.secrets = secrets or {}
+        self.configmaps = configmaps or {}  # name -> key -> content, as the namespace holds them
         self.volumes = self._map_volumes()
         self.procs: list[harness.Proc] = []
         self.apps: list[App] = []
@@ -85,6 +86,11 @@ class LocalPod:
             if "secret" in vol:
                 for fname, data in self.secrets.get(vol["secret"]["secretName"], {}).items():
                     (d / fname).write_bytes(data)
+            if "configMap" in vol:
+                data = self.configmaps.get(vol["configMap"]["name"], {})
+                for item in vol["configMap"].get("items") or [{"key": k, "path": k} for k in data]:
+                    if item["key"] in data:
+                        (d / item["path"]).write_bytes(data[item["key"]])
             if "projected" in vol:
                 for src in vol["projected"]["sources"]:
                     if "serviceAccountToken" in src:

@@ -42,7 +42,7 @@ class WebhookRun:
                **({"WEBHOOK_BENCHMARK_BASELINE": "true"} if self.baseline else {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "webhook", "serve", "--port", str(self.port), "--cert-file", str(tmp / "tls.crt"),
-             "--key-file", str(tmp / "tls.key"), "--config", str(CONFIG), "--issuer-ca-file", str(tmp / "ca.crt"),
+             "--key-file", str(tmp / "tls.key"), "--config", str(CONFIG),
              "--kubeconfig", str(tmp / "kubeconfig.json")], env=env, stderr=open(tmp / "stderr", "wb"))
         self.ssl = ssl.create_default_context(cadata=self.ca.cert_pem.decode())
         self.ssl.check_hostname = False

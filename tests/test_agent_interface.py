@@ -7,12 +7,11 @@ import os
 
 import pytest
 
-from sds_core.policy.config import InjectorConfig, with_issuer_ca
+from sds_core.policy.config import InjectorConfig
 from sds_core.sds.settings import AgentSettings, env_name, env_value
 from tests.webhook_util import pod
 from webhook.injector import decide
 
-CA = "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n"
 SOURCES = {
     "issuer": {},
     "local-ca": {},
@@ -23,7 +22,7 @@ SOURCES = {
 
 @pytest.mark.parametrize("source", SOURCES)
 def test_what_the_webhook_writes_is_what_the_agent_reads(source, monkeypatch):
-    cfg = with_issuer_ca(InjectorConfig.model_validate({"agent": {"source": source, **SOURCES[source]}}), CA)
+    cfg = InjectorConfig.model_validate({"agent": {"source": source, **SOURCES[source]}})
     out = decide(pod({"sds-injector.io/env": "dev", "sds-injector.io/business-line": "retail",
                       "sds-injector.io/ocsp-staple-policy": "STRICT_STAPLING"}), "shop", cfg)
     assert out.result == "injected", out.message
@@ -62,3 +61,21 @@ def test_the_agents_memory_request_follows_its_sources_footprint(source, memory)
     assert cfg.agent.resources.memory_request == memory
     mine = InjectorConfig.model_validate({"agent": {"source": source, "resources": {"memoryRequest": "70Mi"}}})
     assert mine.agent.resources.memory_request == "70Mi"
+
+
+def test_nothing_ca_related_is_written_into_the_pod_spec():
+    """The issuer's serving CA was copied inline into every pod (SDS_ISSUER_CA): rotating it broke
+    every running agent until its pod was re-created, and offline `inject` needed --issuer-ca. Now
+    the agent mounts the ConfigMap the issuer keeps in the namespace, by name."""
+    import json
+
+    cfg = InjectorConfig.model_validate({"agent": {"source": "issuer"}})
+    out = decide(pod({"sds-injector.io/env": "dev", "sds-injector.io/business-line": "retail"}), "shop", cfg)
+    spec = json.dumps(out.patch)
+    assert "BEGIN CERTIFICATE" not in spec and f"\"{env_name('issuer_ca')}\"" not in spec
+    agent = next(c for c in out.plan.containers if c["name"] == "sds-agent")
+    env = {e["name"]: e.get("value") for e in agent["env"]}
+    mount = next(m for m in agent["volumeMounts"] if m["name"] == "sds-issuer-ca")
+    assert env[env_name("issuer_ca_file")] == mount["mountPath"] + "/ca.crt"
+    volume = next(v for v in out.plan.volumes if v["name"] == "sds-issuer-ca")
+    assert volume["configMap"]["name"] == cfg.agent.issuer.ca_config_map == "sds-injector-issuer-ca"

@@ -191,7 +191,7 @@ def test_rendered_webhook_certificate_serves_admission_over_https(procs, tmp_pat
     port = free_port()
     procs.add(Proc([sys.executable, "-m", "webhook", "serve", "--port", str(port), "--cert-file", str(crt),
                     "--key-file", str(key), "--config", str(ROOT / "examples" / "config.yaml"),
-                    "--issuer-ca-file", str(tmp_path / "ca.crt"), "--kubeconfig", str(kubeconfig)],
+                    "--kubeconfig", str(kubeconfig)],
                    tmp_path / "webhook.log").start())
     import ssl
 
@@ -321,10 +321,10 @@ def test_every_shipped_example_passes_pod_security_restricted_once_injected(exam
     """The examples are written for `restricted` (README): their own containers and the
     sidecars the webhook adds. Checked with devkit/pod_security.py, a model of the profile."""
     from devkit.pod_security import violations
-    from sds_core.policy.config import load_config, with_issuer_ca
+    from sds_core.policy.config import load_config
     from webhook.manifests import inject_document
 
-    cfg = with_issuer_ca(load_config(ROOT / "examples" / "config.yaml"), "-----BEGIN CERTIFICATE-----\n")
+    cfg = load_config(ROOT / "examples" / "config.yaml")
     docs = [d for d in yaml.safe_load_all(example.read_text()) if d]
     templates = [d for d in docs if d.get("kind") in ("Deployment", "StatefulSet", "DaemonSet", "Pod")]
     assert templates, f"{example.name} holds no workload"
@@ -337,9 +337,10 @@ def test_every_shipped_example_passes_pod_security_restricted_once_injected(exam
 
 def test_rbac_in_gateway_mode_is_as_narrow_as_rbac_allows():
     """What each service account may do, rule by rule: the only write verbs are creating
-    TokenReviews and the CA Secret (create cannot be limited by name; get and update are, to
-    that one Secret); ConfigMaps are list/watch only (claims; RBAC cannot filter by label:
-    documented). Nothing may read or write Secrets cluster-wide."""
+    TokenReviews, the CA Secret and the issuer-CA ConfigMaps (create cannot be limited by name;
+    get, update and delete are, to that one Secret and that one ConfigMap name); other ConfigMap
+    rights are list/watch only (claims; RBAC cannot filter by label: documented). Nothing may read
+    or write Secrets cluster-wide."""
     docs = render("--set", "gateway.enabled=true")
     roles = {(d["kind"], d["metadata"]["name"]): d["rules"] for d in docs if d["kind"] in ("ClusterRole", "Role")}
     for (kind, name), rules in roles.items():
@@ -348,11 +349,14 @@ def test_rbac_in_gateway_mode_is_as_narrow_as_rbac_allows():
             if "secrets" in r.get("resources", []):
                 assert kind == "Role", f"{name}: Secrets only in the release namespace"
                 assert writes <= {"create", "update"} and ("update" not in writes or r.get("resourceNames")), r
+            elif "configmaps" in r.get("resources", []) and writes:
+                assert writes == {"create"} or r.get("resourceNames") == ["sds-injector-issuer-ca"], (name, r)
+                assert writes <= {"create", "update", "delete"} and "list" not in r["verbs"], (name, r)
             elif writes:
                 assert r == {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
                              "verbs": ["create"]}, (name, r)
-            if "configmaps" in r.get("resources", []):
-                assert set(r["verbs"]) == {"list", "watch"}, (name, r)
+            elif "configmaps" in r.get("resources", []):
+                assert set(r["verbs"]) in ({"list", "watch"}, {"get"}), (name, r)
 
 
 def test_workloads_are_validated_fail_open_on_the_same_namespaces():

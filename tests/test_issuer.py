@@ -320,7 +320,7 @@ def test_webhook_and_issuer_run_in_one_process_as_the_chart_runs_them(tmp_path):
     run = IssuerRun(tmp_path, kube, CONFIG)  # reuse its files and ISSUER_* environment
     (tmp_path / "ca.crt").write_bytes(run.ca_pem)
     port = free_port()
-    env = {**run.env, "WEBHOOK_ISSUER": "true", "WEBHOOK_ISSUER_CA_FILE": str(tmp_path / "ca.crt"),
+    env = {**run.env, "WEBHOOK_ISSUER": "true",
            "WEBHOOK_PORT": str(port), "WEBHOOK_HOST": "127.0.0.1", "WEBHOOK_CONFIG": str(CONFIG),
            "WEBHOOK_KUBECONFIG": run.env["ISSUER_KUBECONFIG"],
            "WEBHOOK_CERT_FILE": run.env["ISSUER_CERT_FILE"], "WEBHOOK_KEY_FILE": run.env["ISSUER_KEY_FILE"]}
@@ -339,7 +339,12 @@ def test_webhook_and_issuer_run_in_one_process_as_the_chart_runs_them(tmp_path):
         patched = jsonpatch.apply_patch(pod({"sds-injector.io/env": "dev"}),
                                         json.loads(base64.b64decode(out["response"]["patch"])))
         env_of = {e["name"]: e.get("value") for e in patched["spec"]["initContainers"][0]["env"]}
-        assert env_of["SDS_SOURCE"] == "issuer" and env_of["SDS_ISSUER_CA"] == run.ca_pem.decode()
+        assert env_of["SDS_SOURCE"] == "issuer" and "SDS_ISSUER_CA" not in env_of
+        # The issuer keeps its serving CA in each enabled namespace, where the pods mount it.
+        kube.label_namespace("bank", {"sds-injector.io/injection": "enabled"})
+        published = wait_for(lambda: kube.objects["configmaps"].get(("bank", "sds-injector-issuer-ca")),
+                             what="the issuer CA ConfigMap")
+        assert published["data"]["ca.crt"] == run.ca_pem.decode()
         stored = kube.add_pod("bank", "ledger-9", "ledger", {"app": "ledger"},
                               {"sds-injector.io/env": "dev", "sds-injector.io/business-line": "corporate"})
         assert sign(run, kube.mint(stored), "corporate-service-cert")[0] == 200

@@ -210,7 +210,8 @@ def test_edge_certificates_come_from_a_ca_workloads_never_trust_as_a_peer(world,
            "spec": {"serviceAccountName": "teller", "containers": [{"name": "app", "image": "app:1"}]}}
     verdict = decide(pod, "bank-prod", config(issuer, 15041, 15051))
     teller = LocalPod(jsonpatch.apply_patch(pod, verdict.patch), tmp_path, tokens={"sds-injector": kube.mint(stored)},
-                      dns={"shop.example.com": "127.0.0.1"})
+                      dns={"shop.example.com": "127.0.0.1"},
+                      configmaps={"sds-injector-issuer-ca": {"ca.crt": issuer.ca_pem}})
     try:
         teller.start([])
         assert call(15031)[0] == 503, "a prod workload accepted an edge certificate as its peer"

@@ -25,7 +25,7 @@ from devkit.kube_api import KubeAPI, admit_pod
 from devkit.podrun import ROOT, LocalPod, spiffe_of
 from sds_core.sds.sources.issuer import csr_pem, new_key
 from tests.conftest import remember_key
-from sds_core.policy.config import InjectorConfig, load_config, with_issuer_ca
+from sds_core.policy.config import InjectorConfig, load_config
 from webhook.injector import decide
 
 EXAMPLE = load_config(ROOT / "examples" / "config.yaml")
@@ -33,7 +33,7 @@ PEERS = "sds-injector.io/allowed-peers"
 
 
 def config(issuer: IssuerRun, status: int, http: int) -> InjectorConfig:
-    data = with_issuer_ca(EXAMPLE, issuer.ca_pem.decode()).model_dump(by_alias=True)
+    data = EXAMPLE.model_dump(by_alias=True)
     data["agent"]["issuer"]["address"] = issuer.address
     data["agent"]["httpPort"] = http
     data["proxy"]["statusPort"] = status
@@ -55,6 +55,11 @@ def local_cluster(tmp_path, issuer_config, prepare=lambda kube: None):
         """Create the pod in the API (as the API server stores it), inject it, run its sidecars
         with a projected token minted for it (`dns`: what the pod's names resolve to)."""
         labels = {"app": sa}
+        # Enabled as the chart's webhook selects namespaces: the real issuer then publishes its
+        # serving CA there, and the pod mounts what it published (nothing CA-related in the spec).
+        kube.label_namespace(namespace, {"sds-injector.io/injection": "enabled"})
+        ca_map = harness.wait_for(lambda: kube.objects["configmaps"].get((namespace, "sds-injector-issuer-ca")),
+                                  what=f"the issuer's CA published in {namespace}")
         stored = kube.add_pod(namespace, name, sa, labels, annotations)
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": dict(stored["metadata"]),
                "spec": {"serviceAccountName": sa, "containers": [{"name": "app", "image": "app:1"}]}}
@@ -63,7 +68,8 @@ def local_cluster(tmp_path, issuer_config, prepare=lambda kube: None):
             assert out.result == "injected", out.message
             return jsonpatch.apply_patch(seen, out.patch)
         admitted, _ = admit_pod(pod, webhook)  # the API server's chain: ServiceAccount plugin, webhook, plugin
-        p = LocalPod(admitted, tmp_path, tokens={"sds-injector": kube.mint(stored)}, dns=dns)
+        p = LocalPod(admitted, tmp_path, tokens={"sds-injector": kube.mint(stored)}, dns=dns,
+                     configmaps={"sds-injector-issuer-ca": {k: v.encode() for k, v in ca_map["data"].items()}})
         pods.append(p)
         return p.start(list(app_ports))
 

@@ -100,11 +100,11 @@ def test_the_service_account_plugin_runs_around_the_webhook_as_in_kube_apiserver
     import jsonpatch
 
     from devkit.kube_api import SA_TOKEN_DIR, admit_pod
-    from sds_core.policy.config import load_config, with_issuer_ca
+    from sds_core.policy.config import load_config
     from devkit.podrun import ROOT
     from webhook.injector import decide
 
-    cfg = with_issuer_ca(load_config(ROOT / "examples" / "config.yaml"), "-----BEGIN CERTIFICATE-----\n")
+    cfg = load_config(ROOT / "examples" / "config.yaml")
     seen: list[dict] = []
 
     def webhook(pod: dict) -> dict:

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from devkit import harness
-from sds_core.pki.ca import LocalCA
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS = ("webhook", "sds_sidecar", "gateway")
@@ -77,10 +76,8 @@ def test_smoke_starts(fresh, tmp_path):
     venv, work = fresh
     py = str(venv / "bin" / "python")
     # The webhook's offline injection of a shipped example.
-    ca = tmp_path / "issuer-ca.pem"
-    ca.write_bytes(LocalCA.generate("issuer serving CA").cert_pem)
     r = run(venv, work, py, "-m", "webhook", "inject", "-f", str(ROOT / "examples" / "shop-prod.yaml"),
-            "--config", str(ROOT / "examples" / "config.yaml"), "--issuer-ca", str(ca))
+            "--config", str(ROOT / "examples" / "config.yaml"))
     assert r.returncode == 0 and "sds-agent" in r.stdout, r.stderr
     # The gateway's Envoy bootstrap.
     r = run(venv, work, py, "-m", "gateway", "bootstrap", "--agent-socket", str(tmp_path / "gw.sock"))

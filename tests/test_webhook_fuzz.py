@@ -19,10 +19,9 @@ from hypothesis import HealthCheck, example, given, settings
 
 from devkit.admission_fuzz import broken_reviews, check, pods, readmit, review
 from devkit import harness
-from sds_core.policy.config import load_config, with_issuer_ca
+from sds_core.policy.config import load_config
 
-CONFIG = with_issuer_ca(load_config(Path(__file__).parent.parent / "examples" / "config.yaml"),
-                        "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n")
+CONFIG = load_config(Path(__file__).parent.parent / "examples" / "config.yaml")
 VERSIONS = ["1.33", kubernetes_validate.latest_version()]
 PROXY_ARGS: dict[str, list[str]] = {}
 SUITE = settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))

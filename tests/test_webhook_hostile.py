@@ -145,7 +145,7 @@ def test_inject_passes_untouched_documents_through_byte_for_byte_and_knows_more_
     src = tmp_path / "in.yaml"
     src.write_text(text)
     r = subprocess.run([sys.executable, "-m", "webhook", "inject", "-f", str(src), "--config",
-                        str(Path(__file__).parent.parent / "examples" / "config.yaml"), "--issuer-ca", str(ca)],
+                        str(Path(__file__).parent.parent / "examples" / "config.yaml")],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("\n\n# a comment-only part\n---\n")
@@ -267,7 +267,7 @@ def test_inject_keeps_crlf_and_a_documents_own_namespace_wins(tmp_path):
     src = tmp_path / "crlf.yaml"
     src.write_bytes((untouched + system_pod).encode())
     r = subprocess.run([sys.executable, "-m", "webhook", "inject", "-f", str(src), "--config", config,
-                        "--issuer-ca", str(ca), "--namespace", "shop"], capture_output=True)
+                        "--namespace", "shop"], capture_output=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout == (untouched + system_pod).encode(), "both documents come back byte for byte"
     err = r.stderr.decode()

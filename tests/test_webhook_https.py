@@ -15,7 +15,6 @@ import yaml
 from tests.conftest import remember_key
 from devkit.harness import Proc, free_port, issue, wait_for
 from tests.webhook_util import decode_patch, pod, review
-from sds_core.pki.ca import LocalCA
 
 ROOT = Path(__file__).parent.parent
 CONFIG = ROOT / "examples" / "config.yaml"
@@ -29,7 +28,7 @@ def start_webhook(procs, tmp_path, ca, kubeconfig, name="webhook-svc"):
     key.write_bytes(served.key_pem)
     port = free_port()
     p = procs.add(Proc([sys.executable, "-m", "webhook", "serve", "--port", str(port), "--cert-file", str(crt),
-                        "--key-file", str(key), "--config", str(CONFIG), "--issuer-ca-file", str(crt),
+                        "--key-file", str(key), "--config", str(CONFIG),
                         "--kubeconfig", str(kubeconfig)],
                        tmp_path / "webhook.log").start())
     ctx = ssl.create_default_context(cadata=ca.cert_pem.decode())
@@ -146,12 +145,8 @@ spec:
           restartPolicy: OnFailure
           containers: [{name: report, image: report:1}]
 """)
-    ca = tmp_path / "issuer-ca.crt"
-    ca.write_bytes(LocalCA.generate("issuer serving CA").cert_pem)
-    no_ca = subprocess.run([sys.executable, "-m", "webhook", "inject", "-f", str(manifest), "--config", str(CONFIG)],
-                           capture_output=True, text=True)
-    assert no_ca.returncode == 1 and "--issuer-ca FILE" in no_ca.stderr, "agents that cannot start are refused"
-    inject = [sys.executable, "-m", "webhook", "inject", "--config", str(CONFIG), "--issuer-ca", str(ca), "-f"]
+    # No CA to give: the pods mount the issuer's CA from a ConfigMap the issuer keeps in the namespace.
+    inject = [sys.executable, "-m", "webhook", "inject", "--config", str(CONFIG), "-f"]
     run = subprocess.run([*inject, str(manifest)], capture_output=True, text=True, check=True)
     docs = list(yaml.safe_load_all(run.stdout))
     assert [d["kind"] for d in docs] == ["ConfigMap", "Deployment", "CronJob"]
@@ -161,8 +156,8 @@ spec:
     assert [c["name"] for c in dep] == [c["name"] for c in cron] == ["sds-agent", "sds-envoy"]
     cron_env = {e["name"]: e.get("value") for e in cron[0]["env"]}
     assert cron_env["SDS_CERTIFICATES"] == "corporate-service-cert"
+    assert "SDS_ISSUER_CA" not in cron_env and cron_env["SDS_ISSUER_CA_FILE"] == "/etc/sds/issuer-ca/ca.crt"
     # Injecting the output again changes nothing (idempotent).
-    assert cron_env["SDS_ISSUER_CA"] == ca.read_text()
     again = subprocess.run([*inject, "-"], input=run.stdout, capture_output=True, text=True, check=True)
     assert list(yaml.safe_load_all(again.stdout)) == docs
 
@@ -191,7 +186,7 @@ def test_tls12_cbc_suites_are_refused_and_a_busy_port_is_a_clear_error(procs, tm
     assert handshake("ECDHE-ECDSA-AES128-GCM-SHA256")
     assert not handshake("ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES256-SHA384:ECDHE-ECDSA-AES128-SHA")
     r = subprocess.run([sys.executable, "-m", "webhook", "serve", "--port", str(port), "--cert-file", str(crt),
-                        "--key-file", str(key), "--config", str(CONFIG), "--issuer-ca-file", str(crt),
+                        "--key-file", str(key), "--config", str(CONFIG),
                         "--kubeconfig", str(kubeconfig)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and f"webhook port 0.0.0.0:{port}" in r.stderr and "serving" not in r.stderr, (
         r.returncode, r.stderr)

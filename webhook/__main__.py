@@ -35,14 +35,11 @@ def _fast_loop() -> None:
 def _inject(args, parser, rest) -> int:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    from sds_core.policy.config import load_config, with_issuer_ca  # lazy: per subcommand
+    from sds_core.policy.config import load_config  # lazy: per subcommand
     from .manifests import InjectError, inject_text  # lazy: per subcommand
 
     try:
         cfg = load_config(args.config)
-        if args.issuer_ca:
-            cfg = with_issuer_ca(cfg, args.issuer_ca.read_text())
-        _require_issuer_ca(cfg, "--issuer-ca FILE")
         if args.filename == "-":
             text = sys.stdin.read()
         else:
@@ -56,13 +53,6 @@ def _inject(args, parser, rest) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
-
-
-def _require_issuer_ca(cfg, how: str) -> None:
-    """Agents of the issuer source must be told which CA serves the issuer, else they cannot start."""
-    if cfg.agent.source == "issuer" and not cfg.agent.issuer.ca_bundle.strip():
-        raise ValueError(f"agent.source is issuer but the issuer's serving CA is unknown: give {how} "
-                         "(or agent.issuer.caBundle in the configuration)")
 
 
 def _issuer_settings(rest: list[str]):
@@ -123,18 +113,15 @@ def _serve(rest: list[str]) -> int:
     from sds_core import logs  # lazy: per subcommand
 
     from .app import create_app  # lazy: per subcommand
-    from sds_core.policy.config import ConfigStore, ServerSettings, with_issuer_ca  # lazy: per subcommand
+    from sds_core.policy.config import ConfigStore, ServerSettings  # lazy: per subcommand
     from sds_core.kube.namespaces import NamespaceLabels  # lazy: per subcommand
     from .server import serve  # lazy: per subcommand
 
     try:
         settings = ServerSettings(_cli_parse_args=rest, _cli_prog_name="python -m webhook serve")
-        ca = settings.issuer_ca_file.read_text() if settings.issuer_ca_file else ""
         store = ConfigStore(settings.config, on_error=lambda e: logging.getLogger("webhook").error(
-            "configuration reload failed, previous kept: %s", e),
-            overlay=(lambda cfg: with_issuer_ca(cfg, ca)) if ca else None)
+            "configuration reload failed, previous kept: %s", e))
         issuer_settings = _issuer_settings([]) if settings.issuer else None
-        _require_issuer_ca(store.get(), "WEBHOOK_ISSUER_CA_FILE / --issuer-ca-file")
     except (ValidationError, ValueError, OSError) as e:
         print(f"webhook: invalid configuration:\n{_describe(e)}", file=sys.stderr)
         return 2
@@ -192,7 +179,6 @@ def main(argv: list[str] | None = None) -> int:
     inj.add_argument("-f", "--filename", required=True, help="YAML file, or - for stdin")
     inj.add_argument("--namespace", help="namespace to decide for (default: each document's, else default)")
     inj.add_argument("--config", type=Path, help="injector configuration YAML")
-    inj.add_argument("--issuer-ca", type=Path, help="PEM of the issuer's serving CA (source issuer)")
     from .issuer import audit_cli  # lazy: per subcommand (cryptography only)
 
     audit_cli.add_parser(sub)

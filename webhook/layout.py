@@ -11,6 +11,7 @@ SOCKET_VOL, TOKEN_VOL, CA_VOL = "sds-socket", "sds-token", "sds-local-ca"
 ADMIN_VOL, NO_SA_TOKEN_VOL, FILES_VOL_PREFIX = "sds-admin", "sds-no-sa-token", "sds-files-"
 TOKEN_DIR, CA_DIR, FILES_DIR = "/var/run/secrets/sds-injector", "/etc/sds/local-ca", "/etc/sds/certs"
 ADMIN_DIR = "/var/run/sds-admin"
+ISSUER_CA_VOL, ISSUER_CA_DIR = "sds-issuer-ca", "/etc/sds/issuer-ca"
 # The API server mounts the pod's API token at this path into every container that has no mount
 # there already: an empty volume in its place keeps the token out of the sidecars.
 SA_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -24,5 +25,6 @@ SECRET_FILE_MODE = 0o444
 
 def owned_volume(name: str) -> bool:
     """Volumes the injector adds: no container of the pod's own may mount one."""
-    return name in (SOCKET_VOL, TOKEN_VOL, CA_VOL, ADMIN_VOL, NO_SA_TOKEN_VOL) or name.startswith(FILES_VOL_PREFIX)
+    return name in (SOCKET_VOL, TOKEN_VOL, CA_VOL, ADMIN_VOL, NO_SA_TOKEN_VOL, ISSUER_CA_VOL) \
+        or name.startswith(FILES_VOL_PREFIX)
 

@@ -13,8 +13,9 @@ from sds_core.reasons import Reason
 from sds_core.sds.settings import agent_env, agent_field_env, env_name
 
 from . import istio
-from .layout import (ADMIN_DIR, ADMIN_VOL, AGENT, CA_DIR, CA_VOL, FILES_DIR, FILES_VOL_PREFIX, NO_SA_TOKEN_VOL,
-                     PROXY, SA_TOKEN_DIR, SECRET_FILE_MODE, SOCKET_VOL, TOKEN_DIR, TOKEN_VOL)
+from .layout import (ADMIN_DIR, ADMIN_VOL, AGENT, CA_DIR, CA_VOL, FILES_DIR, FILES_VOL_PREFIX, ISSUER_CA_DIR,
+                     ISSUER_CA_VOL, NO_SA_TOKEN_VOL, PROXY, SA_TOKEN_DIR, SECRET_FILE_MODE, SOCKET_VOL, TOKEN_DIR,
+                     TOKEN_VOL)
 
 @dataclass(frozen=True)
 class Plan:
@@ -93,8 +94,13 @@ def _token_volume(audience: str) -> Parts:
 def _issuer_parts(sel: Selection, a: AgentConfig) -> Parts:
     i = a.issuer
     _, mounts, volumes = _token_volume(i.token_audience)
-    env = agent_env(issuer_address=i.address, issuer_ca=i.ca_bundle, issuer_token_file=f"{TOKEN_DIR}/token",
-                    key_type=i.key_type)
+    env = agent_env(issuer_address=i.address, issuer_ca_file=f"{ISSUER_CA_DIR}/ca.crt",
+                    issuer_token_file=f"{TOKEN_DIR}/token", key_type=i.key_type)
+    # The issuer's serving CA by reference (the issuer keeps the ConfigMap in the namespace; the
+    # kubelet updates the file when it changes, and the agent re-reads it): never inline.
+    mounts.append({"name": ISSUER_CA_VOL, "mountPath": ISSUER_CA_DIR, "readOnly": True})
+    volumes.append({"name": ISSUER_CA_VOL, "configMap": {"name": i.ca_config_map,
+                                                         "items": [{"key": "ca.crt", "path": "ca.crt"}]}})
     return env, mounts, volumes
 
 

@@ -154,9 +154,10 @@ class IssuerAgentConfig(Strict):
 
     address: str = "https://sds-injector.sds-system.svc:15012"
     token_audience: str = Field("sds-injector", alias="tokenAudience")
-    # PEM of the CA that signed the issuer's serving certificate (public). `serve` fills it from
-    # WEBHOOK_ISSUER_CA_FILE; the offline `inject` takes --issuer-ca.
-    ca_bundle: str = Field("", alias="caBundle")
+    # The ConfigMap (key ca.crt) the issuer keeps in every enabled namespace with the CA of its
+    # serving certificate: agents mount it and re-read it when it changes, so nothing CA-related
+    # is written into pod specs and rotating the serving certificate restarts no pod.
+    ca_config_map: str = Field("sds-injector-issuer-ca", alias="caConfigMap", min_length=1)
     key_type: Literal["ec", "rsa"] = Field(agent_default("key_type"), alias="keyType")
 
 
@@ -268,13 +269,6 @@ class InjectorConfig(Strict):
         return hashlib.sha256(dump.encode()).hexdigest()[:12]
 
 
-def with_issuer_ca(cfg: InjectorConfig, pem: str) -> InjectorConfig:
-    """The config with the issuer's serving CA filled in (revalidated: a new revision)."""
-    data = cfg.model_dump(by_alias=True)
-    data["agent"]["issuer"]["caBundle"] = pem
-    return InjectorConfig.model_validate(data)
-
-
 def load_config(path: Path | None) -> InjectorConfig:
     if path is None:
         return InjectorConfig()
@@ -294,12 +288,11 @@ class ConfigStore:
     """The current config; the file is checked at most once a second and re-read on change.
     A bad new file is logged and the previous config kept."""
 
-    def __init__(self, path: Path | None, on_error=None, overlay=None):
+    def __init__(self, path: Path | None, on_error=None):
         self.path = path
         self.on_error = on_error
-        self._overlay = overlay or (lambda cfg: cfg)
         self._stamp = self._stat()
-        self._config = self._overlay(load_config(path))
+        self._config = load_config(path)
         self._checked = time.monotonic()
         self._lock = threading.Lock()
 
@@ -320,7 +313,7 @@ class ConfigStore:
                 if stamp != self._stamp:
                     self._stamp = stamp
                     try:
-                        self._config = self._overlay(load_config(self.path))
+                        self._config = load_config(self.path)
                     except (ValueError, OSError) as e:
                         if self.on_error:
                             self.on_error(e)
@@ -342,7 +335,6 @@ class ServerSettings(BaseSettings):
     max_concurrency: int = Field(1000, gt=0)  # connections and requests at once; beyond: 503
     issuer: bool = False  # also run the issuer in this process (ISSUER_* settings)
     kubeconfig: Path | None = None  # default: in-cluster credentials (label-based policy rules read namespaces)
-    issuer_ca_file: Path | None = None  # CA of the issuer's serving certificate, for the agents
     benchmark_baseline: bool = False  # adds POST /noop, for scripts/bench_webhook.py
     log_level: str = "INFO"
 

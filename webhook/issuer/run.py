@@ -12,6 +12,7 @@ from sds_core.kube.health import ApiHealth
 
 from .authority import Layout, Rotation, load_or_create
 from .plugin import load_plugin
+from .publish import CAPublisher
 from .limits import PodBuckets
 from .cluster import ClusterCache
 from .service import Issuer
@@ -57,6 +58,12 @@ def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tup
                     overlap_seconds=settings.ca_overlap_seconds, gateways=settings.gateway_identities,
                     pod_limits=PodBuckets(settings.pod_issuance_per_minute, settings.pod_issuance_burst),
                     source_limits=PodBuckets(settings.source_refusals_per_minute, settings.source_refusals_burst))
+    if settings.serving_ca_file is not None:
+        publisher = CAPublisher(core, settings.serving_ca_file, lambda: config().agent.issuer.ca_config_map,
+                                cluster.namespaces.all, every=settings.ca_publish_seconds,
+                                resync=10 * settings.ca_publish_seconds)
+        cluster.namespaces.add_listener(publisher.poke)
+        threading.Thread(target=publisher.run, args=(threading.Event(),), name="ca-publisher", daemon=True).start()
     cluster.on_revocations(_audit_revocations(audit))
     _audit_revocations(audit)(cluster.revocations)
     threading.Thread(target=_refresh, args=(issuer, settle, settings.ca_refresh_seconds), name="ca-refresh",

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import asyncio
 import json
+import os
 import ssl
 import urllib.error
 import urllib.request
@@ -57,16 +58,44 @@ class IssuerSource(Source):
     def __init__(self, settings: AgentSettings):
         if not settings.issuer_address.startswith("https://"):
             raise ValueError("issuer source: SDS_ISSUER_ADDRESS must be an https:// URL")
-        ca = settings.issuer_ca or (settings.issuer_ca_file.read_text() if settings.issuer_ca_file else "")
-        if not ca.strip():
-            raise ValueError("issuer source: the issuer's CA is not set (SDS_ISSUER_CA or SDS_ISSUER_CA_FILE)")
-        try:
-            self.tls = ssl.create_default_context(cadata=ca)
-        except ssl.SSLError:
-            raise ValueError("issuer source: SDS_ISSUER_CA is not a PEM certificate") from None
-        self.tls.minimum_version = ssl.TLSVersion.TLSv1_2
         self.settings = settings
         self.base = settings.issuer_address.rstrip("/")
+        self._ca_stamp: tuple | None = None
+        try:
+            self.tls = self._context()
+        except SourceError as e:
+            raise ValueError(f"issuer source: {e}") from None
+
+    def _context(self) -> ssl.SSLContext:
+        """The TLS context trusting the issuer's serving CA: SDS_ISSUER_CA, or SDS_ISSUER_CA_FILE
+        re-read whenever it changes (a mounted ConfigMap the kubelet updates when the serving
+        certificate's CA rotates: running agents follow it, no pod restarts)."""
+        path = self.settings.issuer_ca_file
+        if self.settings.issuer_ca or path is None:
+            if self._ca_stamp is None:
+                self._ca_stamp = ("inline",)
+                self.tls = self._build(self.settings.issuer_ca, "SDS_ISSUER_CA")
+            return self.tls
+        try:
+            st = os.stat(path)
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if stamp != self._ca_stamp:
+                self.tls, self._ca_stamp = self._build(path.read_text(), str(path)), stamp
+        except OSError as e:
+            if self._ca_stamp is None:
+                raise SourceError("no_issuer_ca", f"cannot read the issuer's CA {path}: {e.strerror}") from None
+        return self.tls  # unreadable for a moment (the kubelet swapping it): the last good one
+
+    @staticmethod
+    def _build(pem: str, where: str) -> ssl.SSLContext:
+        if not pem.strip():
+            raise SourceError("no_issuer_ca", "the issuer's CA is not set (SDS_ISSUER_CA or SDS_ISSUER_CA_FILE)")
+        try:
+            tls = ssl.create_default_context(cadata=pem)
+        except ssl.SSLError:
+            raise SourceError("no_issuer_ca", f"{where} is not a PEM certificate") from None
+        tls.minimum_version = ssl.TLSVersion.TLSv1_2
+        return tls
 
     def issues(self, spec: SecretSpec) -> bool:
         return spec.kind == material.TLS_CERTIFICATE
@@ -80,7 +109,8 @@ class IssuerSource(Source):
         req = urllib.request.Request(self.base + path, data=json.dumps(api.to_json(body)).encode(), method="POST", headers={
             "content-type": "application/json", "authorization": f"Bearer {token}"})
         try:
-            with urllib.request.urlopen(req, timeout=self.settings.issuer_timeout_seconds, context=self.tls) as r:
+            with urllib.request.urlopen(req, timeout=self.settings.issuer_timeout_seconds,
+                                        context=self._context()) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:
             try:
@@ -100,7 +130,8 @@ class IssuerSource(Source):
         req = urllib.request.Request(self.base + api.OCSP, data=body, method="POST",
                                      headers={"content-type": CONTENT_TYPE})
         try:
-            with urllib.request.urlopen(req, timeout=self.settings.issuer_timeout_seconds, context=self.tls) as r:
+            with urllib.request.urlopen(req, timeout=self.settings.issuer_timeout_seconds,
+                                        context=self._context()) as r:
                 return r.read()
         except (urllib.error.URLError, OSError, ValueError) as e:
             why = getattr(e, "reason", None) or getattr(e, "code", None) or type(e).__name__
