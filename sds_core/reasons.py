@@ -69,6 +69,9 @@ class Reason(StrEnum):
     UNAVAILABLE = "unavailable"
     RATE_LIMITED = "rate_limited"
     SOURCE_RATE_LIMITED = "source_rate_limited"
+    SIGNER_UNAVAILABLE = "signer_unavailable"
+    SIGNER_REFUSED = "signer_refused"
+    SIGNER_NAMES = "signer_names"
     WEAK_KEY = "weak_key"
     # gateway claims: refusals
     HOSTNAME_NOT_ALLOWED = "hostname_not_allowed"

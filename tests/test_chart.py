@@ -33,6 +33,7 @@ MATRIX = {
     "classic-sidecars": ["--set", "config.nativeSidecars=false"],
     "extras": ["--set", "metrics.serviceMonitor.enabled=true", "--set", "networkPolicy.enabled=true",
                "--set", "webhook.failurePolicy=Ignore"],
+    "signer-vault": ["--set", "issuer.caMode=vault", "--set", "issuer.vault.address=https://vault:8200"],
     "jwks": ["--set", "issuer.tokenVerifier=jwks", "--set", "issuer.certTTLSeconds=7200",
              "--set", "issuer.auditKeySecret=sds-audit-key", "--set", "issuer.caMode=plugin"],
     "files": ["--set", "config.agent.source=files"],

@@ -99,11 +99,9 @@ def _run_issuer(rest: list[str]) -> int:
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         await run.serve(settings, store.get, stop, *socks)
 
-    from .issuer.plugin import PluginCAError  # lazy: per subcommand
-
     try:
         asyncio.run(main())
-    except PluginCAError as e:  # the operator's CA material: said plainly, not a traceback
+    except ValueError as e:  # the operator's CA material or signer: said plainly, not a traceback
         print(f"issuer: cannot start: {e}", file=sys.stderr)
         return 2
     return 0

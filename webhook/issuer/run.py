@@ -11,6 +11,7 @@ from .audit import AuditLog, load_key
 from sds_core.kube.health import ApiHealth
 
 from .authority import Layout, Rotation, load_or_create
+from .external import VaultSigner, load_external
 from .plugin import load_plugin
 from .publish import CAPublisher
 from .limits import PodBuckets
@@ -33,10 +34,20 @@ def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tup
                         overlap=settings.ca_overlap_seconds, lifetime_days=settings.ca_lifetime_days)
     core = client.CoreV1Api(api)
 
+    signer = None
+    if settings.ca_mode == "vault":
+        if not settings.vault_address:
+            raise ValueError("ca_mode vault needs vault_address (ISSUER_VAULT_ADDRESS)")
+        signer = VaultSigner(settings.vault_address, settings.vault_pki_path, settings.vault_timeout_seconds,
+                             settings.vault_ca_cert, settings.vault_token_file, settings.vault_auth_role,
+                             settings.vault_auth_mount)
+
     def settle():
         c = config()
         layout = Layout(tuple(c.environments), c.agent.trust_domain, c.agent.cluster_domain,
                         tuple(c.business_lines) if c.business_line_cas else (), tuple(settings.pod_cidrs))
+        if signer is not None:
+            return load_external(signer, layout)
         if settings.ca_mode == "plugin":
             return load_plugin(core, settings.namespace, settings.ca_plugin_secret, layout)
         return load_or_create(core, settings.namespace, settings.ca_secret, layout, rotation=rotation)

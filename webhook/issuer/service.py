@@ -17,6 +17,7 @@ from sds_core.logs import RateLimit
 from sds_core.pki.validation import serial_hex
 from sds_core.policy.config import InjectorConfig
 from .audit import AuditLog
+from .external import ExternalCA, check_names
 from .authority import Authority, edge, line
 from .identity import Grant, Refused, check_binding, grant
 from .inventory import ISSUED, REFUSED, Inventory
@@ -139,8 +140,13 @@ class Issuer:
     def sign(self, token: str, req: api.CertificateRequest) -> api.CertificateResponse:
         name, csr_pem = req.name, req.csr
         g, ca, bundle, key = self._authorize(token, name, "certificate", csr_pem)
-        cert = ca.sign(key, g.common_name, g.dns_names, [g.spiffe_id], g.ips, ttl=self.cert_ttl,
-                       serial=serials.mint(ca, serials.Identity(g.namespace, g.service_account, g.pod_uid)))
+        if isinstance(ca, ExternalCA):
+            cert, chain = self._sign_external(ca, csr_pem, key, g.common_name, g.dns_names, [g.spiffe_id], g.ips,
+                                              caller=g, name=name)
+        else:
+            cert = ca.sign(key, g.common_name, g.dns_names, [g.spiffe_id], g.ips, ttl=self.cert_ttl,
+                           serial=serials.mint(ca, serials.Identity(g.namespace, g.service_account, g.pod_uid)))
+            chain = (cert.public_bytes(serialization.Encoding.PEM) + ca.cert_pem).decode()
         fingerprint = cert.fingerprint(hashes.SHA256()).hex()
         serial = serial_hex(cert.serial_number)
         not_after = cert.not_valid_after_utc
@@ -151,9 +157,21 @@ class Issuer:
         self.inventory.add(g.namespace, name, g.pod, {"spiffe_id": g.spiffe_id, "env": g.env, "serial": serial,
                                                       "not_after": not_after.isoformat(),
                                                       "not_after_unix": not_after.timestamp()})
-        leaf = cert.public_bytes(serialization.Encoding.PEM)
-        return api.CertificateResponse(certificate_chain=(leaf + ca.cert_pem).decode(), serial=serial,
+        return api.CertificateResponse(certificate_chain=chain, serial=serial,
                                        not_after=not_after.isoformat(), trust_bundle=bundle.decode())
+
+    def _sign_external(self, ca: ExternalCA, csr_pem: str, key, cn: str, dns, uris, ips, caller, name: str):
+        """Vault signs; the certificate is checked to carry exactly the decided names (refused,
+        and audited, otherwise)."""
+        try:
+            cert, chain = ca.signer.sign(ca.name, csr_pem, cn, dns, uris, ips, self.cert_ttl)
+            check_names(cert, cn, dns, uris, ips, key)
+        except Refused as e:
+            REFUSED.labels(e.reason).inc()
+            self.audit.record("refused", e.reason, message=e.message, name=name,
+                              **({"namespace": caller.namespace, "pod": caller.pod} if caller else {}))
+            raise
+        return cert, chain
 
     def _authorize_gateway(self, token: str, tenant: str, csr_pem: str):
         """(the tenant's resolved claim, its environment's CA, the CSR's key), or Refused. The
@@ -182,8 +200,13 @@ class Issuer:
     def sign_gateway(self, token: str, req: api.GatewayCertificateRequest) -> api.CertificateResponse:
         tenant = req.tenant
         claim, ca, key = self._authorize_gateway(token, tenant, req.csr)
-        cert = ca.sign(key, claim.hostnames[0], list(claim.hostnames), [], [], ttl=self.cert_ttl,
-                       serial=serials.mint(ca, serials.Identity(claim.namespace, f"gateway:{claim.name}", "")))
+        if isinstance(ca, ExternalCA):
+            cert, chain = self._sign_external(ca, req.csr, key, claim.hostnames[0], list(claim.hostnames), [], [],
+                                              caller=None, name=f"gateway:{tenant}")
+        else:
+            cert = ca.sign(key, claim.hostnames[0], list(claim.hostnames), [], [], ttl=self.cert_ttl,
+                           serial=serials.mint(ca, serials.Identity(claim.namespace, f"gateway:{claim.name}", "")))
+            chain = (cert.public_bytes(serialization.Encoding.PEM) + ca.cert_pem).decode()
         serial = serial_hex(cert.serial_number)
         not_after = cert.not_valid_after_utc
         ISSUED.labels(claim.env).inc()
@@ -192,9 +215,7 @@ class Issuer:
         self.inventory.add(claim.namespace, f"gateway:{claim.name}", "gateway", {
             "hostnames": list(claim.hostnames), "env": claim.env, "serial": serial,
             "not_after": not_after.isoformat(), "not_after_unix": not_after.timestamp()})
-        return api.CertificateResponse(
-            certificate_chain=(cert.public_bytes(serialization.Encoding.PEM) + ca.cert_pem).decode(),
-            serial=serial, not_after=not_after.isoformat())
+        return api.CertificateResponse(certificate_chain=chain, serial=serial, not_after=not_after.isoformat())
 
     def trust_bundle(self, token: str, req: api.TrustBundleRequest) -> api.TrustBundleResponse:
         g, _, bundle, _ = self._authorize(token, req.name, "trust bundle")

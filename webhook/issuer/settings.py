@@ -30,9 +30,18 @@ class IssuerSettings(BaseSettings):
     config: Path | None = Field(None, description="injector configuration: environments, naming, policy")
     namespace: str = Field("sds-system", description="release namespace: where the CA Secret lives")
     ca_secret: str = "sds-injector-ca"
-    ca_mode: Literal["self", "plugin"] = Field("self", description="self: the issuer makes and rotates its CAs in "
-                                               "ca_secret; plugin: the operator's intermediates in ca_plugin_secret "
-                                               "(docs/issuer.md)")
+    ca_mode: Literal["self", "plugin", "vault"] = Field("self", description="self: the issuer makes and rotates its "
+                                                        "CAs in ca_secret; plugin: the operator's intermediates in "
+                                                        "ca_plugin_secret; vault: Vault/OpenBao PKI signs "
+                                                        "(docs/issuer.md)")
+    vault_address: str = Field("", description="vault mode: https://vault.example:8200")
+    vault_pki_path: str = Field("pki_{ca}/sign/sds-injector", description="vault mode: <mount>/sign/<role>, {ca} = "
+                                "each signing CA of the layout (prod, prod-edge, prod--retail)")
+    vault_ca_cert: Path | None = Field(None, description="vault mode: CA of Vault's TLS certificate")
+    vault_token_file: Path | None = Field(None, description="vault mode: a token file (Vault Agent), re-read at login")
+    vault_auth_role: str = Field("", description="vault mode: Kubernetes auth role for the issuer's service account")
+    vault_auth_mount: str = "kubernetes"
+    vault_timeout_seconds: float = Field(5, gt=0)
     ca_plugin_secret: str = Field("sds-injector-plugin-ca", description="plugin mode: per signing CA <name>.crt, "
                                   "<name>.key (optional <name>.chain.crt, <name>.bundle.crt) and root.crt, no root key")
     audience: str = Field("sds-injector", description="audience the agents' projected tokens must carry")
