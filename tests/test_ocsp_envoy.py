@@ -103,3 +103,31 @@ def test_issuer_staples_its_own_responses(procs, tmp_path):
     finally:
         issuer.stop()
         kube.stop()
+
+
+def test_openbao_answers_that_change_nothing_push_nothing(procs, openbao):
+    """OpenBao signs a fresh thisUpdate at every request: each 1 s poll used to push a new secret
+    version to Envoy and write an audit line though nothing changed. Now a staple is replaced only
+    when its status changes or the current one is past half its window."""
+    openbao.pki("pki_shop")
+    token = openbao.token(["pki_shop/sign/prod"])
+    agent = procs.agent(source="vault", certificates="server-cert", vault_addresses=openbao.addr,
+                        vault_allow_http="true", vault_auth="token", vault_token=token, namespace="shop",
+                        service_account="web", service="web", env="prod", business_line="x", dns_names="localhost",
+                        vault_pki_path="pki_shop/sign/prod", ocsp_stapling="true", ocsp_poll_seconds=1)
+    port = free_port()
+    procs.envoy(cfg.tls_server(agent.socket, port, "server-cert")).wait_live()
+    first = wait_for(lambda: (s := status(port))["staple"] == "good" and s, 15, what="a good staple")
+
+    def versions() -> float:
+        line = next(ln for ln in agent.metrics().splitlines()
+                    if ln.startswith('sds_secret_updates_total{kind="tls_certificate"}'))
+        return float(line.split()[-1])
+
+    def audit_lines() -> int:
+        return sum(1 for e in agent.log_events() if e.get("event") in ("loaded", "rotated"))
+
+    before, lines = versions(), audit_lines()
+    time.sleep(5)  # five polls, five fresh responses from OpenBao
+    assert versions() == before and audit_lines() == lines
+    assert status(port) == first, "the same certificate and staple served"
