@@ -119,13 +119,11 @@ def test_openbao_answers_that_change_nothing_push_nothing(procs, openbao):
     procs.envoy(cfg.tls_server(agent.socket, port, "server-cert")).wait_live()
     first = wait_for(lambda: (s := status(port))["staple"] == "good" and s, 15, what="a good staple")
 
-    def versions() -> float:
-        line = next(ln for ln in agent.metrics().splitlines()
-                    if ln.startswith('sds_secret_updates_total{kind="tls_certificate"}'))
-        return float(line.split()[-1])
+    def versions() -> float:  # secret versions sent to Envoy, over every stream API
+        return sum(float(ln.split()[-1]) for ln in agent.metrics().splitlines() if ln.startswith("sds_pushes_total{"))
 
     def audit_lines() -> int:
-        return sum(1 for e in agent.log_events() if e.get("event") in ("loaded", "rotated"))
+        return sum(1 for e in agent.log_events() if e.get("event") in ("loaded", "rotated", "served"))
 
     before, lines = versions(), audit_lines()
     time.sleep(5)  # five polls, five fresh responses from OpenBao
