@@ -1,4 +1,4 @@
-"""python -m webhook serve | issuer | inject -f FILE|- | audit verify|keygen | revoke | docs | chart-schema"""
+"""python -m webhook serve | issuer | inject -f FILE|- | audit verify|keygen | revoke | ca rotate | docs | chart-schema"""
 from __future__ import annotations
 
 import argparse
@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     from .issuer import revoke_cli  # lazy: per subcommand
 
     revoke_cli.add_parser(sub)
+    from .issuer import ca_cli  # lazy: per subcommand
+
+    ca_cli.add_parser(sub)
     sub.add_parser("docs", help="print docs/annotations.md")
     schema = sub.add_parser("chart-schema", help="print the chart's values.schema.json, its `config` part "
                             "generated from the configuration model")
@@ -205,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         return audit_cli.run(args)
     if args.command == "revoke":
         return revoke_cli.run(args)
+    if args.command == "ca":
+        return ca_cli.run(args)
     if args.command == "issuer":
         return _run_issuer(rest)
     return _serve(rest)
