@@ -33,6 +33,36 @@ def status(port: int) -> dict:
     return {"served": served, "staple": cert_status, "stapled_serial": stapled}
 
 
+def openbao_stapled_pod(procs, openbao):
+    """An agent on OpenBao's pki_shop (sign/prod) stapling every second, and the Envoy it feeds:
+    (agent, Envoy's TLS port)."""
+    token = openbao.token(["pki_shop/sign/prod"])
+    agent = procs.agent(source="vault", certificates="server-cert", vault_addresses=openbao.addr,
+                        vault_allow_http="true", vault_auth="token", vault_token=token, namespace="shop",
+                        service_account="web", service="web", env="prod", business_line="x", dns_names="localhost",
+                        vault_pki_path="pki_shop/sign/prod", ocsp_stapling="true", ocsp_poll_seconds=1)
+    port = free_port()
+    procs.envoy(cfg.tls_server(agent.socket, port, "server-cert")).wait_live()
+    return agent, port
+
+
+def issuer_stapled_pod(procs, tmp_path, kube, issuer):
+    """Pod default/web-1's agent on the project's issuer, stapling every second, and an Envoy serving
+    its certificate under MUST_STAPLE: (agent, Envoy's TLS port)."""
+    pod = kube.add_pod("default", "web-1", "web", annotations={"sds-injector.io/env": "dev"})
+    token = tmp_path / "token"
+    token.write_text(kube.mint(pod))
+    agent = procs.agent(source="issuer", certificates="web-dev-cert", issuer_address=issuer.address,
+                        issuer_ca=issuer.ca_pem.decode(), issuer_token_file=str(token), ocsp_stapling="true",
+                        ocsp_poll_seconds=1)
+    port = free_port()
+    conf = cfg.tls_server(agent.socket, port, "web-dev-cert")
+    conf["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"]["typed_config"][
+        "ocsp_staple_policy"] = "MUST_STAPLE"
+    procs.envoy(conf).wait_live()
+    return agent, port
+
+
 def vault_serial(hex_serial: str) -> str:
     raw = bytes.fromhex(hex_serial.rjust(len(hex_serial) + len(hex_serial) % 2, "0"))
     return ":".join(f"{b:02x}" for b in raw)
@@ -42,14 +72,7 @@ def test_openbao_staple_good_then_revoked_then_replaced_and_outage(procs, openba
     openbao.pki("pki_shop")
     admin = openbao.client()
     admin.write("pki_shop/config/crl", ocsp_expiry="6s")  # short nextUpdate, so expiry is observable
-    token = openbao.token(["pki_shop/sign/prod"])
-    agent = procs.agent(source="vault", certificates="server-cert", vault_addresses=openbao.addr,
-                        vault_allow_http="true", vault_auth="token", vault_token=token, namespace="shop",
-                        service_account="web", service="web", env="prod", business_line="x", dns_names="localhost",
-                        vault_pki_path="pki_shop/sign/prod", ocsp_stapling="true", ocsp_poll_seconds=1)
-    port = free_port()
-    envoy = procs.envoy(cfg.tls_server(agent.socket, port, "server-cert"))
-    envoy.wait_live()
+    agent, port = openbao_stapled_pod(procs, openbao)
 
     # A good staple, about the certificate being served.
     first = wait_for(lambda: (s := status(port))["staple"] == "good" and s, 15, what="a good staple")
@@ -87,17 +110,7 @@ def test_issuer_staples_its_own_responses(procs, tmp_path):
     kube = KubeAPI().start()
     issuer = IssuerRun(tmp_path, kube, verifier="jwks").start()
     try:
-        pod = kube.add_pod("default", "web-1", "web", annotations={"sds-injector.io/env": "dev"})
-        token = tmp_path / "token"
-        token.write_text(kube.mint(pod))
-        agent = procs.agent(source="issuer", certificates="web-dev-cert", issuer_address=issuer.address,
-                            issuer_ca=issuer.ca_pem.decode(), issuer_token_file=str(token), ocsp_stapling="true",
-                            ocsp_poll_seconds=1)
-        port = free_port()
-        conf = cfg.tls_server(agent.socket, port, "web-dev-cert")
-        conf["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"]["typed_config"][
-            "ocsp_staple_policy"] = "MUST_STAPLE"
-        procs.envoy(conf).wait_live()
+        agent, port = issuer_stapled_pod(procs, tmp_path, kube, issuer)
         got = wait_for(lambda: (s := status(port))["staple"] == "good" and s, 15, what="issuer staple")
         assert got["stapled_serial"] == got["served"]
     finally:
@@ -110,13 +123,7 @@ def test_openbao_answers_that_change_nothing_push_nothing(procs, openbao):
     version to Envoy and write an audit line though nothing changed. Now a staple is replaced only
     when its status changes or the current one is past half its window."""
     openbao.pki("pki_shop")
-    token = openbao.token(["pki_shop/sign/prod"])
-    agent = procs.agent(source="vault", certificates="server-cert", vault_addresses=openbao.addr,
-                        vault_allow_http="true", vault_auth="token", vault_token=token, namespace="shop",
-                        service_account="web", service="web", env="prod", business_line="x", dns_names="localhost",
-                        vault_pki_path="pki_shop/sign/prod", ocsp_stapling="true", ocsp_poll_seconds=1)
-    port = free_port()
-    procs.envoy(cfg.tls_server(agent.socket, port, "server-cert")).wait_live()
+    agent, port = openbao_stapled_pod(procs, openbao)
     first = wait_for(lambda: (s := status(port))["staple"] == "good" and s, 15, what="a good staple")
 
     def versions() -> float:  # secret versions sent to Envoy, over every stream API

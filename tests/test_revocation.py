@@ -17,13 +17,12 @@ import pytest
 from cryptography import x509
 from cryptography.x509 import ocsp as x509_ocsp
 
-from devkit import envoy_configs as cfg
-from devkit.harness import free_port, wait_for
+from devkit.harness import wait_for
 from devkit.issuer_run import IssuerRun
 from devkit.kube_api import KubeAPI
 from sds_core.pki import ocsp
 from sds_core.sds.sources.issuer import new_key
-from tests.test_ocsp_envoy import status
+from tests.test_ocsp_envoy import issuer_stapled_pod, status
 from webhook.issuer import serials
 from webhook.issuer.authority import Authority, Layout
 from webhook.issuer.ocsp import respond
@@ -94,17 +93,7 @@ def test_revoking_a_pod_replaces_its_certificate_under_must_staple(procs, tmp_pa
     kube = KubeAPI().start()
     issuer = IssuerRun(tmp_path, kube, verifier="jwks").start()
     try:
-        pod = kube.add_pod("default", "web-1", "web", annotations={"sds-injector.io/env": "dev"})
-        token = tmp_path / "token"
-        token.write_text(kube.mint(pod))
-        agent = procs.agent(source="issuer", certificates="web-dev-cert", issuer_address=issuer.address,
-                            issuer_ca=issuer.ca_pem.decode(), issuer_token_file=str(token), ocsp_stapling="true",
-                            ocsp_poll_seconds=1)
-        port = free_port()
-        conf = cfg.tls_server(agent.socket, port, "web-dev-cert")
-        conf["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"]["typed_config"][
-            "ocsp_staple_policy"] = "MUST_STAPLE"
-        procs.envoy(conf).wait_live()
+        agent, port = issuer_stapled_pod(procs, tmp_path, kube, issuer)
         first = wait_for(lambda: (s := status(port))["staple"] == "good" and s, 15, what="a good staple")
         leaf, ca = served_chain(port)
         kubeconfig = tmp_path / "kubeconfig.json"  # IssuerRun wrote it

@@ -15,3 +15,14 @@ def api_client(kubeconfig: Path | None = None):
     except config.ConfigException:
         return config.new_client_from_config()
     return client.ApiClient(cfg)
+
+
+def refusal(e) -> str:
+    """An ApiException as a person reads it: status, reason, and the API server's own message."""
+    import json  # lazy: error path only
+
+    try:
+        message = json.loads(e.body).get("message")
+    except (TypeError, ValueError, AttributeError):
+        message = None
+    return f"{e.status} {e.reason}" + (f": {message}" if message else "")

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from kubernetes import client  # lazy: heavy, API callers only
     from kubernetes.client.exceptions import ApiException  # lazy: heavy, API callers only
 
-    from sds_core.kube.client import api_client  # lazy: heavy, API callers only
+    from sds_core.kube.client import api_client, refusal  # lazy: heavy, API callers only
     from sds_core.policy.config import load_config  # lazy: per subcommand
 
     try:
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         secret["data"] = auth.to_secret_data()  # with metadata.resourceVersion: a concurrent change fails
         core.replace_namespaced_secret(args.secret, args.namespace, secret, _request_timeout=10)
     except ApiException as e:
-        print(f"error: the API server refused ({e.status} {e.reason})", file=sys.stderr)
+        print(f"error: the API server refused ({refusal(e)})", file=sys.stderr)
         return 1
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from kubernetes import client  # lazy: heavy, API callers only
     from kubernetes.client.exceptions import ApiException  # lazy: heavy, API callers only
 
-    from sds_core.kube.client import api_client  # lazy: heavy, API callers only
+    from sds_core.kube.client import api_client, refusal  # lazy: heavy, API callers only
 
     if args.service_account and not args.namespace:
         print("error: --service-account goes with --namespace", file=sys.stderr)
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
                 "immutable": True, "data": record.to_data()}
         core.create_namespaced_config_map(args.issuer_namespace, body)  # type: ignore[arg-type]  # a dict is sent as is
     except ApiException as e:
-        print(f"error: the API server refused ({e.status} {e.reason}): {_message(e)}", file=sys.stderr)
+        print(f"error: the API server refused ({refusal(e)})", file=sys.stderr)
         return 1
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -69,12 +69,3 @@ def _record(core, args: argparse.Namespace) -> Revocation:
         return Revocation(name, now, args.reason, namespace=namespace, service_account=obj.spec.service_account_name
                           or "default", pod_uid=obj.metadata.uid, pod=pod)
     return Revocation(name, now, args.reason, namespace=args.namespace, service_account=args.service_account or "")
-
-
-def _message(e) -> str:
-    import json  # lazy: error path only
-
-    try:
-        return str(json.loads(e.body).get("message"))
-    except (TypeError, ValueError, AttributeError):
-        return str(e.reason)
