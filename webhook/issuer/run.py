@@ -10,7 +10,7 @@ from sds_core.policy.config import InjectorConfig
 from .audit import AuditLog, load_key
 from sds_core.kube.health import ApiHealth
 
-from .authority import Layout, Rotation, load_or_create
+from .authority import Authority, Layout, Rotation, load_or_create
 from .external import VaultSigner, load_external
 from .plugin import load_plugin
 from .publish import CAPublisher
@@ -28,29 +28,9 @@ from .app import create_app, create_ops_app
 
 
 def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tuple[Issuer, ClusterCache]:
-
     api = api_client(settings.kubeconfig)
-    rotation = Rotation(before=settings.ca_rotate_before_seconds, propagation=settings.ca_propagation_seconds,
-                        overlap=settings.ca_overlap_seconds, lifetime_days=settings.ca_lifetime_days)
     core = client.CoreV1Api(api)
-
-    signer = None
-    if settings.ca_mode == "vault":
-        if not settings.vault_address:
-            raise ValueError("ca_mode vault needs vault_address (ISSUER_VAULT_ADDRESS)")
-        signer = VaultSigner(settings.vault_address, settings.vault_pki_path, settings.vault_timeout_seconds,
-                             settings.vault_ca_cert, settings.vault_token_file, settings.vault_auth_role,
-                             settings.vault_auth_mount)
-
-    def settle():
-        c = config()
-        layout = Layout(tuple(c.environments), c.agent.trust_domain, c.agent.cluster_domain,
-                        tuple(c.business_lines) if c.business_line_cas else (), tuple(settings.pod_cidrs))
-        if signer is not None:
-            return load_external(signer, layout)
-        if settings.ca_mode == "plugin":
-            return load_plugin(core, settings.namespace, settings.ca_plugin_secret, layout)
-        return load_or_create(core, settings.namespace, settings.ca_secret, layout, rotation=rotation)
+    settle = _settler(settings, core, config)
     authority = settle()
     health = ApiHealth(settings.api_refused_seconds)
     cluster = ClusterCache(api, gateway=bool(settings.gateway_identities), health=health,
@@ -69,31 +49,65 @@ def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tup
                     overlap_seconds=settings.ca_overlap_seconds, gateways=settings.gateway_identities,
                     pod_limits=PodBuckets(settings.pod_issuance_per_minute, settings.pod_issuance_burst),
                     source_limits=PodBuckets(settings.source_refusals_per_minute, settings.source_refusals_burst))
+    _start_background(settings, issuer, settle, core, config)
+    return issuer, cluster
+
+
+def _settler(settings: IssuerSettings, core, config: Callable[[], InjectorConfig]) -> Callable[[], Authority]:
+    """What reads (and in self mode advances) the signing CAs: called at start and every refresh."""
+    rotation = Rotation(before=settings.ca_rotate_before_seconds, propagation=settings.ca_propagation_seconds,
+                        overlap=settings.ca_overlap_seconds, lifetime_days=settings.ca_lifetime_days)
+    signer = None
+    if settings.ca_mode == "vault":
+        if not settings.vault_address:
+            raise ValueError("ca_mode vault needs vault_address (ISSUER_VAULT_ADDRESS)")
+        signer = VaultSigner(settings.vault_address, settings.vault_pki_path, settings.vault_timeout_seconds,
+                             settings.vault_ca_cert, settings.vault_token_file, settings.vault_auth_role,
+                             settings.vault_auth_mount)
+
+    def settle() -> Authority:
+        c = config()
+        layout = Layout(tuple(c.environments), c.agent.trust_domain, c.agent.cluster_domain,
+                        tuple(c.business_lines) if c.business_line_cas else (), tuple(settings.pod_cidrs))
+        if signer is not None:
+            return load_external(signer, layout)
+        if settings.ca_mode == "plugin":
+            return load_plugin(core, settings.namespace, settings.ca_plugin_secret, layout)
+        return load_or_create(core, settings.namespace, settings.ca_secret, layout, rotation=rotation)
+    return settle
+
+
+def _start_background(settings: IssuerSettings, issuer: Issuer, settle, core, config) -> None:
+    """The issuer's threads: CA refresh, audit checkpoints, the serving CA's publication, and the
+    audit of revocation records."""
+    cluster, audit = issuer.cluster, issuer.audit
     if settings.serving_ca_file is not None:
         publisher = CAPublisher(core, settings.serving_ca_file, lambda: config().agent.issuer.ca_config_map,
                                 cluster.namespaces.all, every=settings.ca_publish_seconds,
                                 resync=10 * settings.ca_publish_seconds)
         cluster.namespaces.add_listener(publisher.poke)
         threading.Thread(target=publisher.run, args=(threading.Event(),), name="ca-publisher", daemon=True).start()
-    cluster.on_revocations(_audit_revocations(audit))
-    _audit_revocations(audit)(cluster.revocations)
+    revocations = _audit_revocations(audit)
+    cluster.on_revocations(revocations)
+    revocations(cluster.revocations)  # those there before the listener: the same `seen`, audited once
     threading.Thread(target=_refresh, args=(issuer, settle, settings.ca_refresh_seconds), name="ca-refresh",
                      daemon=True).start()
     threading.Thread(target=_checkpoints, args=(audit, settings.audit_checkpoint_seconds), name="audit-checkpoints",
                      daemon=True).start()
-    return issuer, cluster
 
 
 def _audit_revocations(audit: AuditLog):
     """Each revocation record, audited once by each replica when it first sees it."""
     seen: set[str] = set()
+    lock = threading.Lock()  # the informer's thread and start-up may both call it
 
     def listener(revocations) -> None:
-        for rec in revocations.records:
-            if rec.name not in seen:
-                seen.add(rec.name)
-                fields = {k: v for k, v in rec.to_data().items() if k != "reason"}
-                audit.record("revocation", rec.reason, record=rec.name, **fields)
+        with lock:
+            new = [rec for rec in revocations.records if rec.name not in seen]
+            seen.update(rec.name for rec in new)
+        for rec in new:
+            fields = {k: v for k, v in rec.to_data().items() if k != "reason"}
+            audit.record("revocation", rec.reason, record=rec.name, **fields)
     return listener
 
 
