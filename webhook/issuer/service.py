@@ -140,13 +140,8 @@ class Issuer:
     def sign(self, token: str, req: api.CertificateRequest) -> api.CertificateResponse:
         name, csr_pem = req.name, req.csr
         g, ca, bundle, key = self._authorize(token, name, "certificate", csr_pem)
-        if isinstance(ca, ExternalCA):
-            cert, chain = self._sign_external(ca, csr_pem, key, g.common_name, g.dns_names, [g.spiffe_id], g.ips,
-                                              caller=g, name=name)
-        else:
-            cert = ca.sign(key, g.common_name, g.dns_names, [g.spiffe_id], g.ips, ttl=self.cert_ttl,
-                           serial=serials.mint(ca, serials.Identity(g.namespace, g.service_account, g.pod_uid)))
-            chain = (cert.public_bytes(serialization.Encoding.PEM) + ca.cert_pem).decode()
+        cert, chain = self._issue(ca, key, csr_pem, g.common_name, g.dns_names, [g.spiffe_id], g.ips,
+                                  serials.Identity(g.namespace, g.service_account, g.pod_uid), name=name)
         fingerprint = cert.fingerprint(hashes.SHA256()).hex()
         serial = serial_hex(cert.serial_number)
         not_after = cert.not_valid_after_utc
@@ -160,17 +155,18 @@ class Issuer:
         return api.CertificateResponse(certificate_chain=chain, serial=serial,
                                        not_after=not_after.isoformat(), trust_bundle=bundle.decode())
 
-    def _sign_external(self, ca: ExternalCA, csr_pem: str, key, cn: str, dns, uris, ips, caller, name: str):
-        """Vault signs; the certificate is checked to carry exactly the decided names (refused,
-        and audited, otherwise)."""
+    def _issue(self, ca, key, csr_pem: str, cn: str, dns, uris, ips, who: serials.Identity, name: str):
+        """(certificate, served chain PEM): signed here with a serial that carries `who`, or by the
+        external signer and checked to carry exactly the decided names (refused, and audited,
+        otherwise)."""
+        if not isinstance(ca, ExternalCA):
+            cert = ca.sign(key, cn, dns, uris, ips, ttl=self.cert_ttl, serial=serials.mint(ca, who))
+            return cert, (cert.public_bytes(serialization.Encoding.PEM) + ca.cert_pem).decode()
         try:
             cert, chain = ca.signer.sign(ca.name, csr_pem, cn, dns, uris, ips, self.cert_ttl)
             check_names(cert, cn, dns, uris, ips, key)
         except Refused as e:
-            REFUSED.labels(e.reason).inc()
-            self.audit.record("refused", e.reason, message=e.message, name=name,
-                              **({"namespace": caller.namespace, "pod": caller.pod} if caller else {}))
-            raise
+            self._refused(e, None, name=name, namespace=who.namespace, service_account=who.service_account)
         return cert, chain
 
     def _authorize_gateway(self, token: str, tenant: str, csr_pem: str):
@@ -200,13 +196,8 @@ class Issuer:
     def sign_gateway(self, token: str, req: api.GatewayCertificateRequest) -> api.CertificateResponse:
         tenant = req.tenant
         claim, ca, key = self._authorize_gateway(token, tenant, req.csr)
-        if isinstance(ca, ExternalCA):
-            cert, chain = self._sign_external(ca, req.csr, key, claim.hostnames[0], list(claim.hostnames), [], [],
-                                              caller=None, name=f"gateway:{tenant}")
-        else:
-            cert = ca.sign(key, claim.hostnames[0], list(claim.hostnames), [], [], ttl=self.cert_ttl,
-                           serial=serials.mint(ca, serials.Identity(claim.namespace, f"gateway:{claim.name}", "")))
-            chain = (cert.public_bytes(serialization.Encoding.PEM) + ca.cert_pem).decode()
+        cert, chain = self._issue(ca, key, req.csr, claim.hostnames[0], list(claim.hostnames), [], [],
+                                  serials.Identity(claim.namespace, f"gateway:{claim.name}", ""), name=f"gateway:{tenant}")
         serial = serial_hex(cert.serial_number)
         not_after = cert.not_valid_after_utc
         ISSUED.labels(claim.env).inc()
