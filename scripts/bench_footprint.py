@@ -36,6 +36,18 @@ FLOOR = FLOOR_IMPORTS + "; import time; time.sleep(60)"
 # The brief's own floor: the agent must also export metrics with prometheus-client, whose import
 # alone (exposition: http.server, wsgiref, gzip, bz2, lzma) costs ~3 MB private.
 FLOOR_METRICS = FLOOR_IMPORTS + "; import prometheus_client, time; time.sleep(60)"
+# And running what any such agent runs: a grpc.aio server on a Unix socket, an EC key and a
+# signature (the pages of cygrpc and cryptography's Rust library a serving process touches).
+FLOOR_SERVING = FLOOR_IMPORTS + """; import prometheus_client, asyncio, tempfile, os
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import hashes
+async def main():
+    server = grpc.aio.server()
+    server.add_insecure_port("unix:" + os.path.join(tempfile.mkdtemp(), "s.sock"))
+    await server.start()
+    key = ec.generate_private_key(ec.SECP256R1()); key.sign(b"x", ec.ECDSA(hashes.SHA256()))
+    await asyncio.sleep(60)
+asyncio.run(main())"""
 
 
 def _idle_memory(code: str) -> tuple[float, float]:
@@ -59,7 +71,7 @@ def floor_import_seconds(tries: int = 7) -> float:
 
 
 def baselines(workdir: Path) -> dict:
-    py, py_metrics = _idle_memory(FLOOR), _idle_memory(FLOOR_METRICS)
+    py, py_metrics, py_serving = _idle_memory(FLOOR), _idle_memory(FLOOR_METRICS), _idle_memory(FLOOR_SERVING)
     cfg = workdir / "bare-envoy.json"
     port = harness.free_port()
     cfg.write_text(json.dumps({"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}))
@@ -68,7 +80,8 @@ def baselines(workdir: Path) -> dict:
     time.sleep(2)
     bare = memory_mb(envoy.pid)
     envoy.kill()
-    return {"python_floor": py, "python_floor_metrics": py_metrics, "envoy_bare": bare,
+    return {"python_floor": py, "python_floor_metrics": py_metrics, "python_floor_serving": py_serving,
+            "envoy_bare": bare,
             "floor_import_s": floor_import_seconds()}
 
 
@@ -201,6 +214,8 @@ def measure(starts: int) -> dict:
         "python_floor_private_mb": base["python_floor"][1], "python_floor_rss_mb": base["python_floor"][0],
         "python_floor_metrics_private_mb": base["python_floor_metrics"][1],
         "python_floor_metrics_rss_mb": base["python_floor_metrics"][0],
+        "python_floor_serving_private_mb": base["python_floor_serving"][1],
+        "python_floor_serving_rss_mb": base["python_floor_serving"][0],
         "floor_import_s": base["floor_import_s"], "envoy_bare_private_mb": base["envoy_bare"][1],
         **rotated,
     }
@@ -211,6 +226,8 @@ def measure(starts: int) -> dict:
     fig["agent_private_minus_floor_metrics_mb"] = fig["agent_private_mb"] - fig["python_floor_metrics_private_mb"]
     fig["agent_rss_minus_floor_mb"] = fig["agent_rss_mb"] - fig["python_floor_rss_mb"]
     fig["agent_rss_minus_floor_metrics_mb"] = fig["agent_rss_mb"] - fig["python_floor_metrics_rss_mb"]
+    fig["agent_private_minus_floor_serving_mb"] = fig["agent_private_mb"] - fig["python_floor_serving_private_mb"]
+    fig["agent_rss_minus_floor_serving_mb"] = fig["agent_rss_mb"] - fig["python_floor_serving_rss_mb"]
     fig["socket_minus_floor_import_ms"] = (fig["agent_socket_median_s"] - fig["floor_import_s"]) * 1000
     fig["ready_minus_socket_ms"] = (fig["agent_ready_median_s"] - fig["agent_socket_median_s"]) * 1000
     fig["issuer_ready_minus_socket_ms"] = (fig["issuer_agent_ready_median_s"] - fig["issuer_agent_socket_median_s"]) * 1000
