@@ -2,7 +2,7 @@
 intermediates, or the root and every intermediate under a new one) while real Envoys keep
 handshaking mTLS: a pod issued before, one issued after, both renewed during the overlap. No pod
 is re-created and not one request fails, before, during or after (the times are the issuer's
-settings, shortened: propagation 3 s, overlap 10 s, where production has 15 min and 48 h)."""
+settings, shortened: propagation 3 s, overlap 14 s, where production has 15 min and 48 h)."""
 from __future__ import annotations
 
 import signal
@@ -66,7 +66,7 @@ class Traffic(threading.Thread):
 def test_rotation_with_pods_running_fails_no_handshake(procs, tmp_path, scope):
     kube = KubeAPI().start()
     issuer = IssuerRun(tmp_path, kube, CONFIG, verifier="jwks", ca_refresh_seconds=0.3, ca_propagation_seconds=3,
-                       ca_overlap_seconds=10).start()
+                       ca_overlap_seconds=14).start()
     try:
         def pod_agent(name: str):
             pod = kube.add_pod("shop-prod", name, name.split("-")[0], {"app": name}, PROD)
