@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from devkit.issuer_run import IssuerRun  # noqa: E402
 from devkit.kube_api import KubeAPI  # noqa: E402
-from scripts.bench_webhook import machine  # noqa: E402
+from scripts.bench_webhook import append_to_benchmarks, machine  # noqa: E402
 from sds_core.pki.ocsp import leaf_and_issuer, request  # noqa: E402
 from sds_core.sds.sources.issuer import csr_pem, new_key  # noqa: E402
 
@@ -167,8 +167,7 @@ def main() -> int:
     text = "\n".join(out) + "\n"
     print(text)
     if args.record:
-        with open(ROOT / "docs" / "benchmarks.md", "a") as f:
-            f.write("\n" + text)
+        append_to_benchmarks(text)
     kube.stop()
     return 0
 

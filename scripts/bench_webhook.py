@@ -153,6 +153,12 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+def append_to_benchmarks(text: str) -> None:
+    """--record: the table goes to the end of docs/benchmarks.md."""
+    with open(ROOT / "docs" / "benchmarks.md", "a") as f:
+        f.write("\n" + text)
+
+
 RATIOS = ROOT / "scripts" / "bench_webhook.json"
 TOLERANCE = 0.25  # a ratio may be 25 % worse than recorded before --check fails (2 noisy cores)
 

@@ -114,3 +114,17 @@ def test_revoking_a_pod_replaces_its_certificate_under_must_staple(procs, tmp_pa
     finally:
         issuer.stop()
         kube.stop()
+
+
+def test_revoke_says_what_is_wrong_in_one_line(tmp_path):
+    kube = KubeAPI().start()
+    try:
+        (tmp_path / "kc.json").write_text(kube.kubeconfig())
+        cli = [sys.executable, "-m", "webhook", "revoke", "--kubeconfig", str(tmp_path / "kc.json")]
+        bad = subprocess.run([*cli, "--serial", "zz"], capture_output=True, text=True, cwd=ROOT, timeout=30)
+        assert bad.returncode == 2 and "is not a hex serial" in bad.stderr, bad.stderr
+        gone = subprocess.run([*cli, "--pod", "shop/nobody"], capture_output=True, text=True, cwd=ROOT, timeout=30)
+        assert gone.returncode == 1 and "the API server refused (404" in gone.stderr, gone.stderr
+        assert "Traceback" not in bad.stderr + gone.stderr
+    finally:
+        kube.stop()

@@ -26,3 +26,22 @@ def refusal(e) -> str:
     except (TypeError, ValueError, AttributeError):
         message = None
     return f"{e.status} {e.reason}" + (f": {message}" if message else "")
+
+
+def api_command(command) -> int:
+    """An operator's command against the API (`command()` returns what it did): its line and 0;
+    or one error line, 1 when the API server refused, 2 for bad input or an unreadable file."""
+    import sys  # lazy: CLI path only
+
+    from kubernetes.client.exceptions import ApiException  # lazy: heavy, API callers only
+
+    try:
+        done = command()
+    except ApiException as e:
+        print(f"error: the API server refused ({refusal(e)})", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(done)
+    return 0

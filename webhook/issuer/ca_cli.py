@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
 from pathlib import Path
 
 from typing import Any
@@ -38,40 +37,37 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kubernetes import client  # lazy: heavy, API callers only
-    from kubernetes.client.exceptions import ApiException  # lazy: heavy, API callers only
+    from sds_core.kube.client import api_command  # lazy: heavy, API callers only
 
-    from sds_core.kube.client import api_client, refusal  # lazy: heavy, API callers only
+    return api_command(lambda: _rotate(args))
+
+
+def _rotate(args: argparse.Namespace) -> str:
+    from kubernetes import client  # lazy: heavy, API callers only
+
+    from sds_core.kube.client import api_client  # lazy: heavy, API callers only
     from sds_core.policy.config import load_config  # lazy: per subcommand
 
-    try:
-        cfg = load_config(args.config)
-        layout = Layout(tuple(cfg.environments), cfg.agent.trust_domain, cfg.agent.cluster_domain,
-                        tuple(cfg.business_lines) if cfg.business_line_cas else (), tuple(json.loads(args.pod_cidrs)))
-        core = client.CoreV1Api(api_client(args.kubeconfig))
-        resp: Any = core.read_namespaced_secret(args.secret, args.namespace, _preload_content=False, _request_timeout=10)
-        secret = json.loads(resp.data)
-        auth = Authority.from_secret_data(secret.get("data") or {})
-        names = list(auth.envs) if (args.all or args.root) else args.ca
-        unknown = [n for n in names if n not in auth.envs]
-        busy = [n for n in names if n in auth.nexts]
-        if unknown or busy:
-            raise ValueError(f"unknown CAs {unknown} (the Secret holds {sorted(auth.envs)})" if unknown else
-                             f"a rotation of {busy} is under way: wait until its next CA signs")
-        if args.root:
-            auth.root = LocalCA.generate("sds-injector root CA", days=3650)
-        at = dt.datetime.now(dt.UTC)
-        for name in names:
-            auth.nexts[name] = (layout.intermediate(auth.root, name, args.lifetime_days), at)
-        secret["data"] = auth.to_secret_data()  # with metadata.resourceVersion: a concurrent change fails
-        core.replace_namespaced_secret(args.secret, args.namespace, secret, _request_timeout=10)
-    except ApiException as e:
-        print(f"error: the API server refused ({refusal(e)})", file=sys.stderr)
-        return 1
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"rotation started for {names}{' under a new root' if args.root else ''}: the next CAs are in the trust "
-          "bundles now (agents re-read them), sign after the issuers' propagation delay, and the old ones stay "
-          "trusted for the overlap")
-    return 0
+    cfg = load_config(args.config)
+    layout = Layout(tuple(cfg.environments), cfg.agent.trust_domain, cfg.agent.cluster_domain,
+                    tuple(cfg.business_lines) if cfg.business_line_cas else (), tuple(json.loads(args.pod_cidrs)))
+    core = client.CoreV1Api(api_client(args.kubeconfig))
+    resp: Any = core.read_namespaced_secret(args.secret, args.namespace, _preload_content=False, _request_timeout=10)
+    secret = json.loads(resp.data)
+    auth = Authority.from_secret_data(secret.get("data") or {})
+    names = list(auth.envs) if (args.all or args.root) else args.ca
+    unknown = [n for n in names if n not in auth.envs]
+    busy = [n for n in names if n in auth.nexts]
+    if unknown or busy:
+        raise ValueError(f"unknown CAs {unknown} (the Secret holds {sorted(auth.envs)})" if unknown else
+                         f"a rotation of {busy} is under way: wait until its next CA signs")
+    if args.root:
+        auth.root = LocalCA.generate("sds-injector root CA", days=3650)
+    at = dt.datetime.now(dt.UTC)
+    for name in names:
+        auth.nexts[name] = (layout.intermediate(auth.root, name, args.lifetime_days), at)
+    secret["data"] = auth.to_secret_data()  # with metadata.resourceVersion: a concurrent change fails
+    core.replace_namespaced_secret(args.secret, args.namespace, secret, _request_timeout=10)
+    return (f"rotation started for {names}{' under a new root' if args.root else ''}: the next CAs are in the trust "
+            "bundles now (agents re-read them), sign after the issuers' propagation delay, and the old ones stay "
+            "trusted for the overlap")

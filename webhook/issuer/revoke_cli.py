@@ -26,31 +26,28 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kubernetes import client  # lazy: heavy, API callers only
-    from kubernetes.client.exceptions import ApiException  # lazy: heavy, API callers only
-
-    from sds_core.kube.client import api_client, refusal  # lazy: heavy, API callers only
+    from sds_core.kube.client import api_command  # lazy: heavy, API callers only
 
     if args.service_account and not args.namespace:
         print("error: --service-account goes with --namespace", file=sys.stderr)
         return 2
-    try:
-        core = client.CoreV1Api(api_client(args.kubeconfig))
-        record = _record(core, args)
-        body = {"metadata": {"name": record.name, "labels": {LABEL: "true"},
-                             "annotations": {"sds-injector.io/revoked-by": "python -m webhook revoke"}},
-                "immutable": True, "data": record.to_data()}
-        core.create_namespaced_config_map(args.issuer_namespace, body)  # type: ignore[arg-type]  # a dict is sent as is
-    except ApiException as e:
-        print(f"error: the API server refused ({refusal(e)})", file=sys.stderr)
-        return 1
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"revoked: configmap {args.issuer_namespace}/{record.name} {record.to_data()}")
-    print("OCSP answers `revoked` from the issuer's next watch event (seconds); stapling agents renew at "
-          "their next OCSP poll")
-    return 0
+    return api_command(lambda: _revoke(args))
+
+
+def _revoke(args: argparse.Namespace) -> str:
+    from kubernetes import client  # lazy: heavy, API callers only
+
+    from sds_core.kube.client import api_client  # lazy: heavy, API callers only
+
+    core = client.CoreV1Api(api_client(args.kubeconfig))
+    record = _record(core, args)
+    body = {"metadata": {"name": record.name, "labels": {LABEL: "true"},
+                         "annotations": {"sds-injector.io/revoked-by": "python -m webhook revoke"}},
+            "immutable": True, "data": record.to_data()}
+    core.create_namespaced_config_map(args.issuer_namespace, body)  # type: ignore[arg-type]  # a dict is sent as is
+    return (f"revoked: configmap {args.issuer_namespace}/{record.name} {record.to_data()}\n"
+            "OCSP answers `revoked` from the issuer's next watch event (seconds); stapling agents renew at their "
+            "next OCSP poll")
 
 
 def _record(core, args: argparse.Namespace) -> Revocation:
