@@ -42,6 +42,7 @@ class CertificateResponse:
 class TrustBundleResponse:
     trust_bundle: str
     env: str
+    crl: str = ""  # PEM CRLs of the bundle's CAs, when the issuer publishes them (ISSUER_CRL)
 
 
 @dataclass(frozen=True)

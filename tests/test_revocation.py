@@ -17,7 +17,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509 import ocsp as x509_ocsp
 
-from devkit.harness import wait_for
+from devkit import envoy_configs as cfg
+from devkit.harness import free_port, wait_for
 from devkit.issuer_run import IssuerRun
 from devkit.kube_api import KubeAPI
 from sds_core.pki import ocsp
@@ -127,4 +128,61 @@ def test_revoke_says_what_is_wrong_in_one_line(tmp_path):
         assert gone.returncode == 1 and "the API server refused (404" in gone.stderr, gone.stderr
         assert "Traceback" not in bad.stderr + gone.stderr
     finally:
+        kube.stop()
+
+
+def test_a_serial_revocation_reaches_a_crl_checking_envoy(procs, tmp_path):
+    """ISSUER_CRL: trust bundles carry a CRL per CA of the serials revoked by serial. An Envoy that
+    checks CRLs (its validation context from the agent) refuses the revoked client at its next
+    bundle refresh and still accepts another."""
+    from sds_core.envoy import bootstrap as b
+    from sds_core.sds.sources.issuer import csr_pem, private_pem
+
+    kube = KubeAPI().start()
+    issuer = IssuerRun(tmp_path, kube, verifier="jwks", crl="true").start()
+    try:
+        def pod_token(name: str) -> str:
+            return kube.mint(kube.add_pod("default", name, name.split("-")[0],
+                                          annotations={"sds-injector.io/env": "dev"}))
+
+        (tmp_path / "web.token").write_text(pod_token("web-1"))
+        agent = procs.agent(source="issuer", certificates="web-dev-cert", trust_bundles="dev-trust-bundle",
+                            issuer_address=issuer.address, issuer_ca=issuer.ca_pem.decode(),
+                            issuer_token_file=str(tmp_path / "web.token"), static_refresh_seconds=0.5)
+        port = free_port()
+        peers = b.san_matchers(spiffe_prefixes=["spiffe://cluster.local/ns/default/"])
+        procs.envoy(cfg.tls_server(agent.socket, port, "web-dev-cert", "dev-trust-bundle", peers)).wait_live()
+
+        def client(name: str) -> tuple[ssl.SSLContext, str]:
+            key = new_key("ec")
+            status, out = issuer.post("/v1/certificates", {"name": "cli-dev-cert", "csr": csr_pem(key, "x")},
+                                      pod_token(name))
+            assert status == 200, out
+            (tmp_path / f"{name}.crt").write_text(out["certificate_chain"])
+            (tmp_path / f"{name}.key").write_bytes(private_pem(key))
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+            ctx.load_cert_chain(tmp_path / f"{name}.crt", tmp_path / f"{name}.key")
+            return ctx, out["serial"]
+
+        def accepted(ctx: ssl.SSLContext) -> bool:
+            import socket
+
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=3) as raw, ctx.wrap_socket(raw) as s:
+                    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    return b" 200 " in s.recv(4096)
+            except (OSError, ssl.SSLError):
+                return False
+
+        revoked_ctx, serial = client("cli-1")
+        other_ctx, _ = client("cli-2")
+        assert wait_for(lambda: accepted(revoked_ctx), 10, what="the client accepted before")
+        r = subprocess.run([sys.executable, "-m", "webhook", "revoke", "--serial", serial, "--kubeconfig",
+                            str(tmp_path / "kubeconfig.json")], capture_output=True, text=True, cwd=ROOT, timeout=30)
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: not accepted(revoked_ctx), 15, what="the revoked client refused (CRL)")
+        assert accepted(other_ctx), "a certificate not revoked is still accepted"
+    finally:
+        issuer.stop()
         kube.stop()

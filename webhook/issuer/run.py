@@ -48,7 +48,8 @@ def build(settings: IssuerSettings, config: Callable[[], InjectorConfig]) -> tup
                     cert_ttl=dt.timedelta(seconds=settings.cert_ttl_seconds), max_dns_names=settings.max_dns_names,
                     overlap_seconds=settings.ca_overlap_seconds, gateways=settings.gateway_identities,
                     pod_limits=PodBuckets(settings.pod_issuance_per_minute, settings.pod_issuance_burst),
-                    source_limits=PodBuckets(settings.source_refusals_per_minute, settings.source_refusals_burst))
+                    source_limits=PodBuckets(settings.source_refusals_per_minute, settings.source_refusals_burst),
+                    crl=settings.crl)
     _start_background(settings, issuer, settle, core, config)
     return issuer, cluster
 

@@ -17,6 +17,7 @@ from sds_core.logs import RateLimit
 from sds_core.pki.validation import serial_hex
 from sds_core.policy.config import InjectorConfig
 from .audit import AuditLog
+from .crl import crl_pem
 from .external import ExternalCA, check_names
 from .authority import Authority, edge, line
 from .identity import Grant, Refused, check_binding, grant
@@ -51,7 +52,7 @@ class Issuer:
                  audit: AuditLog, inventory: Inventory | None = None, cert_ttl: dt.timedelta = dt.timedelta(hours=1),
                  max_dns_names: int = 100, overlap_seconds: float = 48 * 3600,
                  gateways: Sequence[str] = (), pod_limits: PodBuckets | None = None,
-                 source_limits: PodBuckets | None = None):
+                 source_limits: PodBuckets | None = None, crl: bool = False):
         self.authority, self.cluster, self.verifier, self.config = authority, cluster, verifier, config
         self.audit, self.inventory = audit, inventory or Inventory()
         self.cert_ttl, self.max_dns_names, self.overlap = cert_ttl, max_dns_names, overlap_seconds
@@ -60,6 +61,7 @@ class Issuer:
         # Per source address, for tokens the API server refused (the HTTP layer applies it).
         self.source_limits = source_limits or PodBuckets(per_minute=5, burst=5)
         self._refusal_audit = RateLimit(burst=20, per=60.0)
+        self.crl = crl  # trust bundles carry CRLs of serial revocations
 
     def _grant(self, token: str, cfg: InjectorConfig) -> tuple[Caller, Grant]:
         try:
@@ -210,4 +212,14 @@ class Issuer:
 
     def trust_bundle(self, token: str, req: api.TrustBundleRequest) -> api.TrustBundleResponse:
         g, _, bundle, _ = self._authorize(token, req.name, "trust bundle")
-        return api.TrustBundleResponse(trust_bundle=bundle.decode(), env=g.env)
+        return api.TrustBundleResponse(trust_bundle=bundle.decode(), env=g.env, crl=self._crls(g).decode())
+
+    def _crls(self, g: Grant) -> bytes:
+        """With crl on: a CRL per CA of the bundle whose key the issuer holds (the one signing now,
+        and a next one); none in vault mode (Vault's CRL is Vault's)."""
+        if not self.crl:
+            return b""
+        authority, (_, trusted) = self.authority, self._cas_of(g, self.config())
+        cas = [c for n in trusted for c in (authority.envs.get(n), (authority.nexts.get(n) or (None,))[0])
+               if c is not None and c.key is not None and not isinstance(c, ExternalCA)]
+        return b"".join(crl_pem(c, self.cluster.revocations) for c in cas)

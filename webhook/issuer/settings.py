@@ -21,6 +21,8 @@ class IssuerSettings(BaseSettings):
     ops_port: int = Field(15014, ge=0, le=65535, description="/inventory and /metrics (HTTPS, same certificate); "
                           "0: not served")
     cert_file: Path = Field(description="serving certificate (the chart reuses the webhook's)")
+    crl: bool = Field(False, description="trust bundles carry a CRL per CA of the serials revoked by serial "
+                      "(for peers that check CRLs; identity revocations are OCSP's)")
     ca_publish_seconds: float = Field(30, gt=0, description="how often the serving CA file is re-read and published "
                                       "(every tenth round re-checks each namespace's copy: edits are undone)")
     serving_ca_file: Path | None = Field(None, description="the CA of the serving certificate: published to every "

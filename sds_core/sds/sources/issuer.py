@@ -143,7 +143,8 @@ class IssuerSource(Source):
     async def fetch(self, spec: SecretSpec) -> material.SecretMaterial:
         if spec.kind == material.VALIDATION_CONTEXT:
             out = await asyncio.to_thread(self._post, api.TRUST_BUNDLES, api.TrustBundleRequest(spec.name), spec.name)
-            return material.validation_context(self._answer(api.TrustBundleResponse, out, spec.name).trust_bundle.encode())
+            answer = self._answer(api.TrustBundleResponse, out, spec.name)
+            return material.validation_context(answer.trust_bundle.encode(), answer.crl.encode())
         key = new_key(self.settings.key_type)
         csr = csr_pem(key, spec.name)
         path: str
