@@ -74,8 +74,9 @@ class Issuer:
         return caller, grant(caller, pod, services, labels, cfg, self.max_dns_names)
 
     def _authorize(self, token: str, name: str, kind: str, csr_pem: str | None = None):
-        """(grant, the signing CA, the trust bundle, the CSR's key) — or a Refused, audited. The
-        configuration is read once: one request, one view of the policy."""
+        """(grant, the signing CA, the trust bundle, the CSR's key, the bundle's CAs this issuer
+        signs with) — or a Refused, audited. The configuration and the CAs are read once: one
+        request, one view of the policy."""
         caller = None
         cfg = self.config()
         try:
@@ -93,9 +94,11 @@ class Issuer:
             authority = self.authority  # once: a refresh may swap it while this request runs
             ca = self._ca(authority, signing)
             bundle = b"".join(self._bundle(authority, n) for n in trusted)
+            own = [c for n in trusted for c in (authority.envs.get(n), (authority.nexts.get(n) or (None,))[0])
+                   if c is not None and c.key is not None and not isinstance(c, ExternalCA)]
         except Refused as e:
             self._refused(e, caller, name=name)
-        return g, ca, bundle, key
+        return g, ca, bundle, key, own
 
     @staticmethod
     def _cas_of(g: Grant, cfg: InjectorConfig) -> tuple[str, list[str]]:
@@ -141,7 +144,7 @@ class Issuer:
 
     def sign(self, token: str, req: api.CertificateRequest) -> api.CertificateResponse:
         name, csr_pem = req.name, req.csr
-        g, ca, bundle, key = self._authorize(token, name, "certificate", csr_pem)
+        g, ca, bundle, key, _ = self._authorize(token, name, "certificate", csr_pem)
         cert, chain = self._issue(ca, key, csr_pem, g.common_name, g.dns_names, [g.spiffe_id], g.ips,
                                   serials.Identity(g.namespace, g.service_account, g.pod_uid), name=name)
         fingerprint = cert.fingerprint(hashes.SHA256()).hex()
@@ -211,15 +214,8 @@ class Issuer:
         return api.CertificateResponse(certificate_chain=chain, serial=serial, not_after=not_after.isoformat())
 
     def trust_bundle(self, token: str, req: api.TrustBundleRequest) -> api.TrustBundleResponse:
-        g, _, bundle, _ = self._authorize(token, req.name, "trust bundle")
-        return api.TrustBundleResponse(trust_bundle=bundle.decode(), env=g.env, crl=self._crls(g).decode())
-
-    def _crls(self, g: Grant) -> bytes:
-        """With crl on: a CRL per CA of the bundle whose key the issuer holds (the one signing now,
-        and a next one); none in vault mode (Vault's CRL is Vault's)."""
-        if not self.crl:
-            return b""
-        authority, (_, trusted) = self.authority, self._cas_of(g, self.config())
-        cas = [c for n in trusted for c in (authority.envs.get(n), (authority.nexts.get(n) or (None,))[0])
-               if c is not None and c.key is not None and not isinstance(c, ExternalCA)]
-        return b"".join(crl_pem(c, self.cluster.revocations) for c in cas)
+        g, _, bundle, _, own = self._authorize(token, req.name, "trust bundle")
+        # With crl on, a CRL per CA of the bundle whose key the issuer holds (signing now, and a
+        # next one); none in vault mode (Vault's CRLs are Vault's).
+        crls = b"".join(crl_pem(c, self.cluster.revocations) for c in own) if self.crl else b""
+        return api.TrustBundleResponse(trust_bundle=bundle.decode(), env=g.env, crl=crls.decode())
