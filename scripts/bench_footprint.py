@@ -158,11 +158,13 @@ def agent_start_seconds(workdir: Path, tries: int = 10, **settings) -> tuple[flo
             with socket.socket(socket.AF_UNIX) as s:
                 s.connect(str(sock))
                 return True
-        harness.wait_for(accepting, 20, 0.002, what="agent socket")
-        to_socket.append(time.monotonic() - t0)
-        harness.wait_for(lambda agent=agent: agent.status()[0] == 200, 20, 0.002, what="agent ready")
-        to_ready.append(time.monotonic() - t0)
-        agent.stop()
+        try:
+            harness.wait_for(accepting, 20, 0.002, what="agent socket")
+            to_socket.append(time.monotonic() - t0)
+            harness.wait_for(lambda agent=agent: agent.status()[0] == 200, 20, 0.002, what="agent ready")
+            to_ready.append(time.monotonic() - t0)
+        finally:
+            agent.stop()  # a failed wait must not leave the agent running
     return statistics.median(to_socket), statistics.median(to_ready)
 
 
