@@ -348,6 +348,12 @@ def test_webhook_and_issuer_run_in_one_process_as_the_chart_runs_them(tmp_path):
         stored = kube.add_pod("bank", "ledger-9", "ledger", {"app": "ledger"},
                               {"sds-injector.io/env": "dev", "sds-injector.io/business-line": "corporate"})
         assert sign(run, kube.mint(stored), "corporate-service-cert")[0] == 200
+        # The webhook port is open to the pod network: its /metrics must not carry the in-process
+        # issuer's (namespaces and certificate names); those are on the operations port only.
+        webhook_metrics = urllib.request.urlopen(f"https://localhost:{port}/metrics", timeout=5, context=ctx).read()
+        assert b"sds_webhook_requests_total" in webhook_metrics and b"bank" not in webhook_metrics
+        assert b"sds_issuer_" not in webhook_metrics, "the issuer's metrics leak on the webhook port"
+        assert b'namespace="bank"' in run.get("/metrics", ops=True)[1]
         proc.send_signal(__import__("signal").SIGTERM)
         assert proc.wait(15) == 0
     finally:

@@ -6,6 +6,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import admission
+from .metrics import REGISTRY
 from .workloads import decide_workload
 from .bodies import TooLarge, read_limited
 from sds_core.policy.config import ConfigStore
@@ -50,6 +51,6 @@ def create_app(store: ConfigStore, namespace_labels=None, max_body: int = 3 * 10
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return app
