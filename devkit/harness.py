@@ -138,6 +138,11 @@ class Agent(Proc):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=1) as r:
             return r.read().decode()
 
+    def certificate_updates(self) -> float:
+        """How many certificate versions the agent has stored (its first, then each renewal)."""
+        prefix = 'sds_secret_updates_total{kind="tls_certificate"}'
+        return next((float(ln.split()[-1]) for ln in self.metrics().splitlines() if ln.startswith(prefix)), 0.0)
+
     def wait_ready(self, timeout: float = 15):
         return wait_for(lambda: self.status()[0] == 200, timeout, what=f"agent ready ({self.log})")
 

@@ -94,14 +94,10 @@ def rotations(workdir: Path, total: int = 1000, checkpoint: int = 100) -> dict:
     agent.start()
     agent.wait_ready()
 
-    def updates() -> float:
-        line = next(ln for ln in agent.metrics().splitlines() if ln.startswith('sds_secret_updates_total{kind="tls_certificate"}'))
-        return float(line.split()[-1])
-
     out = {"agent_private_idle_mb": memory_mb(agent.p.pid)[1]}
     try:
         for target in (checkpoint, total):
-            while updates() < target + 1:  # the first certificate counts once
+            while agent.certificate_updates() < target + 1:  # the first certificate counts once
                 agent.p.send_signal(signal.SIGHUP)
                 time.sleep(0.01)
             out[f"agent_private_after_{target}_rotations_mb"] = memory_mb(agent.p.pid)[1]

@@ -22,11 +22,6 @@ PROD = {"sds-injector.io/env": "prod", "sds-injector.io/business-line": "retail"
 CM = ("shop-prod", "sds-injector-issuer-ca")
 
 
-def renewals(agent) -> float:
-    line = next(ln for ln in agent.metrics().splitlines() if ln.startswith('sds_secret_updates_total{kind="tls_certificate"}'))
-    return float(line.split()[-1])
-
-
 def rotate_serving_certificate(issuer: IssuerRun, workdir: Path) -> LocalCA:
     """A new serving CA and certificate, written where the issuer reads them (as a renewed
     cert-manager Certificate's Secret is updated in the issuer's volume)."""
@@ -60,12 +55,12 @@ def test_rotating_the_issuers_serving_ca_keeps_running_agents_renewing(procs, tm
                  what="the rotated CA published")
         mounted.write_text(kube.objects["configmaps"][CM]["data"]["ca.crt"])  # the kubelet's sync
         time.sleep(1.5)  # the issuer reloads its certificate within a second
-        before = {a: renewals(a) for a in (agent, inline)}
+        before = {a: a.certificate_updates() for a in (agent, inline)}
         for a in (agent, inline):
             a.p.send_signal(signal.SIGHUP)  # renew now
-        wait_for(lambda: renewals(agent) > before[agent], 15, what="the mounting agent renewed")
+        wait_for(lambda: agent.certificate_updates() > before[agent], 15, what="the mounting agent renewed")
         time.sleep(2)
-        assert renewals(inline) == before[inline], "an agent pinned to the old CA cannot reach the issuer"
+        assert inline.certificate_updates() == before[inline], "an agent pinned to the old CA cannot reach the issuer"
         assert inline.status()[1]["degraded"], inline.status()
     finally:
         issuer.stop()
