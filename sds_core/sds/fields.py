@@ -124,9 +124,10 @@ def _parse_text(text: str, tp: Any) -> Any:
 
 def _check_value(value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
     """The value as the field's type, checked against its bounds; a ValueError says what is wrong."""
-    if isinstance(value, str) and tp is not str and _optional(tp)[0] is not str:
-        value = _parse_text(value, tp)
+    declared = tp
     tp, optional = _optional(tp)
+    if isinstance(value, str) and tp is not str:
+        value = _parse_text(value, declared)
     if value is None:
         if optional:
             return None

@@ -95,7 +95,8 @@ class Issuer:
             ca = self._ca(authority, signing)
             bundle = b"".join(self._bundle(authority, n) for n in trusted)
             own = [c for n in trusted for c in (authority.envs.get(n), (authority.nexts.get(n) or (None,))[0])
-                   if c is not None and c.key is not None and not isinstance(c, ExternalCA)]
+                   if c is not None and c.key is not None and not isinstance(c, ExternalCA)] \
+                if kind == "trust bundle" and self.crl else []  # only a bundle's CRLs need them
         except Refused as e:
             self._refused(e, caller, name=name)
         return g, ca, bundle, key, own
