@@ -151,8 +151,12 @@ def sans(cert: x509.Certificate) -> list[str]:
     return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
 
 
-def claim(hostnames: list[str], backend_port: int, env: str = "dev", service: str = "web", **extra) -> dict:
-    return {"hostnames": ",".join(hostnames), "service": service, "port": str(backend_port), "env": env, **extra}
+def claim(hostnames: list[str], backend_port: int, env: str = "dev", service: str = "web",
+          backend_tls: str = "none", **extra) -> dict:
+    """A claim's data. `backend_tls` "none" by default here: the echo backends are plain TCP
+    (the product's default is "mutual": tests of it say so)."""
+    return {"hostnames": ",".join(hostnames), "service": service, "port": str(backend_port), "env": env,
+            "backend-tls": backend_tls, **extra}
 
 
 CLAIM_LABELS = {"sds-injector.io/gateway-claim": "true"}

@@ -238,10 +238,10 @@ class KubeAPI:
                                        "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4())},
                                        "data": {k: base64.b64encode(v).decode() for k, v in data.items()}}, "ADDED")
 
-    def add_service(self, namespace: str, name: str, selector: dict) -> dict:
+    def add_service(self, namespace: str, name: str, selector: dict, ports: list[dict] | None = None) -> dict:
         return self._store("services", {"apiVersion": "v1", "kind": "Service", "metadata": {
             "name": name, "namespace": namespace, "uid": str(uuid.uuid4())},
-            "spec": {"selector": selector, "ports": [{"port": 443}]}}, "ADDED")
+            "spec": {"selector": selector, "ports": ports or [{"port": 443}]}}, "ADDED")
 
     # --- tokens -----------------------------------------------------------------------------
     def mint(self, pod: dict, audience: str = "sds-injector", ttl: int = 3600, now: float | None = None,

@@ -15,9 +15,9 @@ from sds_core.sds import material
 from sds_core.sds.cache import SecretCache
 from sds_core.sds.renewal import Renewer
 from sds_core.sds.resources import CLUSTER, LISTENER, ResourceStore
-from sds_core.sds.sources.base import SecretSpec, Source, Tenant
+from sds_core.sds.sources.base import GatewayIdentity, SecretSpec, Source, Tenant
 
-from . import envoy
+from . import envoy, shards
 from sds_core.policy.claims import Claim, Refusal, resolve
 from sds_core.policy.config import InjectorConfig
 from .settings import GatewaySettings
@@ -39,10 +39,14 @@ class Controller:
         self.refusals: tuple[Refusal, ...] = ()
         self.published = False
         self.resolved = False
+        self.upstreams: dict[GatewayIdentity, tuple[str, str]] = {}  # -> (identity, trust) secret names
         self._chains: dict[Claim, object] = {}
-        self._backends = envoy.backends(settings.gateway_max_connections)
-        self._make_chain = envoy.Chains(settings.gateway_min_tls_version, tuple(settings.gateway_ecdh_curves),
-                                        settings.gateway_ocsp_staple_policy, settings.gateway_handshake_timeout_seconds)
+        self._backends: dict[GatewayIdentity | None, object] = {}
+        self._shard_clusters: dict[int, object] = {}
+        self._shards: dict[int, tuple[frozenset, object]] = {}  # shard -> (its tenants, its listener)
+        self._dispatcher: tuple | None = None
+        self._business_line_cas = False
+        self._make_chain = self._chains_builder()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._resolve_needed = False
@@ -50,6 +54,12 @@ class Controller:
         self._deadline: asyncio.TimerHandle | None = None
         self._config_timer: asyncio.TimerHandle | None = None
         self._resolved_with: InjectorConfig | None = None  # the injector config of the last resolution
+
+    def _chains_builder(self) -> envoy.Chains:
+        s = self.s
+        return envoy.Chains(s.gateway_min_tls_version, tuple(s.gateway_ecdh_curves), s.gateway_ocsp_staple_policy,
+                            s.gateway_handshake_timeout_seconds, cluster_domain=s.cluster_domain,
+                            business_line_cas=self._business_line_cas)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -83,7 +93,7 @@ class Controller:
         self._config_timer = self.loop.call_later(CONFIG_CHECK_SECONDS, self._config_check)
 
     def _stored(self, name: str) -> None:
-        if name in self.tenants:
+        if name in self.tenants or name in self._upstream_names():
             self._schedule(False)
 
     def _schedule(self, resolve_claims: bool) -> None:
@@ -97,6 +107,9 @@ class Controller:
             if self._resolve_needed and self.feed.synced:
                 self._resolve_needed = False
                 self._resolved_with = config = self.config()
+                if config.business_line_cas != self._business_line_cas:  # other clusters: rebuild chains
+                    self._business_line_cas = config.business_line_cas
+                    self._make_chain, self._chains = self._chains_builder(), {}
                 self.apply(resolve(self.feed.objects(), config, self.feed.labels_of))
             self.publish()
         except Exception:  # a bug here must not stop later updates; Envoy keeps what it has
@@ -116,6 +129,7 @@ class Controller:
                     t.namespace, t.name, t.hostnames, t.env, t.business_line, t.service, t.port))
                 self.renewer.add(spec, self.source)
         self.tenants = wanted
+        self._keep_upstreams(wanted.values())
         self.resolved = True
         if set(resolved.refusals) != set(self.refusals):
             for r in set(resolved.refusals) - set(self.refusals):
@@ -127,13 +141,38 @@ class Controller:
         live = set(wanted.values())
         self._chains = {t: c for t, c in self._chains.items() if t in live}
 
+    def _keep_upstreams(self, tenants) -> None:
+        """The gateway's own certificate and trust bundle for each environment (and business
+        line) whose pods a tenant's backend is, over mTLS; none for the others."""
+        wanted = {u for t in tenants if (u := envoy.upstream(t, self._business_line_cas)) is not None}
+        for u in set(self.upstreams) - wanted:
+            for name in self.upstreams.pop(u):
+                self.renewer.remove(name)
+        for u in wanted - set(self.upstreams):
+            self.upstreams[u] = (envoy.identity_secret(u), envoy.trust_secret(u))
+            self.renewer.add(SecretSpec(envoy.identity_secret(u), material.TLS_CERTIFICATE, identity=u), self.source)
+            self.renewer.add(SecretSpec(envoy.trust_secret(u), material.VALIDATION_CONTEXT, identity=u), self.source)
+        self._backends = {u: c for u, c in self._backends.items() if u is None or u in wanted}
+
+    def _upstream_names(self) -> set[str]:
+        return {n for pair in self.upstreams.values() for n in pair}
+
+    def _ready(self, t: Claim) -> bool:
+        """A tenant is served once its certificate is cached and, over mTLS, the gateway's own
+        identity and trust for its backend are too (the cluster would not warm without them)."""
+        if self.cache.get(envoy.secret_name(t)) is None:
+            return False
+        u = envoy.upstream(t, self._business_line_cas)
+        return u is None or all(self.cache.get(n) is not None for n in self.upstreams.get(u, ("?",)))
+
     def _settling(self) -> bool:
         """True while a (re)started agent still waits for its tenants' first certificates. An
         Envoy that outlived the agent keeps its listener until the first answer: answering with
         the few tenants issued so far would drop the others until they are issued again."""
         if self._settle_by is None:
             return False
-        pending = [n for n in self.tenants if self.cache.get(n) is None and n not in self.renewer.failing]
+        pending = [n for n in [*self.tenants, *self._upstream_names()]
+                   if self.cache.get(n) is None and n not in self.renewer.failing]
         if self.feed.synced and (not pending or self.loop.time() >= self._settle_by):
             self._settle_by = None
             return False
@@ -143,7 +182,7 @@ class Controller:
         return True
 
     def publish(self) -> None:
-        served = [t for name, t in self.tenants.items() if self.cache.get(name) is not None]
+        served = [t for t in self.tenants.values() if self._ready(t)]
         TENANTS.labels("served").set(len(served))
         TENANTS.labels("waiting").set(len(self.tenants) - len(served))
         if self._settling():
@@ -152,21 +191,54 @@ class Controller:
             if t not in self._chains:
                 host = envoy.backend_host(t, self.s.gateway_backend, self.s.cluster_domain)
                 self._chains[t] = self._make_chain(t, host)
-        # The cluster first: on the one ADS stream Envoy then knows it before the chains using it.
-        self.stores[CLUSTER].replace({envoy.BACKENDS: self._backends} if served else {})
-        listeners = {envoy.LISTENER_NAME: envoy.listener([self._chains[t] for t in served], self.s.gateway_address,
-                                                         self.s.gateway_port)} if served else {}
-        self.stores[LISTENER].replace(listeners)
+        by_shard: dict[int, list[Claim]] = {}
+        for t in served:
+            by_shard.setdefault(shards.shard_of(t, self.s.gateway_shards), []).append(t)
+        # The clusters first: on the one ADS stream Envoy then knows them before the chains using them.
+        clusters = {}
+        for u in {envoy.upstream(t, self._business_line_cas) for t in served}:
+            if u not in self._backends:
+                self._backends[u] = envoy.backends(self.s.gateway_max_connections, u, self.s.trust_domain)
+            clusters[envoy.backends_name(u)] = self._backends[u]
+        for k in by_shard:
+            if k not in self._shard_clusters:
+                self._shard_clusters[k] = shards.shard_cluster(k, self.s.gateway_max_connections)
+            clusters[shards.shard_name(k)] = self._shard_clusters[k]
+        self.stores[CLUSTER].replace(clusters)
+        self.stores[LISTENER].replace(self._listeners(by_shard))
         self.published = self.feed.synced
+
+    def _listeners(self, by_shard: dict[int, list[Claim]]) -> dict:
+        """The public listener and one internal listener per shard; a shard whose tenants did not
+        change keeps the very message it had (nothing re-serialized, nothing new for Envoy)."""
+        out = {}
+        for k, tenants in by_shard.items():
+            members = frozenset(tenants)
+            cached = self._shards.get(k)
+            if cached is None or cached[0] != members:
+                cached = (members, shards.shard_listener(k, [self._chains[t] for t in tenants]))
+                self._shards[k] = cached
+            out[shards.shard_name(k)] = cached[1]
+        self._shards = {k: v for k, v in self._shards.items() if k in by_shard}
+        if not by_shard:
+            return {}
+        hostnames = {k: [h for t in tenants for h in t.hostnames] for k, tenants in by_shard.items()}
+        key = tuple(sorted((k, self._shards[k][0]) for k in by_shard))
+        if self._dispatcher is None or self._dispatcher[0] != key:
+            self._dispatcher = (key, shards.dispatcher(hostnames, self.s.gateway_address, self.s.gateway_port))
+        out[envoy.LISTENER_NAME] = self._dispatcher[1]
+        return out
 
     def knows(self, name: str) -> bool:
         """Names Envoy may rightly ask for: the tenants', and, until the claims are first read
         (a restarted agent, an Envoy that remembers), any tenant name."""
-        return name in self.tenants or (not self.resolved and name.startswith("gateway:"))
+        return (name in self.tenants or name in self._upstream_names()
+                or (not self.resolved and name.startswith(("gateway:", "gateway-identity:", "gateway-trust:"))))
 
     def status(self) -> dict:
-        waiting = sorted(n for n in self.tenants if self.cache.get(n) is None)
-        failing = {n: r for n, r in self.renewer.failing.items() if n in self.tenants}
+        waiting = sorted(n for n in self.tenants if not self._ready(self.tenants[n]))
+        mine = {*self.tenants, *self._upstream_names()}
+        failing = {n: r for n, r in self.renewer.failing.items() if n in mine}
         return {
             # Ready once the claims are known and published: one tenant without a certificate
             # must not take the gateway out of its Service for every other tenant.

@@ -20,7 +20,7 @@ from google.protobuf import json_format
 
 # Registers the typed_config types the listener and the cluster name, for json_format.
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.listener.v3 import listener_components_pb2
 from envoy.extensions.clusters.dynamic_forward_proxy.v3 import cluster_pb2 as dfp_cluster_pb2  # noqa: F401
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
 from envoy.extensions.filters.network.set_filter_state.v3 import set_filter_state_pb2
@@ -30,7 +30,9 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from sds_core.envoy import bootstrap as b
 
-from sds_core.policy.claims import Claim
+from sds_core import names
+from sds_core.policy.claims import BACKEND_TLS, Claim
+from sds_core.sds.sources.base import GatewayIdentity
 
 LISTENER_NAME = "gateway"
 BACKENDS = "gateway-backends"
@@ -40,10 +42,37 @@ BUFFER_LIMIT = 32 * 1024
 # One backend host per tenant; Envoy's default (1,024) would refuse tenants beyond it.
 MAX_BACKEND_HOSTS = 100_000
 ADS = {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "0s"}
+TLS_INSPECTOR = {"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}
 
 
 def secret_name(t: Claim) -> str:
     return f"gateway:{t.namespace}/{t.name}"
+
+
+def upstream(t: Claim, business_line_cas: bool) -> GatewayIdentity | None:
+    """Whose pods the tenant's backend is, for the gateway's identity and trust towards it: its
+    environment (and business line, when business lines have CAs of their own). None: plain
+    TCP, which only a claim's `backend-tls: none` asks for."""
+    if t.backend_tls != "mutual":
+        return None
+    return GatewayIdentity(t.env, t.business_line if business_line_cas else "")
+
+
+def _suffix(u: GatewayIdentity) -> str:
+    return f"{u.env}/{u.business_line}" if u.business_line else u.env
+
+
+def identity_secret(u: GatewayIdentity) -> str:
+    return f"gateway-identity:{_suffix(u)}"
+
+
+def trust_secret(u: GatewayIdentity) -> str:
+    return f"gateway-trust:{_suffix(u)}"
+
+
+def backends_name(u: GatewayIdentity | None) -> str:
+    return f"{BACKENDS}-mtls:{_suffix(u)}" if u else BACKENDS
 
 
 def stat_prefix(t: Claim) -> str:
@@ -64,6 +93,9 @@ def bootstrap(agent_socket: str, admin_socket: str | None = None, admin_port: in
         "admin": admin,
         "dynamic_resources": {"ads_config": ads_source, "lds_config": ADS, "cds_config": ADS},
         "static_resources": {"clusters": [b.sds_cluster(agent_socket)]},
+        # The tenants' shards are internal listeners (gateway/shards.py).
+        "bootstrap_extensions": [{"name": "envoy.bootstrap.internal_listener", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"}}],
         "overload_manager": b.overload_manager(max_connections),
     }
 
@@ -83,13 +115,26 @@ def backend_host(t: Claim, backend: str, cluster_domain: str) -> str:
     return backend.format(service=t.service, namespace=t.namespace, domain=cluster_domain)
 
 
-def _constant(key: str, value: str) -> dict:
-    return {"object_key": key, "format_string": {"text_format_source": {"inline_string": value}}}
+def _constant(key: str, value: str, upstream: bool = False) -> dict:
+    out = {"object_key": key, "format_string": {"text_format_source": {"inline_string": value}}}
+    if upstream:  # read by the upstream connection's TLS socket
+        out["shared_with_upstream"] = "ONCE"
+    return out
 
 
 def chain_spec(t: Claim, host: str, min_version: str = "TLSv1_2", curves: tuple[str, ...] = (),
-               staple_policy: str = "LENIENT_STAPLING", handshake_timeout: float = 10) -> dict:
+               staple_policy: str = "LENIENT_STAPLING", handshake_timeout: float = 10,
+               cluster_domain: str = "cluster.local", business_line_cas: bool = False) -> dict:
     """A tenant's filter chain, as Envoy's JSON. `Chains` builds the same protobuf faster."""
+    u = upstream(t, business_line_cas)
+    state = [_constant("envoy.upstream.dynamic_host", host), _constant("envoy.upstream.dynamic_port", str(t.port))]
+    if u:
+        # The backend must prove it is the claim's Service in the claim's namespace: the issuer
+        # signs that name only into pods the Service selects there (a namespace's SPIFFE prefix
+        # cannot be set per connection: Envoy checks these names exactly).
+        service = names.service_dns_name(t.service, t.namespace, cluster_domain)
+        state += [_constant("envoy.network.upstream_server_name", service, upstream=True),
+                  _constant("envoy.network.upstream_subject_alt_names", service, upstream=True)]
     common: dict[str, Any] = {"tls_params": {"tls_minimum_protocol_version": min_version,
                              "tls_maximum_protocol_version": "TLSv1_3"},
               "tls_certificate_sds_secret_configs": [{"name": secret_name(t), "sds_config": ADS}]}
@@ -107,8 +152,7 @@ def chain_spec(t: Claim, host: str, min_version: str = "TLSv1_2", curves: tuple[
             # client's SNI (anyone's hostname) if nothing were set.
             {"name": "envoy.filters.network.set_filter_state", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config",
-                "on_new_connection": [_constant("envoy.upstream.dynamic_host", host),
-                                      _constant("envoy.upstream.dynamic_port", str(t.port))]}},
+                "on_new_connection": state}},
             # Resolves before connecting (the cluster alone would fail a connection to a name not
             # yet in its cache).
             {"name": "envoy.filters.network.sni_dynamic_forward_proxy", "typed_config": {
@@ -118,7 +162,7 @@ def chain_spec(t: Claim, host: str, min_version: str = "TLSv1_2", curves: tuple[
             # ClientHello naming a tenant does not make the gateway open connections to it.
             {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-                "stat_prefix": stat_prefix(t), "cluster": BACKENDS,
+                "stat_prefix": stat_prefix(t), "cluster": backends_name(u),
                 "upstream_connect_mode": "ON_DOWNSTREAM_TLS_HANDSHAKE", "max_early_data_bytes": 0}}],
     }
 
@@ -135,59 +179,69 @@ class Chains:
     CPU while it issued their certificates. tests/test_gateway_units.py holds the two forms equal."""
 
     def __init__(self, min_version: str = "TLSv1_2", curves: tuple[str, ...] = (),
-                 staple_policy: str = "LENIENT_STAPLING", handshake_timeout: float = 10):
-        blank = Claim("ns", "name", "", ("host.example",), "svc", 1, "", "")
-        spec = chain_spec(blank, "host", min_version, curves, staple_policy, handshake_timeout)
-        self._base = json_format.ParseDict(spec, listener_components_pb2.FilterChain())
-        self._tls = tls_pb2.DownstreamTlsContext()
-        self._base.transport_socket.typed_config.Unpack(self._tls)
-        self._state, self._resolve, self._proxy = (
-            cls() for cls in (set_filter_state_pb2.Config, sni_dynamic_forward_proxy_pb2.FilterConfig,
-                              tcp_proxy_pb2.TcpProxy))
-        for f, msg in zip(self._base.filters, (self._state, self._resolve, self._proxy), strict=True):
+                 staple_policy: str = "LENIENT_STAPLING", handshake_timeout: float = 10,
+                 cluster_domain: str = "cluster.local", business_line_cas: bool = False):
+        self.cluster_domain, self.business_line_cas = cluster_domain, business_line_cas
+        # One template per backend mode: plain TCP, and mTLS (two more filter-state entries).
+        tls_args = dict(min_version=min_version, curves=curves, staple_policy=staple_policy,
+                        handshake_timeout=handshake_timeout)
+        self._bases = {mode: self._template(Claim("ns", "name", "", ("host.example",), "svc", 1, "", "", mode),
+                                            tls_args) for mode in BACKEND_TLS}
+
+    def _template(self, blank: Claim, tls_args: dict) -> tuple:
+        spec = chain_spec(blank, "host", **tls_args, cluster_domain=self.cluster_domain,
+                          business_line_cas=self.business_line_cas)
+        base = json_format.ParseDict(spec, listener_components_pb2.FilterChain())
+        tls = tls_pb2.DownstreamTlsContext()
+        base.transport_socket.typed_config.Unpack(tls)
+        msgs = (set_filter_state_pb2.Config(), sni_dynamic_forward_proxy_pb2.FilterConfig(), tcp_proxy_pb2.TcpProxy())
+        for f, msg in zip(base.filters, msgs, strict=True):
             f.typed_config.Unpack(msg)
-        del self._base.filter_chain_match.server_names[:]
+        del base.filter_chain_match.server_names[:]
+        return base, tls, msgs
 
     def __call__(self, t: Claim, host: str) -> listener_components_pb2.FilterChain:
-        out = _copy(self._base)
+        base, base_tls, msgs = self._bases[t.backend_tls]
+        out = _copy(base)
         out.name = f"{t.namespace}/{t.name}"
         out.filter_chain_match.server_names.extend(t.hostnames)
-        tls = _copy(self._tls)
+        tls = _copy(base_tls)
         tls.common_tls_context.tls_certificate_sds_secret_configs[0].name = secret_name(t)
         out.transport_socket.typed_config.Pack(tls)
-        state, resolve, proxy = _copy(self._state), _copy(self._resolve), _copy(self._proxy)
-        state.on_new_connection[0].format_string.text_format_source.inline_string = host
-        state.on_new_connection[1].format_string.text_format_source.inline_string = str(t.port)
+        state, resolve, proxy = (_copy(m) for m in msgs)
+        values = [host, str(t.port)]
+        if t.backend_tls == "mutual":
+            service = names.service_dns_name(t.service, t.namespace, self.cluster_domain)
+            values += [service, service]
+        for entry, value in zip(state.on_new_connection, values, strict=True):
+            entry.format_string.text_format_source.inline_string = value
         resolve.port_value = t.port
         proxy.stat_prefix = stat_prefix(t)
+        proxy.cluster = backends_name(upstream(t, self.business_line_cas))
         for f, msg in zip(out.filters, (state, resolve, proxy), strict=True):
             f.typed_config.Pack(msg)
         return out
 
 
-def listener(chains: list[listener_components_pb2.FilterChain], address: str, port: int) -> listener_pb2.Listener:
-    """`chains`: built by `Chains`, once per tenant (parsing 10,000 of them on every change would
-    cost seconds); sorted by name so the same tenants always make the same listener."""
-    out = json_format.ParseDict({
-        "name": LISTENER_NAME,
-        "address": {"socket_address": {"address": address, "port_value": port}},
-        "listener_filters": [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}],
-        # A client that never sends its ClientHello is dropped, not held.
-        "listener_filters_timeout": "5s",
-        "per_connection_buffer_limit_bytes": BUFFER_LIMIT,
-    }, listener_pb2.Listener())
-    out.filter_chains.extend(sorted(chains, key=lambda c: c.name))
-    return out
-
-
-def backends(max_connections: int) -> cluster_pb2.Cluster:
-    """The one cluster every tenant's chain proxies through. Its circuit breakers are the
-    gateway's connection limit: Envoy's default of 1,024 would cap every tenant together."""
+def backends(max_connections: int, u: GatewayIdentity | None = None,
+             trust_domain: str = "cluster.local") -> cluster_pb2.Cluster:
+    """The cluster the tenants' chains of one backend mode proxy through: plain TCP, or mTLS to
+    the pods of one environment (and business line) with the gateway's own SPIFFE identity.
+    Its circuit breakers are the gateway's connection limit: Envoy's default of 1,024 would cap
+    every tenant together."""
     limits = {"max_connections": max_connections, "max_pending_requests": max_connections,
               "max_requests": max_connections}
+    tls = {}
+    if u is not None:
+        # A workload's certificate (a SPIFFE ID of the trust domain) from the pods' own CA; each
+        # connection also checks the claim's Service name (the chain's filter state).
+        common = b.common_tls(identity_secret(u), trust_secret(u),
+                              b.san_matchers(spiffe_prefixes=[f"spiffe://{trust_domain}/ns/"]), sds=ADS)
+        tls = {"transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": b.UPSTREAM_TLS, "common_tls_context": common}}}
     return json_format.ParseDict({
-        "name": BACKENDS,
+        "name": backends_name(u),
+        **tls,
         "connect_timeout": "2s",
         "lb_policy": "CLUSTER_PROVIDED",
         "cluster_type": {"name": "envoy.clusters.dynamic_forward_proxy", "typed_config": {

@@ -18,6 +18,8 @@ class GatewaySettings(AgentSettings):
                                  help="backend host template: {service}, {namespace}, {domain}")
     gateway_max_connections: int = setting(50_000, ge=1, help="upstream connections over all tenants "
                                          "(the backends cluster's circuit breakers); match Envoy's downstream limit")
+    gateway_shards: int = setting(64, ge=1, le=4096, help="internal listeners the tenants are spread over: a "
+                                  "tenant's change makes Envoy re-read one shard, not every tenant's chain")
     gateway_min_tls_version: Literal["TLSv1_2", "TLSv1_3"] = "TLSv1_2"
     gateway_handshake_timeout_seconds: float = setting(10, gt=0, help="a client must finish its TLS "
                                                      "handshake this long after its tenant was chosen by SNI")

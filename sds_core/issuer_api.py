@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 
 CERTIFICATES = "/v1/certificates"  # a pod's certificate: its token, a name its policy gives it, a CSR
 GATEWAY_CERTIFICATES = "/v1/gateway-certificates"  # a gateway's token only; the issuer resolves the hostnames
+GATEWAY_IDENTITIES = "/v1/gateway-identities"  # a gateway's own SPIFFE certificate, to reach tenants' pods
+GATEWAY_TRUST_BUNDLES = "/v1/gateway-trust-bundles"  # the CAs of the tenants' pods it connects to
 TRUST_BUNDLES = "/v1/trust-bundles"
 OCSP = "/v1/ocsp"  # DER OCSP request in, DER response out; no token, as OCSP is public
 
@@ -26,8 +28,26 @@ class GatewayCertificateRequest:
 
 
 @dataclass(frozen=True)
+class GatewayIdentityRequest:
+    """The gateway's own identity (its service account's SPIFFE ID, from its token), signed by
+    the CA that the pods of `env` (and `business_line`, with business-line CAs) trust."""
+    env: str
+    csr: str
+    business_line: str = ""
+
+
+@dataclass(frozen=True)
+class GatewayTrustRequest:
+    env: str
+    business_line: str = ""
+
+
+@dataclass(frozen=True)
 class TrustBundleRequest:
     name: str
+    # An inbound TLS port of the pod: the answer then names the gateways that may call it there
+    # (the accepted claims whose Service sends that port to this pod).
+    port: str = ""
 
 
 @dataclass(frozen=True)
@@ -43,6 +63,7 @@ class TrustBundleResponse:
     trust_bundle: str
     env: str
     crl: str = ""  # PEM CRLs of the bundle's CAs, when the issuer publishes them (ISSUER_CRL)
+    gateway_peers: str = ""  # comma-separated SPIFFE IDs accepted on `port` besides the namespace's own
 
 
 @dataclass(frozen=True)

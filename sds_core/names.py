@@ -23,6 +23,27 @@ def namespace_prefix(trust_domain: str, namespace: str) -> str:
     return f"spiffe://{trust_domain}/ns/{namespace}/sa/"
 
 
+INBOUND = "@inbound:"
+
+
+def inbound_trust(trust_bundle: str, port: int) -> str:
+    """The SDS name of `trust_bundle` as an inbound TLS port checks its clients: the same CAs,
+    plus the gateways the issuer says may call that port (derived from accepted claims)."""
+    return f"{trust_bundle}{INBOUND}{port}"
+
+
+def split_inbound(name: str) -> tuple[str, str]:
+    """(trust bundle, port) of an `inbound_trust` name; (name, "") for any other."""
+    base, sep, port = name.rpartition(INBOUND)
+    return (base, port) if sep and port.isdigit() else (name, "")
+
+
+def service_dns_name(service: str, namespace: str, cluster_domain: str) -> str:
+    """The name a backend's certificate must carry for the gateway to accept it as `service` of
+    `namespace`: the issuer signs it only into pods that Service selects in that namespace."""
+    return f"{service}.{namespace}.svc.{cluster_domain}"
+
+
 def workload_dns_names(services: Iterable[str], namespace: str, cluster_domain: str) -> list[str]:
     """The DNS SANs of a pod selected by `services` in `namespace`: never the bare Service name,
     always inside workload_dns_subtrees()."""

@@ -209,7 +209,8 @@ def test_a_client_that_stalls_its_handshake_is_cut_off(tmp_path):
         gw.wait_served("a.example.com")
         time.sleep(0.2)  # the served check's own backend connection has arrived
         before = backend.accepted
-        assert harness.stalled_handshake_seconds(gw.port, "a.example.com", 10) < 5, "held past the deadline"
+        held = harness.stalled_handshake_seconds(gw.port, "a.example.com", 10)
+        assert 0.8 < held < 5, f"held {held:.2f} s: past the deadline, or closed before it"
         assert backend.accepted == before, "no backend connection for a handshake never finished"
     finally:
         gw.stop()

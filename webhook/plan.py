@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from sds_core.envoy.bootstrap import pod_bootstrap
+from sds_core.envoy.bootstrap import inbound_trust_names, pod_bootstrap
 from sds_core.policy import annotations as ann
 from sds_core.policy.config import AgentConfig, InjectorConfig, Resources
 from sds_core.policy.selection import Denied, Selection
@@ -142,7 +142,8 @@ def _agent(sel: Selection, cfg: InjectorConfig, res: dict) -> tuple[dict, list[d
     a = cfg.agent
     env = [
         *agent_env(socket_path=f"{a.socket_dir}/sds.sock", socket_mode="0660", source=a.source,
-                   certificates=sel.certificates, trust_bundles=sel.trust_bundles),
+                   certificates=sel.certificates,
+                   trust_bundles=[*sel.trust_bundles, *inbound_trust_names(sel, cfg).values()]),
         agent_field_env("namespace", "metadata.namespace"),
         agent_field_env("pod_name", "metadata.name"),
         agent_field_env("service_account", "spec.serviceAccountName"),

@@ -187,6 +187,15 @@ def _peer_matchers(peers: tuple[str, ...], trust_domain: str, namespace: str) ->
                         spiffe_prefixes=[p[:-1] for p in peers if p.endswith("*")])
 
 
+def inbound_trust_names(sel, cfg) -> dict[int, str]:
+    """TLS port -> the validation context its listener asks the agent for. With the issuer as
+    the source, each mTLS port has its own: the issuer adds the gateways that accepted claims
+    send to that port (nobody lists them by hand; they leave when the claim does)."""
+    if cfg.agent.source != "issuer" or not sel.mtls:
+        return {}
+    return {tls_port: names.inbound_trust(sel.trust_bundles[0], tls_port) for tls_port, _ in sel.inbound}
+
+
 def pod_bootstrap(sel, cfg, admin_socket: str, agent_ready_path: str) -> dict:
     """The whole bootstrap of an injected pod's Envoy, from the selection and the config."""
     sds = sds_config(initial_fetch_timeout=cfg.proxy.initial_fetch_timeout)
@@ -206,8 +215,9 @@ def pod_bootstrap(sel, cfg, admin_socket: str, agent_ready_path: str) -> dict:
     clusters = [sds_cluster(f"{cfg.agent.socket_dir}/sds.sock"),
                 static_cluster(admin_cluster, "", 0, pipe=admin_socket),
                 static_cluster(agent_cluster, "127.0.0.1", cfg.agent.http_port)]
+    inbound_trust = inbound_trust_names(sel, cfg)
     for tls_port, app_port in sel.inbound:
-        common = common_tls(cert, trust if sel.mtls else None,
+        common = common_tls(cert, inbound_trust.get(tls_port, trust) if sel.mtls else None,
                             _peer_matchers(sel.allowed_peers, cfg.agent.trust_domain, sel.namespace), alpn=["h2", "http/1.1"], **tls)
         app = f"app-{app_port}"
         if not any(c["name"] == app for c in clusters):

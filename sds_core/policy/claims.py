@@ -10,6 +10,7 @@ tenant's namespace:
       port: "8080"
       env: prod                                           # optional: defaultEnvironment
       business-line: retail                               # optional
+      backend-tls: mutual                                 # default; "none": plain TCP to the Service
 
 Immutable, because the claim's creation time orders claims: a hostname belongs to the earliest
 claim that names it (ties: namespace, then name). If a claim could be edited, an old claim could
@@ -21,6 +22,7 @@ on: the owner of an old ConfigMap can make it immutable with new data and label 
 creation time only orders namespaces granted the same hostname (docs/gateway.md)."""
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +35,8 @@ from sds_core.reasons import Reason
 CLAIM_LABEL = f"{PREFIX}gateway-claim"
 LABEL_SELECTOR = f"{CLAIM_LABEL}=true"
 MAX_HOSTNAMES = 100  # per claim: a certificate with thousands of SANs is a mistake
+DATA_KEYS = ("hostnames", "service", "port", "env", "business-line", "backend-tls")
+BACKEND_TLS = ("mutual", "none")
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -46,6 +50,9 @@ class Claim:
     port: int
     env: str
     business_line: str
+    # "mutual": the gateway connects to the backend over mTLS with its own SPIFFE identity and
+    # checks the Service's name in the backend's certificate; "none" only when a claim says so.
+    backend_tls: str = "mutual"
 
     @property
     def key(self) -> str:
@@ -118,9 +125,9 @@ def parse(cm: dict, cfg: InjectorConfig) -> Claim | Refusal:
         return refuse(Reason.MUTABLE, "must set `immutable: true` (its creation time decides hostname ownership; "
                       "to change it, create a new claim and delete this one)")
     data = cm.get("data") or {}
-    unknown = sorted(set(data) - {"hostnames", "service", "port", "env", "business-line"})
+    unknown = sorted(set(data) - set(DATA_KEYS))
     if unknown:
-        return refuse(Reason.INVALID, f"unknown keys {unknown}; allowed: hostnames, service, port, env, business-line")
+        return refuse(Reason.INVALID, f"unknown keys {unknown}; allowed: {', '.join(DATA_KEYS)}")
     hosts = tuple(dict.fromkeys(h.strip().lower().rstrip(".") for h in str(data.get("hostnames", "")).split(",")
                                 if h.strip()))
     if not hosts:
@@ -143,7 +150,10 @@ def parse(cm: dict, cfg: InjectorConfig) -> Claim | Refusal:
     if bl and bl not in cfg.business_lines:
         return refuse(Reason.UNKNOWN_BUSINESS_LINE, f"business-line {bl!r} is not one of "
                       f"{', '.join(sorted(cfg.business_lines)) or 'none'}")
-    return Claim(ns, name, str(meta.get("creationTimestamp") or ""), hosts, service, int(port), env, bl)
+    backend_tls = str(data.get("backend-tls") or BACKEND_TLS[0])
+    if backend_tls not in BACKEND_TLS:
+        return refuse(Reason.INVALID, f"data.backend-tls {backend_tls!r} is not one of {', '.join(BACKEND_TLS)}")
+    return Claim(ns, name, str(meta.get("creationTimestamp") or ""), hosts, service, int(port), env, bl, backend_tls)
 
 
 def _within_policy(c: Claim, cfg: InjectorConfig, labels: dict | None) -> tuple[Claim | None, list[Refusal]]:
@@ -170,7 +180,7 @@ def _within_policy(c: Claim, cfg: InjectorConfig, labels: dict | None) -> tuple[
                         f"it is not served") for h in c.hostnames if h not in allowed]
     if not allowed:
         return None, refusals
-    return Claim(c.namespace, c.name, c.created, allowed, c.service, c.port, c.env, c.business_line), refusals
+    return dataclasses.replace(c, hostnames=allowed), refusals
 
 
 def resolve(objects: list[dict], cfg: InjectorConfig, labels_of: Callable[[str], dict | None]) -> Resolved:
@@ -201,7 +211,7 @@ def resolve(objects: list[dict], cfg: InjectorConfig, labels_of: Callable[[str],
                                     f"gateway claim {c.key}: hostname {h!r} belongs to {owner.key} ({where}, "
                                     f"claimed {owner.created or 'earlier'}); it is not served for this claim"))
         if mine:
-            t = Claim(c.namespace, c.name, c.created, tuple(mine), c.service, c.port, c.env, c.business_line)
+            t = dataclasses.replace(c, hostnames=tuple(mine))
             for h in mine:
                 owners.add(h, t)
             tenants.append(t)

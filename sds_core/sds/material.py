@@ -28,6 +28,9 @@ class SecretMaterial:
     private_key: bytes = field(default=b"", compare=False)
     trusted_ca: bytes = b""
     crl: bytes = b""
+    # SPIFFE IDs accepted besides the listener's own peers (a validation context for an inbound
+    # port that a gateway may call): Envoy adds them to the listener's static SAN matchers.
+    extra_peers: tuple[str, ...] = ()
     ocsp_staple: bytes = b""  # DER OCSP response Envoy staples to handshakes (tls_certificate)
     staple_expires: dt.datetime | None = None
     serial: str = ""
@@ -76,6 +79,9 @@ class SecretMaterial:
             # Only the leaf's issuer's CRL: with a root + intermediate, the root's CRL lives on
             # another mount and Envoy would refuse every peer for want of it.
             ctx.only_verify_leaf_cert_crl = True
+        for peer in self.extra_peers:
+            ctx.match_typed_subject_alt_names.add(
+                san_type=common_pb2.SubjectAltNameMatcher.URI).matcher.exact = peer
         return secret_pb2.Secret(name=name, validation_context=ctx)
 
 
@@ -115,7 +121,8 @@ def tls_certificate(chain_pem: bytes, key_pem: bytes, at: dt.datetime | None = N
     )
 
 
-def validation_context(ca_pem: bytes, crl_pem: bytes = b"", at: dt.datetime | None = None) -> SecretMaterial:
+def validation_context(ca_pem: bytes, crl_pem: bytes = b"", at: dt.datetime | None = None,
+                       extra_peers: tuple[str, ...] = ()) -> SecretMaterial:
     """Validate a trust bundle (one or more CAs, expired ones dropped) and an optional CRL."""
     cas = v.parse_certificates(ca_pem, "trust bundle")
     at = at or v.now()
@@ -130,9 +137,10 @@ def validation_context(ca_pem: bytes, crl_pem: bytes = b"", at: dt.datetime | No
         kind=VALIDATION_CONTEXT,
         trusted_ca=bundle,
         crl=crl_pem,
+        extra_peers=extra_peers,
         serial=",".join(v.serial_hex(c.serial_number) for c in live),
         fingerprint=first.fingerprint(hashes.SHA256()).hex(),
         not_before=max(c.not_valid_before_utc for c in live),
         not_after=min(c.not_valid_after_utc for c in live),
-        digest=_digest(bundle, crl_pem),
+        digest=_digest(bundle, crl_pem, ",".join(extra_peers).encode()),
     )

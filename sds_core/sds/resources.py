@@ -19,6 +19,7 @@ class ResourceStore:
     def __init__(self, type_url: str) -> None:
         self.type_url = type_url
         self._entries: dict[str, Entry] = {}
+        self._msgs: dict[str, message.Message] = {}  # what each entry was made from
         self._watchers: set = set()
         # Nothing is said before the first replace(): an empty answer would remove what Envoy has.
         self.ready = False
@@ -34,6 +35,9 @@ class ResourceStore:
         (a state-of-the-world type is always sent whole, so one notice is enough)."""
         new: dict[str, Entry] = {}
         for name, msg in resources.items():
+            if self._msgs.get(name) is msg:  # the same object as last time: not serialized again
+                new[name] = self._entries[name]
+                continue
             packed = any_pb2.Any()
             packed.Pack(msg, deterministic=True)
             version = hashlib.sha256(packed.value).hexdigest()[:16]
@@ -41,6 +45,7 @@ class ResourceStore:
             new[name] = old if old is not None and old.version == version else Entry(version, None, packed)
         changed = not self.ready or new.keys() != self._entries.keys() or any(new[n] is not self._entries[n] for n in new)
         self._entries, self.ready = new, True
+        self._msgs = dict(resources)
         if changed:
             for queue in self._watchers:
                 queue.put_nowait("")

@@ -77,12 +77,17 @@ class WildcardStream(SotwStream):
     # sending every intermediate state would queue dozens of them.
     inflight = False
     dirty = False
+    # Envoy has asked for this type. Until then nothing is pushed: Envoy asks for listeners only
+    # once its clusters have warmed (an mTLS cluster waits for its secrets), and drops a response
+    # of a type it has not subscribed to yet ("no current subscribers").
+    opened = False
 
     def on_request(self, req: discovery_pb2.DiscoveryRequest):
         if not self._accept(req):
             return
-        if not req.response_nonce:  # a (re)subscription: everything, now
-            self.inflight = False
+        if not req.response_nonce:  # a (re)subscription: everything, now, even if sent before
+            self.opened, self.inflight = True, False
+            self.sent.pop("*", None)
             yield from self._respond_all()
         elif self.inflight:  # the ACK or NACK of the response in flight
             self.inflight = False
@@ -90,6 +95,8 @@ class WildcardStream(SotwStream):
                 yield from self._respond_all()
 
     def on_change(self, name: str):
+        if not self.opened:
+            return
         if self.inflight:
             self.dirty = True
             return

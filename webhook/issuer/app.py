@@ -2,6 +2,8 @@
 POST /v1/certificates {name, csr}   Authorization: Bearer <projected SA token>
 POST /v1/trust-bundles {name}       same
 POST /v1/gateway-certificates {tenant: "namespace/claim", csr}   a gateway's token only
+POST /v1/gateway-identities {env, business_line?, csr}           a gateway's token only: its own SPIFFE ID
+POST /v1/gateway-trust-bundles {env, business_line?}             a gateway's token only
 POST /v1/ocsp (DER OCSP request)    no token: OCSP responses for certificates of its CAs
 GET /healthz, /readyz.
 The operations port (`create_ops_app`, ISSUER_OPS_PORT): GET /inventory (what was issued),
@@ -84,6 +86,14 @@ def create_app(issuer: Issuer, ready=lambda: True) -> FastAPI:
     @app.post(api.GATEWAY_CERTIFICATES)
     async def gateway_certificates(request: Request) -> Response:
         return await call(request, issuer.sign_gateway, api.GatewayCertificateRequest)
+
+    @app.post(api.GATEWAY_IDENTITIES)
+    async def gateway_identities(request: Request) -> Response:
+        return await call(request, issuer.sign_gateway_identity, api.GatewayIdentityRequest)
+
+    @app.post(api.GATEWAY_TRUST_BUNDLES)
+    async def gateway_trust_bundles(request: Request) -> Response:
+        return await call(request, issuer.gateway_trust_bundle, api.GatewayTrustRequest)
 
     @app.post(api.OCSP)
     async def ocsp_responder(request: Request) -> Response:

@@ -27,14 +27,20 @@ def _slim_pod(o: dict) -> dict:
     return {"metadata": {k: m.get(k) for k in ("name", "namespace", "uid", "labels", "annotations",
                                                     "deletionTimestamp")},
             "spec": {"serviceAccountName": spec.get("serviceAccountName") or "default",
-                     "hostNetwork": bool(spec.get("hostNetwork"))},
+                     "hostNetwork": bool(spec.get("hostNetwork")),
+                     # Named ports (the injected Envoy may be a native sidecar, an init container),
+                     # for Services whose targetPort is a name.
+                     "ports": {p["name"]: p.get("containerPort")
+                               for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+                               for p in c.get("ports") or [] if p.get("name")}},
             "status": {"podIP": status.get("podIP"), "podIPs": status.get("podIPs") or [],
                        "phase": status.get("phase")}}
 
 
 def _slim_service(o: dict) -> dict:
     m, spec = o.get("metadata") or {}, o.get("spec") or {}
-    return {"name": m.get("name"), "namespace": m.get("namespace"), "selector": spec.get("selector") or {}}
+    return {"name": m.get("name"), "namespace": m.get("namespace"), "selector": spec.get("selector") or {},
+            "ports": [(p.get("port"), p.get("targetPort")) for p in spec.get("ports") or []]}
 
 
 class ClusterCache:
@@ -154,6 +160,22 @@ class ClusterCache:
         labels = pod["metadata"].get("labels") or {}
         return sorted(s["name"] for s in self.services.in_namespace(ns)
                       if s["selector"] and all(labels.get(k) == v for k, v in s["selector"].items()))
+
+    def service_targets(self, pod: dict, service: str, port: int) -> set[int]:
+        """The pod's ports that port `port` of Service `service` (its namespace) sends traffic
+        to: the targetPort, a number or one of the pod's named ports (default: the port itself)."""
+        ns = pod["metadata"]["namespace"]
+        named = pod["spec"].get("ports") or {}
+        out = set()
+        for s in self.services.in_namespace(ns):
+            if s["name"] != service:
+                continue
+            for p, target in s.get("ports") or []:
+                if p == port:
+                    t = named.get(target) if isinstance(target, str) else (target or p)
+                    if isinstance(t, int):
+                        out.add(t)
+        return out
 
     def namespace_labels(self, namespace: str) -> dict | None:
         return self.labels(namespace)

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from sds_core import issuer_api as api
+from sds_core import names
 from sds_core.logs import RateLimit
 from sds_core.pki.validation import serial_hex
 from sds_core.policy.config import InjectorConfig
@@ -45,6 +46,16 @@ def public_key_of(csr_pem: str) -> object:
     if isinstance(key, rsa.RSAPublicKey) and 2048 <= key.key_size <= 8192:
         return key
     raise Refused(Reason.WEAK_KEY, "csr: key must be EC P-256/P-384 or RSA 2048-8192", 400)
+
+
+def cas_of(env: str, business_line: str | None, cfg: InjectorConfig) -> tuple[str, list[str]]:
+    """The CA that signs the certificates of pods of `env` (and business line) and the CAs their
+    trust bundle holds: the environment's, or with businessLineCAs the business line's (plus
+    those it trusts)."""
+    if not (cfg.business_line_cas and business_line):
+        return env, [env]
+    trusts = cfg.business_lines[business_line].trusts
+    return line(env, business_line), [line(env, b) for b in dict.fromkeys([business_line, *trusts])]
 
 
 class Issuer:
@@ -103,12 +114,7 @@ class Issuer:
 
     @staticmethod
     def _cas_of(g: Grant, cfg: InjectorConfig) -> tuple[str, list[str]]:
-        """The CA that signs this pod's certificates and the CAs its trust bundle holds: its
-        environment's, or with businessLineCAs its business line's (plus those it trusts)."""
-        if not (cfg.business_line_cas and g.business_line):
-            return g.env, [g.env]
-        trusts = cfg.business_lines[g.business_line].trusts
-        return line(g.env, g.business_line), [line(g.env, b) for b in dict.fromkeys([g.business_line, *trusts])]
+        return cas_of(g.env, g.business_line, cfg)
 
     def use(self, authority: Authority) -> None:
         """The CAs to sign with from now on (a refresh of the CA Secret); requests under way
@@ -175,20 +181,25 @@ class Issuer:
             self._refused(e, None, name=name, namespace=who.namespace, service_account=who.service_account)
         return cert, chain
 
+    def _gateway(self, token: str) -> Caller:
+        """The caller, if it is a configured gateway's live pod (else Refused, unaudited)."""
+        try:
+            caller = self.verifier.verify(token)
+        except TokenRefused as e:
+            raise Refused(e.reason, e.message, 401) from None
+        if f"{caller.namespace}/{caller.service_account}" not in self.gateways:
+            raise Refused(Reason.NOT_A_GATEWAY, f"service account {caller.namespace}/{caller.service_account} is not "
+                          "a gateway (issuer setting gateway_identities); gateway certificates are not issued to it")
+        check_binding(caller, self.cluster.pod(caller.namespace, caller.pod_name))
+        return caller
+
     def _authorize_gateway(self, token: str, tenant: str, csr_pem: str):
         """(the tenant's resolved claim, its environment's CA, the CSR's key), or Refused. The
         hostnames are the issuer's own resolution of the cluster's claims: the request only
         names the tenant."""
         caller = None
         try:
-            try:
-                caller = self.verifier.verify(token)
-            except TokenRefused as e:
-                raise Refused(e.reason, e.message, 401) from None
-            if f"{caller.namespace}/{caller.service_account}" not in self.gateways:
-                raise Refused(Reason.NOT_A_GATEWAY, f"service account {caller.namespace}/{caller.service_account} is not "
-                              "a gateway (issuer setting gateway_identities); tenant certificates are not issued to it")
-            check_binding(caller, self.cluster.pod(caller.namespace, caller.pod_name))
+            caller = self._gateway(token)
             claim = next((t for t in self.cluster.gateway_tenants(self.config()).tenants if t.key == tenant), None)
             if claim is None:
                 raise Refused(Reason.NO_SUCH_TENANT, f"tenant {tenant!r} has no served hostnames: no such claim, or it was "
@@ -219,4 +230,67 @@ class Issuer:
         # With crl on, a CRL per CA of the bundle whose key the issuer holds (signing now, and a
         # next one); none in vault mode (Vault's CRLs are Vault's).
         crls = b"".join(crl_pem(c, self.cluster.revocations) for c in own) if self.crl else b""
-        return api.TrustBundleResponse(trust_bundle=bundle.decode(), env=g.env, crl=crls.decode())
+        peers = self._gateway_peers(g, req.port) if req.port else []
+        return api.TrustBundleResponse(trust_bundle=bundle.decode(), env=g.env, crl=crls.decode(),
+                                       gateway_peers=",".join(peers))
+
+    def _gateway_peers(self, g: Grant, port: str) -> list[str]:
+        """The gateways' SPIFFE IDs, when an accepted claim of the pod's namespace asks for
+        mTLS to a Service that selects this pod and sends the claim's port to `port`: derived
+        from the claim, so a tenant never lists the gateway by hand, and only on that port."""
+        if not self.gateways or not port.isdigit():
+            return []
+        pod = self.cluster.pod(g.namespace, g.pod)
+        if pod is None:
+            return []
+        services = set(self.cluster.services_selecting(pod))
+        cfg = self.config()
+        wanted = int(port)
+        for t in self.cluster.gateway_tenants(cfg).tenants:
+            if (t.namespace == g.namespace and t.backend_tls == "mutual" and t.service in services
+                    and wanted in self.cluster.service_targets(pod, t.service, t.port)):
+                return sorted(names.spiffe_id(cfg.agent.trust_domain, *gw.split("/", 1)) for gw in self.gateways)
+        return []
+
+    def sign_gateway_identity(self, token: str, req: api.GatewayIdentityRequest) -> api.CertificateResponse:
+        """The gateway's own workload certificate for reaching tenants' pods of one environment
+        (and business line): its service account's SPIFFE ID and nothing else, signed by the CA
+        those pods trust; with the trust bundle to verify them."""
+        caller, ca, bundle, key = self._authorize_gateway_identity(token, req.env, req.business_line, req.csr)
+        spiffe = names.spiffe_id(self.config().agent.trust_domain, caller.namespace, caller.service_account)
+        cert, chain = self._issue(ca, key, req.csr, "", [], [spiffe], [],
+                                  serials.Identity(caller.namespace, caller.service_account, caller.pod_uid),
+                                  name=f"gateway-identity:{req.env}")
+        serial = serial_hex(cert.serial_number)
+        not_after = cert.not_valid_after_utc
+        ISSUED.labels(req.env).inc()
+        self.audit.record("issued", namespace=caller.namespace, service_account=caller.service_account,
+                          pod=caller.pod_name, spiffe_id=spiffe, name="gateway-identity", env=req.env,
+                          business_line=req.business_line, serial=serial,
+                          sha256=cert.fingerprint(hashes.SHA256()).hex(), not_after=not_after.isoformat())
+        return api.CertificateResponse(certificate_chain=chain, serial=serial, not_after=not_after.isoformat(),
+                                       trust_bundle=bundle.decode())
+
+    def gateway_trust_bundle(self, token: str, req: api.GatewayTrustRequest) -> api.TrustBundleResponse:
+        _, _, bundle, _ = self._authorize_gateway_identity(token, req.env, req.business_line, None)
+        return api.TrustBundleResponse(trust_bundle=bundle.decode(), env=req.env)
+
+    def _authorize_gateway_identity(self, token: str, env: str, business_line: str, csr_pem: str | None):
+        """(the gateway caller, the CA of `env`'s pods, their trust bundle, the CSR's key)."""
+        caller = None
+        try:
+            caller = self._gateway(token)
+            cfg = self.config()
+            if env not in cfg.environments or (business_line and business_line not in cfg.business_lines):
+                raise Refused(Reason.UNKNOWN_ENV, f"no environment {env!r} / business line {business_line!r} "
+                              "in the issuer's configuration", 400)
+            # The pods' own signing CA only: the gateway verifies pods of this line, not of the
+            # lines they trust.
+            signing, _ = cas_of(env, business_line or None, cfg)
+            authority = self.authority
+            ca = self._ca(authority, signing)
+            bundle = self._bundle(authority, signing)
+            key = public_key_of(csr_pem) if csr_pem is not None else None
+        except Refused as e:
+            self._refused(e, caller, name=f"gateway-identity:{env}")
+        return caller, ca, bundle, key

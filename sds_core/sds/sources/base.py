@@ -23,10 +23,20 @@ class Tenant:
 
 
 @dataclass(frozen=True)
+class GatewayIdentity:
+    """Gateway mode: the gateway's own workload identity (its service account's SPIFFE ID) for
+    connecting to tenants' pods of one environment and business line, or (as a validation
+    context) the CA those pods' certificates chain to."""
+    env: str
+    business_line: str = ""
+
+
+@dataclass(frozen=True)
 class SecretSpec:
     name: str
     kind: str  # material.TLS_CERTIFICATE | material.VALIDATION_CONTEXT
     tenant: Tenant | None = None
+    identity: GatewayIdentity | None = None
     serve_as: str = ""  # the SDS name, when Envoy asks by another name (Istio: default, ROOTCA)
 
     @property

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from sds_core import issuer_api as api
+from sds_core import names
 from sds_core.sds import material
 from ..settings import AgentSettings
 from .base import SecretSpec, Source, SourceError
@@ -142,14 +143,15 @@ class IssuerSource(Source):
 
     async def fetch(self, spec: SecretSpec) -> material.SecretMaterial:
         if spec.kind == material.VALIDATION_CONTEXT:
-            out = await asyncio.to_thread(self._post, api.TRUST_BUNDLES, api.TrustBundleRequest(spec.name), spec.name)
-            answer = self._answer(api.TrustBundleResponse, out, spec.name)
-            return material.validation_context(answer.trust_bundle.encode(), answer.crl.encode())
+            return await self._trust_bundle(spec)
         key = new_key(self.settings.key_type)
         csr = csr_pem(key, spec.name)
         path: str
-        req: api.GatewayCertificateRequest | api.CertificateRequest
-        if spec.tenant is not None:
+        req: api.GatewayCertificateRequest | api.CertificateRequest | api.GatewayIdentityRequest
+        if spec.identity is not None:
+            path, req = api.GATEWAY_IDENTITIES, api.GatewayIdentityRequest(
+                spec.identity.env, csr, spec.identity.business_line)
+        elif spec.tenant is not None:
             # The issuer resolves the tenant's hostnames itself, from the cluster: the request
             # names the tenant, never the hostnames.
             path, req = api.GATEWAY_CERTIFICATES, api.GatewayCertificateRequest(
@@ -159,6 +161,19 @@ class IssuerSource(Source):
         out = await asyncio.to_thread(self._post, path, req, spec.name)
         chain = self._answer(api.CertificateResponse, out, spec.name).certificate_chain
         return material.tls_certificate(chain.encode(), private_pem(key))
+
+    async def _trust_bundle(self, spec: SecretSpec) -> material.SecretMaterial:
+        path: str
+        req: api.GatewayTrustRequest | api.TrustBundleRequest
+        if spec.identity is not None:
+            path, req = api.GATEWAY_TRUST_BUNDLES, api.GatewayTrustRequest(spec.identity.env,
+                                                                          spec.identity.business_line)
+        else:  # an inbound port's name also asks which gateways may call that port
+            path, req = api.TRUST_BUNDLES, api.TrustBundleRequest(*names.split_inbound(spec.name))
+        out = await asyncio.to_thread(self._post, path, req, spec.name)
+        answer = self._answer(api.TrustBundleResponse, out, spec.name)
+        peers = tuple(p for p in answer.gateway_peers.split(",") if p)
+        return material.validation_context(answer.trust_bundle.encode(), answer.crl.encode(), extra_peers=peers)
 
     @staticmethod
     def _answer(model, out: dict, name: str):
