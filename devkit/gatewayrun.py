@@ -17,6 +17,7 @@ from pathlib import Path
 from cryptography import x509
 
 from gateway.envoy import bootstrap
+from sds_core.policy.claim_crd import from_configmaps
 
 from .harness import ENVOY, EnvoyAdmin, Proc, free_port, wait_for
 
@@ -160,6 +161,12 @@ def claim(hostnames: list[str], backend_port: int, env: str = "dev", service: st
 
 
 CLAIM_LABELS = {"sds-injector.io/gateway-claim": "true"}
+
+
+def add_claim(kube, namespace: str, name: str, data: dict, created: str | None = None) -> dict:
+    """A claim in the API double: the HostnameClaim the claim's data (`claim()`) converts to."""
+    cm = claim_configmap(namespace, data, name)
+    return kube.add_hostname_claim(namespace, name, from_configmaps([cm])[0]["spec"], created=created)
 
 
 def claim_configmap(namespace: str, data: dict, name: str = "site", created: str = "2026-01-01T00:00:00Z") -> dict:

@@ -18,6 +18,7 @@ Projected tokens (`mint`) carry iss, sub, aud (list), exp, iat, nbf, jti and `ku
 from __future__ import annotations
 
 import base64
+import bisect
 import copy
 import hashlib
 import json
@@ -30,6 +31,11 @@ from urllib.parse import parse_qs, urlparse
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from sds_core.policy import claim_crd
+
+from . import kube_crd
+from .kube_crd import Invalid
 
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 API_TOKEN = "issuer-api-token"  # the issuer's own credentials against this double
@@ -85,9 +91,6 @@ def admit_pod(pod: dict, webhook) -> tuple[dict, int]:
     return mutated, calls
 
 
-class Invalid(ValueError):
-    """What kube-apiserver answers 422 Invalid for."""
-
 
 def _as_seen(event: tuple, selected) -> dict | None:
     """An event as a watch with a label selector sees it: an object that starts matching is
@@ -105,6 +108,9 @@ def _as_seen(event: tuple, selected) -> dict | None:
     return {"type": etype, "object": obj} if now else None
 
 
+CLAIMS_API = ["apis", claim_crd.GROUP, claim_crd.VERSION]
+
+
 class KubeAPI:
     def __init__(self):
         self.key = rsa.generate_private_key(65537, 2048)
@@ -115,7 +121,7 @@ class KubeAPI:
         self.rv = 0
         self.objects: dict[str, dict[tuple[str, str], dict]] = {"pods": {}, "services": {}, "namespaces": {},
                                                                   "secrets": {}, "serviceaccounts": {},
-                                                                  "configmaps": {}}
+                                                                  "configmaps": {}, "hostnameclaims": {}}
         # (rv, resource, type, object, the object before the event or None)
         self.events: list[tuple[int, str, str, dict, dict | None]] = []
         self.compacted_rv = 0  # a watch from an older resourceVersion gets 410 Expired, as after etcd compaction
@@ -221,6 +227,26 @@ class KubeAPI:
             new["metadata"]["labels"] = dict(labels)
         return self._store("configmaps", new, "MODIFIED")
 
+    # --- HostnameClaims (a custom resource: devkit/kube_crd.py holds the API server's rules) ---
+    def add_hostname_claim(self, namespace: str, name: str, spec: dict, created: str | None = None) -> dict:
+        if ("", namespace) not in self.objects["namespaces"]:
+            self.add_namespace(namespace)
+        meta = {"name": name, "namespace": namespace, "uid": str(uuid.uuid4())}
+        if created:
+            meta["creationTimestamp"] = created
+        obj = kube_crd.admit({"apiVersion": claim_crd.API_VERSION, "kind": claim_crd.KIND, "metadata": meta,
+                              "spec": spec})
+        return self._store("hostnameclaims", obj, "ADDED")
+
+    def update_hostname_claim(self, namespace: str, name: str, obj: dict) -> dict:
+        """An update of the main resource (kube_crd.Invalid when the API server would refuse it)."""
+        cur = self.objects["hostnameclaims"][(namespace, name)]
+        return self._store("hostnameclaims", kube_crd.admit(obj, cur), "MODIFIED")
+
+    def set_claim_status(self, namespace: str, name: str, status: dict) -> dict:
+        cur = self.objects["hostnameclaims"][(namespace, name)]
+        return self._store("hostnameclaims", kube_crd.with_status(cur, status), "MODIFIED")
+
     def compact(self) -> None:
         """etcd compaction: watches from any resourceVersion up to now get 410 Expired."""
         with self.cond:
@@ -306,6 +332,9 @@ class KubeAPI:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body are two writes: with Nagle on, the body waits for the client's
+            # delayed ACK (40 ms a request).
+            disable_nagle_algorithm = True
 
             def log_message(self, *a):
                 pass
@@ -354,6 +383,8 @@ class KubeAPI:
                     return self._send(200, api.jwks())
                 if not self._authorized():
                     return None
+                if parts[:3] == CLAIMS_API:
+                    return self._claims_get(parts[3:], q)
                 if parts[:2] == ["api", "v1"] and len(parts) == 3 and parts[2] in ("pods", "services", "namespaces",
                                                                                    "configmaps"):
                     return self._list_or_watch(parts[2], q)
@@ -367,9 +398,50 @@ class KubeAPI:
                     return self._send(200, obj)
                 return self._status(404, "NotFound", "the server could not find the requested resource")
 
+            def _claims_get(self, rest: list[str], q: dict) -> None:
+                if rest == [claim_crd.PLURAL]:
+                    return self._list_or_watch(claim_crd.PLURAL, q)
+                if len(rest) == 3 and rest[0] == "namespaces" and rest[2] == claim_crd.PLURAL:
+                    return self._list_or_watch(claim_crd.PLURAL, q, namespace=rest[1])
+                if len(rest) in (4, 5) and rest[0] == "namespaces" and rest[2] == claim_crd.PLURAL:
+                    obj = api.objects[claim_crd.PLURAL].get((rest[1], rest[3]))
+                    if obj is None:
+                        return self._status(404, "NotFound", f'{claim_crd.PLURAL} "{rest[3]}" not found')
+                    return self._send(200, obj)
+                return self._status(404, "NotFound", "the server could not find the requested resource")
+
+            def _claims_write(self, method: str, rest: list[str], body: dict) -> None:
+                """POST (create), PUT (update), PATCH/PUT .../status (merge), DELETE."""
+                if len(rest) < 3 or rest[0] != "namespaces" or rest[2] != claim_crd.PLURAL:
+                    return self._status(404, "NotFound", "the server could not find the requested resource")
+                ns = rest[1]
+                try:
+                    with api.cond:
+                        if method == "POST" and len(rest) == 3:
+                            name = (body.get("metadata") or {}).get("name", "")
+                            if (ns, name) in api.objects[claim_crd.PLURAL]:
+                                return self._status(409, "AlreadyExists", f'{claim_crd.PLURAL} "{name}" already exists')
+                            return self._send(201, api.add_hostname_claim(ns, name, body.get("spec") or {}))
+                        cur = api.objects[claim_crd.PLURAL].get((ns, rest[3])) if len(rest) > 3 else None
+                        if cur is None:
+                            return self._status(404, "NotFound", f'{claim_crd.PLURAL} not found')
+                        if method == "DELETE" and len(rest) == 4:
+                            api.delete(claim_crd.PLURAL, ns, rest[3])
+                            return self._send(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
+                        if len(rest) == 5 and rest[4] == "status" and method in ("PATCH", "PUT"):
+                            status = body.get("status") or {}
+                            if method == "PATCH":  # a merge patch of the status
+                                status = {**(cur.get("status") or {}), **status}
+                            return self._send(200, api.set_claim_status(ns, rest[3], status))
+                        if len(rest) == 4 and method == "PUT":
+                            return self._send(200, api.update_hostname_claim(ns, rest[3], body))
+                except Invalid as e:
+                    return self._status(422, "Invalid", str(e))
+                return self._status(405, "MethodNotAllowed", f"{method} is not supported here")
+
             def _list_or_watch(self, resource: str, q: dict, namespace: str | None = None) -> None:
                 kind = {"pods": "PodList", "services": "ServiceList", "namespaces": "NamespaceList",
-                        "configmaps": "ConfigMapList"}[resource]
+                        "configmaps": "ConfigMapList", claim_crd.PLURAL: f"{claim_crd.KIND}List"}[resource]
                 # labelSelector: equality terms only (k=v,k2=v2), as the callers here use it.
                 terms = [t.partition("=")[0::2] for t in (q.get("labelSelector") or "").split(",") if t]
 
@@ -411,9 +483,11 @@ class KubeAPI:
                     next_bookmark = time.monotonic() + api.bookmark_seconds
                     while time.monotonic() < deadline and api.server is not None:
                         with api.cond:
-                            new = [(e[0], ev) for e in api.events if e[0] > since and e[1] == resource
+                            # Events are in resourceVersion order: look only past `since`.
+                            fresh = api.events[bisect.bisect_right(api.events, since, key=lambda e: e[0]):]
+                            new = [(e[0], ev) for e in fresh if e[1] == resource
                                    and (ev := _as_seen(e, selected)) is not None]
-                            since = max([since] + [e[0] for e in api.events if e[1] == resource])
+                            since = max([since] + [e[0] for e in fresh if e[1] == resource])
                             if not new:
                                 api.cond.wait(min(0.5, max(0.0, deadline - time.monotonic())))
                         for _, event in new:
@@ -439,6 +513,8 @@ class KubeAPI:
                 if not self._authorized():
                     return None
                 body = self._body()
+                if parts[:3] == CLAIMS_API:
+                    return self._claims_write("POST", parts[3:], body)
                 if parts == ["apis", "authentication.k8s.io", "v1", "tokenreviews"]:
                     return self._send(201, api.review(body))
                 if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 5 and parts[4] in ("secrets", "configmaps"):
@@ -457,6 +533,8 @@ class KubeAPI:
                 api.requests.append(("DELETE", self.path))
                 if not self._authorized():
                     return None
+                if parts[:3] == CLAIMS_API:
+                    return self._claims_write("DELETE", parts[3:], {})
                 if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 6 and parts[4] == "configmaps":
                     with api.cond:
                         if (parts[3], parts[5]) not in api.objects["configmaps"]:
@@ -471,6 +549,8 @@ class KubeAPI:
                 if not self._authorized():
                     return None
                 body = self._body()
+                if parts[:3] == CLAIMS_API:
+                    return self._claims_write("PUT", parts[3:], body)
                 if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 6 and parts[4] == "secrets":
                     with api.cond:
                         cur = api.objects["secrets"].get((parts[3], parts[5]))
@@ -496,6 +576,15 @@ class KubeAPI:
                         except Invalid as e:
                             return self._status(422, "Invalid", str(e))
                     return self._send(200, obj)
+                return self._status(404, "NotFound", "the server could not find the requested resource")
+
+            def do_PATCH(self):
+                parts = [p for p in urlparse(self.path).path.split("/") if p]
+                api.requests.append(("PATCH", self.path))
+                if not self._authorized():
+                    return None
+                if parts[:3] == CLAIMS_API:
+                    return self._claims_write("PATCH", parts[3:], self._body())
                 return self._status(404, "NotFound", "the server could not find the requested resource")
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -32,8 +32,9 @@ CONFIG_CHECK_SECONDS = 1.0
 
 class Controller:
     def __init__(self, settings: GatewaySettings, config, feed, renewer: Renewer, cache: SecretCache,
-                 stores: dict[str, ResourceStore], source: Source):
+                 stores: dict[str, ResourceStore], source: Source, status_writer=None):
         self.s, self.config, self.feed = settings, config, feed
+        self.status_writer = status_writer  # HostnameClaim status (cluster claims only)
         self.renewer, self.cache, self.stores, self.source = renewer, cache, stores, source
         self.tenants: dict[str, Claim] = {}  # secret name -> tenant
         self.refusals: tuple[Refusal, ...] = ()
@@ -45,6 +46,8 @@ class Controller:
         self._shard_clusters: dict[int, object] = {}
         self._shards: dict[int, tuple[frozenset, object]] = {}  # shard -> (its tenants, its listener)
         self._dispatcher: tuple | None = None
+        self._waiting: set[str] = set()  # certificates not cached yet
+        self._memo: dict = {}  # claims already checked, for resolve()
         self._business_line_cas = False
         self._make_chain = self._chains_builder()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -76,6 +79,8 @@ class Controller:
 
     def stop(self) -> None:
         self.feed.stop()
+        if self.status_writer is not None:
+            self.status_writer.stop()
         for timer in (self._timer, self._deadline, self._config_timer):
             if timer:
                 timer.cancel()
@@ -94,12 +99,18 @@ class Controller:
 
     def _stored(self, name: str) -> None:
         if name in self.tenants or name in self._upstream_names():
-            self._schedule(False)
+            self._waiting.discard(name)
+            # The last certificate a change waited for goes out at once; within a burst (thousands
+            # being issued) the debounce still gathers them.
+            self._schedule(False, now=not self._waiting)
 
-    def _schedule(self, resolve_claims: bool) -> None:
+    def _schedule(self, resolve_claims: bool, now: bool = False) -> None:
         self._resolve_needed |= resolve_claims
+        if now and self._timer is not None and not self._resolve_needed:
+            self._timer.cancel()
+            self._timer = None
         if self._timer is None:
-            self._timer = self.loop.call_later(self.s.debounce_seconds, self._update)
+            self._timer = self.loop.call_later(0 if now else self.s.debounce_seconds, self._update)
 
     def _update(self) -> None:
         self._timer = None
@@ -110,7 +121,11 @@ class Controller:
                 if config.business_line_cas != self._business_line_cas:  # other clusters: rebuild chains
                     self._business_line_cas = config.business_line_cas
                     self._make_chain, self._chains = self._chains_builder(), {}
-                self.apply(resolve(self.feed.objects(), config, self.feed.labels_of))
+                objects = self.feed.objects()
+                resolved = resolve(objects, config, self.feed.labels_of, self._memo)
+                self.apply(resolved)
+                if self.status_writer is not None:
+                    self.status_writer.sync(objects, resolved)
             self.publish()
         except Exception:  # a bug here must not stop later updates; Envoy keeps what it has
             log.exception("gateway update failed; retrying")
@@ -130,6 +145,7 @@ class Controller:
                 self.renewer.add(spec, self.source)
         self.tenants = wanted
         self._keep_upstreams(wanted.values())
+        self._waiting = {n for n in [*wanted, *self._upstream_names()] if self.cache.get(n) is None}
         self.resolved = True
         if set(resolved.refusals) != set(self.refusals):
             for r in set(resolved.refusals) - set(self.refusals):

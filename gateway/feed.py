@@ -1,5 +1,5 @@
-"""Where claims come from: the cluster (a watch of labelled ConfigMaps and of Namespaces, for the
-policy's label rules) or, for local runs, a file of the same objects."""
+"""Where claims come from: the cluster (a watch of HostnameClaims and of Namespaces, for the
+policy's label rules) or, for local runs, a file of the same objects (or labelled ConfigMaps)."""
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from sds_core.kube.claims_informer import claims_informer, slim_claim
+from sds_core.kube.claims_informer import hostname_claims_informer, slim_claim, slim_hostname_claim
+from sds_core.policy import claim_crd
 from sds_core.policy.claims import CLAIM_LABEL
 
 log = logging.getLogger("gateway.feed")
@@ -18,11 +19,10 @@ log = logging.getLogger("gateway.feed")
 
 class ClusterFeed:
     def __init__(self, api_client, watch_seconds: int = 300):
-        from kubernetes import client  # lazy: not for the claims file
-
         from sds_core.kube.namespaces import NamespaceLabels  # lazy: not for the claims file
 
-        self.claims = claims_informer(client.CoreV1Api(api_client), watch_seconds)
+        self.api_client = api_client
+        self.claims = hostname_claims_informer(api_client, watch_seconds)
         self.labels_of = NamespaceLabels(api_client, watch_seconds)
 
     def objects(self) -> list[dict]:
@@ -58,8 +58,8 @@ class FileFeed:
     or documents separated by `---`. Checked once a second; a file that does not parse is
     logged and the previous content kept."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, poll_seconds: float = 1.0):
+        self.path, self.poll_seconds = path, poll_seconds
         self._objects: list[dict] = []
         self._labels: dict[str, dict] = {}
         self._stamp: tuple[int, int] | None = None
@@ -83,9 +83,10 @@ class FileFeed:
             log.warning("claims file unreadable; previous claims kept: %s", type(e).__name__)
             return False
         items = [i for d in docs for i in (d.get("items") or [] if d.get("kind") == "List" else [d])]
-        # One rule for both feeds: only ConfigMaps with the claim label are claims.
-        self._objects = [slim_claim(i) for i in items if i.get("kind") == "ConfigMap"
-                         and ((i.get("metadata") or {}).get("labels") or {}).get(CLAIM_LABEL) == "true"]
+        # HostnameClaims, and for local files also the previous form: ConfigMaps with the claim label.
+        self._objects = [slim_hostname_claim(i) for i in items if i.get("kind") == claim_crd.KIND] + [
+            slim_claim(i) for i in items if i.get("kind") == "ConfigMap"
+            and ((i.get("metadata") or {}).get("labels") or {}).get(CLAIM_LABEL) == "true"]
         self._labels = {name: (i.get("metadata") or {}).get("labels") or {} for i in items
                         if i.get("kind") == "Namespace" and isinstance(name := (i.get("metadata") or {}).get("name"), str)}
         self._stamp, self.synced = stamp, True
@@ -96,7 +97,7 @@ class FileFeed:
             while True:
                 if self.load():
                     on_change()
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(self.poll_seconds)
 
         self._task = asyncio.get_running_loop().create_task(poll())
 

@@ -13,7 +13,7 @@ from .settings import GatewaySettings
 
 def make_feed(s: GatewaySettings):
     if s.claims_file is not None:
-        return FileFeed(s.claims_file)
+        return FileFeed(s.claims_file, s.claims_file_poll_seconds)
     from sds_core.kube.client import api_client  # lazy: not for the claims file
 
     return ClusterFeed(api_client(s.kubeconfig), s.watch_seconds)
@@ -27,8 +27,14 @@ class GatewayAgent(Agent):
         super().__init__(settings, sources={}, stores=stores, status=lambda: self.controller.status(),
                          knows=lambda name: self.controller.knows(name))
         config = ConfigStore(settings.injector_config_file)
-        self.controller = Controller(settings, config.get, feed or make_feed(settings), self.renewer, self.cache,
-                                     stores, make_source(settings.source, settings))
+        feed = feed or make_feed(settings)
+        writer = None
+        if isinstance(feed, ClusterFeed):  # claims in the cluster: their owners read the verdict there
+            from .status import StatusWriter  # lazy: not for a claims file
+
+            writer = StatusWriter(feed.api_client)
+        self.controller = Controller(settings, config.get, feed, self.renewer, self.cache, stores,
+                                     make_source(settings.source, settings), status_writer=writer)
 
     async def start(self) -> None:
         await super().start()

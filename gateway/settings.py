@@ -31,6 +31,7 @@ class GatewaySettings(AgentSettings):
     kubeconfig: Path | None = setting(None, help="default: in-cluster credentials")
     claims_file: Path | None = setting(None, help="claims from a YAML/JSON file of ConfigMaps instead of "
                                      "the cluster (local runs); re-read when it changes")
+    claims_file_poll_seconds: float = setting(1.0, gt=0, help="how often the claims file is checked")
     watch_seconds: int = setting(300, ge=1)
     debounce_seconds: float = setting(0.2, ge=0, help="changes within this window make one update")
     settle_seconds: float = setting(60, ge=0, help="at start, the first listener waits this long at most "

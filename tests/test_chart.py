@@ -241,10 +241,12 @@ def test_gateway_renders_strictly_and_passes_pod_security_restricted(extra):
     # Envoy's downstream limit, not Envoy's default of 1,024 for every tenant together.
     agent_env = {e["name"]: e.get("value") for c in gw["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}
     assert agent_env["SDS_GATEWAY_MAX_CONNECTIONS"] == "50000"
-    # Least privilege: claims and namespace labels, read-only; no Secret anywhere.
+    # Least privilege: claims (and their status) and namespace labels; no ConfigMap, no Secret.
     role = objs[("ClusterRole", "rel-sds-injector-gateway")]
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch"]},
-                             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}]
+    assert role["rules"] == [
+        {"apiGroups": ["sds-injector.io"], "resources": ["hostnameclaims"], "verbs": ["list", "watch"]},
+        {"apiGroups": ["sds-injector.io"], "resources": ["hostnameclaims/status"], "verbs": ["patch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}]
     spec = gw["spec"]["template"]["spec"]
     issuer_ca = [v for v in spec["volumes"] if v["name"] == "issuer-ca"]
     webhook_env = {e["name"]: e.get("value") for e in deps["rel-sds-injector"]["spec"]["template"]["spec"]
@@ -253,7 +255,7 @@ def test_gateway_renders_strictly_and_passes_pod_security_restricted(extra):
         # Only ca.crt of the webhook's TLS Secret: its key never reaches the gateway pod.
         assert issuer_ca[0]["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
         assert json.loads(webhook_env["ISSUER_GATEWAY_IDENTITIES"]) == ["sds-system/rel-sds-injector-gateway"]
-        assert {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch"]} in \
+        assert {"apiGroups": ["sds-injector.io"], "resources": ["hostnameclaims"], "verbs": ["list", "watch"]} in \
             objs[("ClusterRole", "rel-sds-injector")]["rules"]
     else:
         assert not issuer_ca and "ISSUER_GATEWAY_IDENTITIES" not in webhook_env
@@ -339,14 +341,25 @@ def test_every_shipped_example_passes_pod_security_restricted_once_injected(exam
 def test_rbac_in_gateway_mode_is_as_narrow_as_rbac_allows():
     """What each service account may do, rule by rule: the only write verbs are creating
     TokenReviews, the CA Secret and the issuer-CA ConfigMaps (create cannot be limited by name;
-    get, update and delete are, to that one Secret and that one ConfigMap name); other ConfigMap
-    rights are list/watch only (claims; RBAC cannot filter by label: documented). Nothing may read
-    or write Secrets cluster-wide."""
+    get, update and delete are, to that one Secret and that one ConfigMap name), the gateway's
+    patch of HostnameClaim status, and the tenants' create/delete of HostnameClaims (aggregated
+    into edit/admin). Claims are read as HostnameClaims: no account lists or watches ConfigMaps
+    cluster-wide (only the revocation records of the release namespace). Nothing may read or
+    write Secrets cluster-wide."""
     docs = render("--set", "gateway.enabled=true")
     roles = {(d["kind"], d["metadata"]["name"]): d["rules"] for d in docs if d["kind"] in ("ClusterRole", "Role")}
+    claims_edit = {"apiGroups": ["sds-injector.io"], "resources": ["hostnameclaims"],
+                   "verbs": ["get", "list", "watch", "create", "delete"]}
+    status = {"apiGroups": ["sds-injector.io"], "resources": ["hostnameclaims/status"], "verbs": ["patch"]}
+    assert status in roles[("ClusterRole", "rel-sds-injector-gateway")]
+    assert roles[("ClusterRole", "rel-sds-injector-gateway-claims-edit")] == [claims_edit]
     for (kind, name), rules in roles.items():
         for r in rules:
             writes = set(r.get("verbs", [])) - {"get", "list", "watch"}
+            if kind == "ClusterRole" and "configmaps" in r.get("resources", []):
+                assert not {"list", "watch"} & set(r["verbs"]), (name, r)
+            if r in (claims_edit, status):
+                continue
             if "secrets" in r.get("resources", []):
                 assert kind == "Role", f"{name}: Secrets only in the release namespace"
                 assert writes <= {"create", "update"} and ("update" not in writes or r.get("resourceNames")), r

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from devkit import harness
-from devkit.gatewayrun import CLAIM_LABELS, GatewayRun, claim
+from devkit.gatewayrun import GatewayRun, add_claim, claim
 from devkit.issuer_run import IssuerRun
 from devkit.kube_api import KubeAPI
 from devkit.podrun import App
@@ -168,14 +168,13 @@ def edge(tmp_path, procs):
     kube.stop()
 
 
-def add_claim(kube: KubeAPI, name: str, hostnames: list[str], port: int, backend_tls: str = "mutual") -> None:
-    kube.add_configmap("shop", name, claim(hostnames, port, service="web", backend_tls=backend_tls),
-                       labels=CLAIM_LABELS)
+def shop_claim(kube: KubeAPI, name: str, hostnames: list[str], port: int, backend_tls: str = "mutual") -> None:
+    add_claim(kube, "shop", name, claim(hostnames, port, service="web", backend_tls=backend_tls))
 
 
 def test_the_gateway_reaches_the_pod_over_mtls_as_itself_and_nothing_crosses_in_plaintext(edge):
     kube, gw, tap = edge["kube"], edge["gw"], edge["tap"]
-    add_claim(kube, "site", ["shop.example.com"], tap.port)
+    shop_claim(kube, "site", ["shop.example.com"], tap.port)
     gw.wait_served("shop.example.com")
 
     def through_gateway() -> bytes:
@@ -192,7 +191,7 @@ def test_the_gateway_reaches_the_pod_over_mtls_as_itself_and_nothing_crosses_in_
     assert MARKER not in tap.seen and b"GET /" not in bytes(tap.seen)
 
     # Plain TCP only where a claim asks for it: then the same tap reads the request (the tap can tell).
-    add_claim(kube, "plain", ["plain.example.com"], tap.port, backend_tls="none")
+    shop_claim(kube, "plain", ["plain.example.com"], tap.port, backend_tls="none")
     gw.wait_served("plain.example.com")
     tap.seen.clear()
     client_request(gw.port, sni="plain.example.com", payload=MARKER)
@@ -210,7 +209,7 @@ def test_the_sidecar_accepts_the_gateway_only_on_the_claimed_port_and_nobody_els
     as_gateway = client_pair(tmp, "gateway", out["certificate_chain"], key)
     assert client_request(tls, as_gateway) == b"", "no claim yet: the pod does not accept the gateway"
 
-    add_claim(kube, "site", ["shop.example.com"], tap.port)
+    shop_claim(kube, "site", ["shop.example.com"], tap.port)
     gw.wait_served("shop.example.com")
     harness.wait_for(lambda: b"200 OK" in client_request(tls, as_gateway), 15,
                      what="the claimed port accepting the gateway")
@@ -225,7 +224,7 @@ def test_the_sidecar_accepts_the_gateway_only_on_the_claimed_port_and_nobody_els
 
     # Another tenant's edge certificate (the gateway's certificate for another claim) is not the
     # gateway: the edge CA is not a workload CA.
-    kube.add_configmap("bank", "site", claim(["bank.example.com"], tap.port, env="dev"), labels=CLAIM_LABELS)
+    add_claim(kube, "bank", "site", claim(["bank.example.com"], tap.port, env="dev"))
     gw.wait_served("bank.example.com")
     key2 = new_key("ec")
     status, out = issuer.post("/v1/gateway-certificates", {"tenant": "bank/site", "csr": csr_pem(key2, "t")},
@@ -248,5 +247,5 @@ def test_the_sidecar_accepts_the_gateway_only_on_the_claimed_port_and_nobody_els
     assert (status, out["reason"]) == (403, "not_a_gateway")
 
     # The claim leaves: the gateway is no longer accepted (the next bundle refresh).
-    kube.delete("configmaps", "shop", "site")
+    kube.delete("hostnameclaims", "shop", "site")
     harness.wait_for(lambda: client_request(tls, as_gateway) == b"", 15, what="the gateway refused again")

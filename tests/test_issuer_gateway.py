@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from devkit.gatewayrun import CLAIM_LABELS, claim
+from devkit.gatewayrun import CLAIM_LABELS, add_claim, claim
 from devkit.issuer_run import IssuerRun
 from devkit.kube_api import KubeAPI
 from sds_core.sds.sources.issuer import csr_pem, new_key
@@ -22,12 +22,12 @@ CONFIG = Path(__file__).parent.parent / "examples" / "config.yaml"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     kube = KubeAPI().start()
-    kube.add_configmap("shop-prod", "site", claim(["shop.example.com"], 8080, env="prod", **{"business-line": "retail"}),
-                       labels=CLAIM_LABELS, created="2026-01-01T00:00:00Z")
+    add_claim(kube, "shop-prod", "site", claim(["shop.example.com"], 8080, env="prod", **{"business-line": "retail"}),
+                       created="2026-01-01T00:00:00Z")
     # Allowed nothing in prod: refused by the policy, so it owns nothing.
-    kube.add_configmap("shop", "site", claim(["prodlike.example.com"], 8080, env="prod"), labels=CLAIM_LABELS)
+    add_claim(kube, "shop", "site", claim(["prodlike.example.com"], 8080, env="prod"))
     # Later claim of a taken hostname.
-    kube.add_configmap("bank-prod", "site", claim(["shop.example.com"], 8080, env="prod"), labels=CLAIM_LABELS,
+    add_claim(kube, "bank-prod", "site", claim(["shop.example.com"], 8080, env="prod"),
                        created="2026-02-01T00:00:00Z")
     issuer = IssuerRun(tmp_path_factory.mktemp("gw"), kube, CONFIG, verifier="jwks",
                        gateway_identities=json.dumps(["sds-gateway/gateway"])).start()
@@ -116,10 +116,10 @@ def test_a_namespace_cannot_take_a_hostname_its_policy_does_not_grant(tmp_path):
         {"namespaces": ["shop-prod"], "environments": ["prod"], "gatewayHostnames": ["*.shop.example.com"]}]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     kube = KubeAPI().start()
-    kube.add_configmap("shop-prod", "site", claim(["login.bank.example.com"], 8080, env="prod"),
-                       labels=CLAIM_LABELS, created="2026-01-01T00:00:00Z")
-    kube.add_configmap("bank-prod", "site", claim(["login.bank.example.com"], 8080, env="prod"),
-                       labels=CLAIM_LABELS, created="2026-02-01T00:00:00Z")
+    add_claim(kube, "shop-prod", "site", claim(["login.bank.example.com"], 8080, env="prod"),
+                       created="2026-01-01T00:00:00Z")
+    add_claim(kube, "bank-prod", "site", claim(["login.bank.example.com"], 8080, env="prod"),
+                       created="2026-02-01T00:00:00Z")
     issuer = IssuerRun(tmp_path, kube, tmp_path / "config.yaml", verifier="jwks",
                        gateway_identities=json.dumps(["sds-gateway/gateway"])).start()
     try:
@@ -137,25 +137,26 @@ def test_a_namespace_cannot_take_a_hostname_its_policy_does_not_grant(tmp_path):
 
 
 def test_an_old_configmap_backdated_into_a_claim_takes_nothing(tmp_path):
-    """The two sequences that took a hostname on a real kube-apiserver (the API double now
-    behaves the same: immutable settable later together with data, labels mutable, creation
-    time kept). As a user with edit in `bank`: an old unlabelled ConfigMap patched to immutable
-    with new data and labelled, and an old immutable one merely labelled, each older than the
-    shop's claim. Ownership rests on the operator's grants (only shop-prod is granted the shop's
-    domain; bank gets nothing by default), not on a timestamp the owner of an old object
-    controls: the shop keeps its hostnames, bank is refused by name."""
+    """The two sequences that took a hostname on a real kube-apiserver (the API double behaves
+    the same: immutable settable later together with data, labels mutable, creation time kept).
+    As a user with edit in `bank`: an old unlabelled ConfigMap patched to immutable with new data
+    and labelled, and an old immutable one merely labelled, each older than the shop's claim.
+    Claims are HostnameClaims now: no old object can become one (a new kind, its spec immutable
+    from creation), so even with bank granted the same domain as the shop (the case the grants
+    alone could not protect) the ConfigMaps take nothing, and bank's real claim, created now,
+    queues behind the shop's: the shop keeps its hostnames."""
     import yaml
 
     cfg = yaml.safe_load(CONFIG.read_text())
     cfg["namespacePolicy"]["rules"][:0] = [
         {"namespaces": ["shop-prod"], "environments": ["prod"], "gatewayHostnames": ["*.example.com"]},
-        {"namespaces": ["bank"], "environments": ["dev"]}]  # the default grant: no hostname
+        {"namespaces": ["bank"], "environments": ["dev"], "gatewayHostnames": ["*.example.com"]}]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     kube = KubeAPI().start()
     kube.add_configmap("bank", "early", {"note": "unrelated"}, immutable=None, created="2025-01-01T00:00:00Z")
     kube.add_configmap("bank", "dormant", claim(["www.shop.example.com"], 8080), created="2025-01-01T00:00:00Z")
-    kube.add_configmap("shop-prod", "site", claim(["shop.example.com", "www.shop.example.com"], 8080, env="prod"),
-                       labels=CLAIM_LABELS, created="2026-01-01T00:00:00Z")
+    add_claim(kube, "shop-prod", "site", claim(["shop.example.com", "www.shop.example.com"], 8080, env="prod"),
+                       created="2026-01-01T00:00:00Z")
     issuer = IssuerRun(tmp_path, kube, tmp_path / "config.yaml", verifier="jwks",
                        gateway_identities=json.dumps(["sds-gateway/gateway"])).start()
     try:
@@ -164,10 +165,15 @@ def test_an_old_configmap_backdated_into_a_claim_takes_nothing(tmp_path):
         kube.update_configmap("bank", "early", data=claim(["shop.example.com"], 8080), immutable=True)
         kube.update_configmap("bank", "early", labels=CLAIM_LABELS)
         kube.update_configmap("bank", "dormant", labels=CLAIM_LABELS)
+        add_claim(kube, "bank", "now", claim(["shop.example.com", "bank.example.com"], 8080))
         from devkit.harness import wait_for
 
-        wait_for(lambda: ask(issuer, token, "bank/early")[1].get("reason") == "no_such_tenant"
-                 and ask(issuer, token, "bank/dormant")[1].get("reason") == "no_such_tenant", what="bank refused")
+        wait_for(lambda: ask(issuer, token, "bank/now")[0] == 200, what="bank's own claim resolved")
+        assert ask(issuer, token, "bank/early")[1].get("reason") == "no_such_tenant"
+        assert ask(issuer, token, "bank/dormant")[1].get("reason") == "no_such_tenant"
+        leaf = x509.load_pem_x509_certificates(ask(issuer, token, "bank/now")[1]["certificate_chain"].encode())[0]
+        assert leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.DNSName) == ["bank.example.com"], "queued behind the shop: only its free hostname"
         status, out = ask(issuer, token, "shop-prod/site")
         assert status == 200, out
         leaf = x509.load_pem_x509_certificates(out["certificate_chain"].encode())[0]

@@ -65,6 +65,8 @@ class Refusal:
     name: str
     reason: Reason
     message: str
+    hostname: str = ""  # the hostname refused, when one is
+    owner: str = ""  # hostname_taken: the claim ("namespace/name") that owns it
 
 
 @dataclass(frozen=True)
@@ -177,26 +179,45 @@ def _within_policy(c: Claim, cfg: InjectorConfig, labels: dict | None) -> tuple[
     refusals = [Refusal(c.namespace, c.name, Reason.HOSTNAME_NOT_ALLOWED,
                         f"gateway claim {c.key}: hostname {h!r} is not one namespace {c.namespace!r} may claim "
                         f"(gatewayHostnames: {', '.join(rule.gateway_hostnames) or 'none'}, namespacePolicy.rules[{i}]); "
-                        f"it is not served") for h in c.hostnames if h not in allowed]
+                        f"it is not served", hostname=h) for h in c.hostnames if h not in allowed]
     if not allowed:
         return None, refusals
-    return dataclasses.replace(c, hostnames=allowed), refusals
+    return (c if allowed == c.hostnames else dataclasses.replace(c, hostnames=allowed)), refusals
 
 
-def resolve(objects: list[dict], cfg: InjectorConfig, labels_of: Callable[[str], dict | None]) -> Resolved:
-    """Every claim ConfigMap → the tenants (each with the hostnames it owns) and the refusals.
+def _checked(cm: dict, cfg: InjectorConfig, labels: dict | None) -> tuple[Claim | None, list[Refusal]]:
+    """One claim: parsed, then held to its namespace's policy (`labels`: the namespace's)."""
+    parsed = parse(cm, cfg)
+    if isinstance(parsed, Refusal):
+        return None, [parsed]
+    return _within_policy(parsed, cfg, labels)
+
+
+def resolve(objects: list[dict], cfg: InjectorConfig, labels_of: Callable[[str], dict | None],
+            memo: dict | None = None) -> Resolved:
+    """Every claim object → the tenants (each with the hostnames it owns) and the refusals.
     Claims (and hostnames) the policy refuses own nothing, so they cannot block a tenant that may
-    have the name."""
+    have the name. `memo`: kept by the caller between calls, so that one claim's change costs
+    checking that claim, not all of them (a claim is checked again when its object or its
+    namespace's labels differ, or the configuration is another)."""
     claims, refusals = [], []
+    seen: dict = {}
     for cm in objects:
-        parsed = parse(cm, cfg)
-        if isinstance(parsed, Refusal):
-            refusals.append(parsed)
-            continue
-        claim, refused = _within_policy(parsed, cfg, labels_of(parsed.namespace))
+        meta = cm.get("metadata") or {}
+        key = (meta.get("namespace"), meta.get("name"))
+        labels = labels_of(key[0] or "")
+        hit = memo.get(key) if memo is not None else None
+        if hit is not None and hit[1] is cfg and hit[0] == cm and hit[2] == labels:
+            claim, refused = hit[3], hit[4]
+        else:
+            claim, refused = _checked(cm, cfg, labels)
+        seen[key] = (cm, cfg, labels, claim, refused)
         refusals.extend(refused)
         if claim is not None:
             claims.append(claim)
+    if memo is not None:
+        memo.clear()
+        memo.update(seen)
     owners = _Owners()
     tenants = []
     for c in sorted(claims, key=lambda c: (c.created, c.namespace, c.name)):
@@ -209,9 +230,10 @@ def resolve(objects: list[dict], cfg: InjectorConfig, labels_of: Callable[[str],
             where = "another claim of the same namespace" if owner.namespace == c.namespace else f"namespace {owner.namespace!r}"
             refusals.append(Refusal(c.namespace, c.name, Reason.HOSTNAME_TAKEN,
                                     f"gateway claim {c.key}: hostname {h!r} belongs to {owner.key} ({where}, "
-                                    f"claimed {owner.created or 'earlier'}); it is not served for this claim"))
+                                    f"claimed {owner.created or 'earlier'}); it is not served for this claim",
+                                    hostname=h, owner=owner.key))
         if mine:
-            t = dataclasses.replace(c, hostnames=tuple(mine))
+            t = c if len(mine) == len(c.hostnames) else dataclasses.replace(c, hostnames=tuple(mine))
             for h in mine:
                 owners.add(h, t)
             tenants.append(t)

@@ -14,7 +14,7 @@ from sds_core.kube.health import ApiHealth
 from sds_core.kube.informer import Informer
 from sds_core.kube.namespaces import NamespaceLabels
 from kubernetes import client
-from sds_core.kube.claims_informer import claims_informer
+from sds_core.kube.claims_informer import hostname_claims_informer
 from kubernetes.client.exceptions import ApiException
 from sds_core.policy.claims import Resolved, resolve
 
@@ -61,10 +61,10 @@ class ClusterCache:
         self._all: tuple[Informer, ...] = (self.pods, self.services, self.namespaces)
         self.claims = None
         self._resolved = None  # (config, Resolved), dropped on any claim or namespace change
+        self._claims_memo: dict = {}  # claims already checked, for resolve()
         if gateway:
             # Gateway tenant claims: the issuer resolves them itself, with the gateway's rules.
-
-            self.claims = claims_informer(self.core, watch_seconds)
+            self.claims = hostname_claims_informer(api_client, watch_seconds)
             self.claims.add_listener(self._forget)
             self.namespaces.add_listener(self._forget)
             self._all += (self.claims,)
@@ -190,6 +190,6 @@ class ClusterCache:
             return Resolved((), ())
         memo = self._resolved
         if memo is None or memo[0] is not config:
-            memo = (config, resolve(self.claims.all(), config, self.labels))
+            memo = (config, resolve(self.claims.all(), config, self.labels, self._claims_memo))
             self._resolved = memo
         return memo[1]
