@@ -4,6 +4,7 @@ send ADDED/DELETED as objects start or stop matching, BOOKMARK events, 410 Expir
 event; and the project's informer copes with each."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import urllib.request
@@ -12,7 +13,8 @@ import pytest
 
 from devkit.harness import wait_for
 from devkit.kube_api import API_TOKEN, Invalid, KubeAPI
-from sds_core.kube.claims_informer import claims_informer
+from sds_core.kube.claims_informer import slim_claim
+from sds_core.kube.informer import Informer
 from sds_core.kube.client import api_client
 
 
@@ -74,7 +76,11 @@ def test_the_informer_relists_after_410_and_drops_what_stops_matching(kube, tmp_
     (tmp_path / "kubeconfig.json").write_text(kube.kubeconfig())
     from kubernetes import client
 
-    informer = claims_informer(client.CoreV1Api(api_client(tmp_path / "kubeconfig.json")), watch_seconds=1)
+    core = client.CoreV1Api(api_client(tmp_path / "kubeconfig.json"))
+    # A label-selected watch (as revocation records are watched): what stops matching is DELETED.
+    informer = Informer("configmaps", functools.partial(core.list_config_map_for_all_namespaces,
+                                                        label_selector="sds-injector.io/gateway-claim=true"),
+                        slim_claim, watch_seconds=1)
     label = {"sds-injector.io/gateway-claim": "true"}
     kube.add_configmap("bank", "c1", {"hostnames": "a.example.com"}, labels=label)
     informer.start()

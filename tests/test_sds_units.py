@@ -257,7 +257,7 @@ asyncio.run(main())
 print(" ".join(sorted({m.split(".")[0] for m in sys.modules})))
 """
 EXCLUDED = {"pydantic", "pydantic_settings", "pydantic_core", "fastapi", "starlette", "uvicorn", "hvac",
-            "kubernetes", "yaml", "httpx", "requests", "orjson", "uvloop", "jwt"}
+            "kubernetes", "yaml", "httpx", "requests", "orjson", "uvloop", "jwt", "boto3", "botocore"}
 
 
 def test_the_agent_imports_no_web_or_settings_framework():

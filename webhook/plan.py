@@ -135,7 +135,26 @@ def _vault_parts(sel: Selection, a: AgentConfig) -> Parts:
     return env, mounts, volumes
 
 
-SOURCE_PARTS = {"issuer": _issuer_parts, "local-ca": _local_ca_parts, "files": _files_parts, "vault": _vault_parts}
+def _aws_parts(sel: Selection, a: AgentConfig) -> Parts:
+    w = a.aws
+    values = {"env": sel.env, "business_line": sel.business_line or "", "namespace": sel.namespace,
+              "service_account": sel.service_account}
+    settings = dict(aws_mode=w.mode, aws_regions=w.regions, aws_endpoint_urls=w.endpoint_urls,
+                    aws_secret_id=w.secret_id, aws_poll_seconds=w.poll_seconds,
+                    aws_pca_arn=w.pca_arn.format(**values), aws_pca_validity_days=w.pca_validity_days)
+    env = agent_env(**{k: v for k, v in settings.items() if v not in ("", [])})  # unset: the agent's default
+    if not w.role_arn:
+        return env, [], []
+    # IRSA for the agent alone: its own audience-bound token; the app container gets neither.
+    _, mounts, volumes = _token_volume(w.token_audience)
+    env += [{"name": "AWS_ROLE_ARN", "value": w.role_arn.format(**values)},
+            {"name": "AWS_WEB_IDENTITY_TOKEN_FILE", "value": f"{TOKEN_DIR}/token"},
+            {"name": "AWS_STS_REGIONAL_ENDPOINTS", "value": "regional"}]
+    return env, mounts, volumes
+
+
+SOURCE_PARTS = {"issuer": _issuer_parts, "local-ca": _local_ca_parts, "files": _files_parts, "vault": _vault_parts,
+                "aws": _aws_parts}
 
 
 def _agent(sel: Selection, cfg: InjectorConfig, res: dict) -> tuple[dict, list[dict]]:

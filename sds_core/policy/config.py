@@ -149,6 +149,23 @@ class VaultAgentConfig(Strict):
     token_audience: str = Field("vault", alias="tokenAudience")
 
 
+class AwsAgentConfig(Strict):
+    """Source `aws` (docs/aws.md): Secrets Manager entries or AWS Private CA."""
+
+    mode: Literal["secretsmanager", "pca"] = agent_default("aws_mode")
+    regions: list[str] = Field(default_factory=list)  # primary first
+    endpoint_urls: list[str] = Field(default_factory=list, alias="endpointURLs")  # one per region, optional
+    secret_id: str = Field(agent_default("aws_secret_id"), alias="secretId")
+    poll_seconds: int = Field(int(agent_default("aws_poll_seconds")), alias="pollSeconds", gt=0)
+    # Templates with {env}, {business_line}, {namespace}, {service_account}: one CA per environment.
+    pca_arn: str = Field("", alias="pcaARN")
+    pca_validity_days: int = Field(agent_default("aws_pca_validity_days"), alias="pcaValidityDays", ge=1)
+    # IRSA done by the injector: the role (a template as above) and a projected token of this
+    # audience for the agent alone. Empty: rely on EKS's pod identity webhook instead.
+    role_arn: str = Field("", alias="roleARN")
+    token_audience: str = Field("sts.amazonaws.com", alias="tokenAudience")
+
+
 class IssuerAgentConfig(Strict):
     """How agents reach the issuer (source `issuer`)."""
 
@@ -162,7 +179,7 @@ class IssuerAgentConfig(Strict):
 
 
 class AgentConfig(Strict):
-    source: Literal["issuer", "local-ca", "files", "vault"] = "issuer"
+    source: Literal["issuer", "local-ca", "files", "vault", "aws"] = "issuer"
     trust_domain: str = Field(agent_default("trust_domain"), alias="trustDomain")
     # The cluster's DNS suffix (svc.<clusterDomain>): DNS SANs and which outbound hosts are
     # in-cluster names. Not the trust domain, though both default to cluster.local.
@@ -178,6 +195,7 @@ class AgentConfig(Strict):
     ocsp_stapling: bool = Field(False, alias="ocspStapling")
     issuer: IssuerAgentConfig = Field(default_factory=IssuerAgentConfig)
     vault: VaultAgentConfig = Field(default_factory=VaultAgentConfig)
+    aws: AwsAgentConfig = Field(default_factory=AwsAgentConfig)
     # Unset: the request follows the source's measured footprint (AGENT_MEMORY_REQUEST).
     resources: Resources = Field(default_factory=lambda: _agent_resources("issuer"))
 

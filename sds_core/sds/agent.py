@@ -39,6 +39,12 @@ def make_source(kind: str, settings: AgentSettings) -> Source:
             raise ValueError("source 'vault' is not available in this build of the agent; "
                              "use local-ca or files") from None
         return VaultSource(settings)
+    if kind == "aws":
+        try:
+            from .sources.aws import AwsSource  # lazy: per source and feature
+        except ImportError:
+            raise ValueError("source 'aws' is not available in this build of the agent (boto3 is missing)") from None
+        return AwsSource(settings)
     raise ValueError(f"unknown source {kind!r}")
 
 

@@ -13,7 +13,7 @@ from sds_core import names
 
 from .fields import Secret, Settings, SettingsError, setting
 
-SourceKind = Literal["issuer", "local-ca", "files", "vault"]
+SourceKind = Literal["issuer", "local-ca", "files", "vault", "aws"]
 __all__ = ["AgentSettings", "Secret", "SettingsError", "SourceKind", "agent_env", "agent_field_env", "default",
            "env_name", "env_value"]
 
@@ -103,6 +103,21 @@ class AgentSettings(Settings):
     vault_pki_ttl: str = "24h"
     vault_ca_overlap_seconds: float = setting(48 * 3600, ge=0, help="old CA kept after a rollover")
     vault_crl: bool = setting(False, help="serve the PKI CRL in validation contexts")
+
+    # AWS source (sources/aws.py): Secrets Manager entries (KMS-encrypted) or AWS Private CA.
+    # Credentials by boto3's standard chain: on EKS, IRSA's projected web-identity token.
+    aws_mode: Literal["secretsmanager", "pca"] = "secretsmanager"
+    aws_regions: list[str] = setting(factory=list, help="ordered: primary first; the next on an outage or "
+                                   "throttling (default: the SDK's region)")
+    aws_endpoint_urls: list[str] = setting(factory=list, help="one per region (VPC endpoints, emulators); "
+                                         "default: the public endpoints")
+    aws_secret_id: str = setting("{namespace}/{name}", help="Secrets Manager secret name or ARN template")
+    aws_poll_seconds: float = setting(300.0, gt=0, help="new secret versions (AWSCURRENT) checked this often")
+    aws_pca_arn: str = setting("", help="the Private CA's ARN (a template: {env}, {business_line}...)")
+    aws_pca_validity_days: int = setting(1, ge=1, le=825)
+    aws_pca_signing_algorithm: str = "SHA256WITHECDSA"
+    aws_timeout_seconds: float = setting(2.0, gt=0)
+    aws_down_seconds: float = setting(5.0, gt=0, help="how long a failed region is skipped")
 
     # OCSP stapling (issuer and Vault PKI sources): each certificate is served with a fresh
     # response from its CA's responder; a "revoked" answer replaces the certificate at once.

@@ -3,6 +3,8 @@ issuer's namespace) that every issuer replica's OCSP responder then answers `rev
 Whoever may create ConfigMaps in that namespace may revoke: RBAC decides, not this tool."""
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import datetime as dt
 import secrets
@@ -41,10 +43,11 @@ def _revoke(args: argparse.Namespace) -> str:
 
     core = client.CoreV1Api(api_client(args.kubeconfig))
     record = _record(core, args)
-    body = {"metadata": {"name": record.name, "labels": {LABEL: "true"},
+    # A dict is sent as it is (the client's typed stubs, from kubernetes 37, ask for the model).
+    body: Any = {"metadata": {"name": record.name, "labels": {LABEL: "true"},
                          "annotations": {"sds-injector.io/revoked-by": "python -m webhook revoke"}},
             "immutable": True, "data": record.to_data()}
-    core.create_namespaced_config_map(args.issuer_namespace, body)  # type: ignore[arg-type]  # a dict is sent as is
+    core.create_namespaced_config_map(args.issuer_namespace, body)
     return (f"revoked: configmap {args.issuer_namespace}/{record.name} {record.to_data()}\n"
             "OCSP answers `revoked` from the issuer's next watch event (seconds); stapling agents renew at their "
             "next OCSP poll")

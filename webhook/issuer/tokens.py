@@ -88,14 +88,13 @@ class TokenReviewVerifier:
     def verify(self, token: str) -> Caller:
         precheck(token, self.audience, self.issuer)  # junk never reaches the API server
         # Plain JSON both ways: the client's model (de)serialization cost more than the review.
-        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+        body: Any = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
                 "spec": {"token": _bearer(token), "audiences": [self.audience]}}
         if not self._in_flight.acquire(timeout=2.0):
             raise Busy("too many token reviews in flight; retry")
         try:
             # The client sends a dict as it is (its stubs ask for the model); the answer stays raw.
-            resp: Any = self.auth.create_token_review(body, _preload_content=False,  # type: ignore[arg-type]
-                                                      _request_timeout=5)
+            resp: Any = self.auth.create_token_review(body, _preload_content=False, _request_timeout=5)
         except Exception as e:
             if self.health is not None:
                 self.health.observe(e)
