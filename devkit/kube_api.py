@@ -109,6 +109,9 @@ def _as_seen(event: tuple, selected) -> dict | None:
 
 
 CLAIMS_API = ["apis", claim_crd.GROUP, claim_crd.VERSION]
+# What kube-apiserver takes for true in a query (Go's strconv.ParseBool): the kubernetes Python
+# client before 37 sends watch=True.
+TRUE = ("1", "t", "T", "TRUE", "true", "True")
 
 
 class KubeAPI:
@@ -451,7 +454,7 @@ class KubeAPI:
                     labels = obj["metadata"].get("labels") or {}
                     return all(labels.get(k) == v for k, v in terms)
 
-                if q.get("watch") not in ("true", "1"):
+                if q.get("watch") not in TRUE:
                     with api.cond:
                         items = copy.deepcopy([o for o in api.objects[resource].values() if selected(o)])
                         rv = api.rv
@@ -461,7 +464,7 @@ class KubeAPI:
                     return self._status(500, "InternalError", "watch unavailable")
                 since = int(q.get("resourceVersion") or 0)
                 deadline = time.monotonic() + float(q.get("timeoutSeconds") or 60)
-                bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
+                bookmarks = q.get("allowWatchBookmarks") in TRUE
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("transfer-encoding", "chunked")

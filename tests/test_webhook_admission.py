@@ -343,6 +343,41 @@ def test_injected_agent_env_is_understood_by_the_agent(monkeypatch):
     assert s.certificates == ["retail-service-cert"] and str(s.vault_token_file).endswith("/token")
 
 
+@pytest.mark.parametrize("irsa", [True, False])
+def test_the_aws_source_is_injected_with_irsa_for_the_agent_alone(monkeypatch, irsa):
+    """Source aws: the agent's settings (the Private CA's ARN for the pod's environment) and,
+    with `roleARN`, IRSA for the agent alone: its own token of the STS audience, the role for
+    the pod's namespace; the app container gets neither. Without it, EKS's pod identity webhook
+    is relied on and nothing is mounted."""
+    from sds_core.sds.settings import AgentSettings
+
+    aws = {"mode": "pca", "regions": ["eu-west-1", "eu-central-1"],
+           "pcaARN": "arn:aws:acm-pca:eu-west-1:111122223333:certificate-authority/{env}-ca"}
+    if irsa:
+        aws["roleARN"] = "arn:aws:iam::111122223333:role/sds-{namespace}-{env}"
+    cfg = InjectorConfig.model_validate({**CONFIG.model_dump(by_alias=True), "agent": {
+        **CONFIG.agent.model_dump(by_alias=True), "source": "aws", "aws": aws}})
+    p = pod({"sds-injector.io/env": "dev", "sds-injector.io/business-line": "retail"})
+    spec = jsonpatch.apply_patch(p, decide(p, "shop", cfg).patch)["spec"]
+    agent = spec["initContainers"][0]
+    env = {e["name"]: e.get("value", "from-downward-api") for e in agent["env"]}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s = AgentSettings.load([])
+    assert s.source == "aws" and s.aws_mode == "pca" and s.aws_regions == ["eu-west-1", "eu-central-1"]
+    assert s.aws_pca_arn == "arn:aws:acm-pca:eu-west-1:111122223333:certificate-authority/dev-ca"
+    token = [v for v in spec["volumes"] if v["name"] == "sds-token"]
+    app = next(c for c in spec["containers"] if c["name"] == "app")
+    assert not [m for m in app.get("volumeMounts", []) if m["name"] == "sds-token"]
+    assert not [e for e in app.get("env", []) if e["name"].startswith("AWS_")]
+    if irsa:
+        assert env["AWS_ROLE_ARN"] == "arn:aws:iam::111122223333:role/sds-shop-dev"
+        assert env["AWS_WEB_IDENTITY_TOKEN_FILE"].endswith("/token")
+        assert token[0]["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "sts.amazonaws.com"
+    else:
+        assert not token and "AWS_ROLE_ARN" not in env
+
+
 @pytest.mark.parametrize("where", ["containers", "initContainers"])
 @pytest.mark.parametrize("volume", ["sds-socket", "sds-token", "sds-admin", "sds-files-0"])
 def test_a_container_of_the_pod_may_not_mount_the_injectors_volumes(where, volume):

@@ -211,11 +211,15 @@ class AgentConfig(Strict):
 # names with the issuer or local CA; the Vault source loads hvac and requests, ~32 MB private. The
 # request covers the private part (what the pod costs the node beyond shared pages) with headroom
 # for renewals; it was 48Mi when the agent carried pydantic and uvicorn (36.5 MB private).
-AGENT_MEMORY_REQUEST = {"vault": "40Mi"}
+# The AWS source loads boto3 and botocore: 55 MB private, 84 MB RSS serving two names from
+# Secrets Manager (local CA in the same run: 25 / 54 MB; docs/aws.md).
+AGENT_MEMORY_REQUEST = {"vault": "40Mi", "aws": "64Mi"}
+AGENT_MEMORY_LIMIT = {"aws": "128Mi"}
 
 
 def _agent_resources(source: str) -> Resources:
-    return Resources(cpu_request="10m", memory_request=AGENT_MEMORY_REQUEST.get(source, "32Mi"), memory_limit="96Mi")
+    return Resources(cpu_request="10m", memory_request=AGENT_MEMORY_REQUEST.get(source, "32Mi"),
+                     memory_limit=AGENT_MEMORY_LIMIT.get(source, "96Mi"))
 
 
 class ProxyConfig(Strict):
