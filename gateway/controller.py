@@ -238,9 +238,9 @@ class Controller:
         self._shards = {k: v for k, v in self._shards.items() if k in by_shard}
         if not by_shard:
             return {}
-        hostnames = {k: [h for t in tenants for h in t.hostnames] for k, tenants in by_shard.items()}
         key = tuple(sorted((k, self._shards[k][0]) for k in by_shard))
-        if self._dispatcher is None or self._dispatcher[0] != key:
+        if self._dispatcher is None or self._dispatcher[0] != key:  # the names of 10,000 tenants: only on change
+            hostnames = {k: [h for t in tenants for h in t.hostnames] for k, tenants in by_shard.items()}
             self._dispatcher = (key, shards.dispatcher(hostnames, self.s.gateway_address, self.s.gateway_port))
         out[envoy.LISTENER_NAME] = self._dispatcher[1]
         return out
