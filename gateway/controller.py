@@ -120,7 +120,8 @@ class Controller:
                 self._resolved_with = config = self.config()
                 if config.business_line_cas != self._business_line_cas:  # other clusters: rebuild chains
                     self._business_line_cas = config.business_line_cas
-                    self._make_chain, self._chains = self._chains_builder(), {}
+                    # The shards' listeners hold the old chains: rebuilt too, whatever their members.
+                    self._make_chain, self._chains, self._shards = self._chains_builder(), {}, {}
                 objects = self.feed.objects()
                 resolved = resolve(objects, config, self.feed.labels_of, self._memo)
                 self.apply(resolved)
