@@ -301,6 +301,46 @@ def test_clients_that_do_not_read_hold_little_of_the_gateway(tmp_path):
         backend.stop()
 
 
+def test_switching_business_line_cas_moves_every_chain_to_its_backends(tmp_path):
+    """With businessLineCAs on, a tenant of line retail reaches its pods with the gateway identity
+    of retail's CA (cluster gateway-backends-mtls:dev/retail), one without a line with dev's.
+    Switched off at run time, the retail tenants move to dev's cluster, whose identity is already
+    cached (the line-less tenant uses it): they stay served, their shards keep their members, and
+    a shard that kept its cached listener would name a cluster that no longer exists (fails
+    without rebuilding the shards: checked)."""
+    import json as _json
+
+    import yaml
+
+    def config(blc: bool):
+        return {"businessLineCAs": blc, "businessLines": {"retail": {}}, "namespacePolicy": {"rules": [
+            {"namespaces": ["*"], "environments": ["dev"], "businessLines": ["retail"],
+             "gatewayHostnames": ["*.example.com"]}]}}
+
+    def clusters() -> set[str]:
+        dump = _json.loads(gw.admin("/config_dump?resource=dynamic_listeners"))
+        text = _json.dumps([c for c in dump["configs"] if c["name"] != "gateway"])
+        return {c for c in ("gateway-backends-mtls:dev/retail", "gateway-backends-mtls:dev") if f'"{c}"' in text}
+
+    path = tmp_path / "injector.yaml"
+    path.write_text(yaml.safe_dump(config(True)))
+    retail = [claim_configmap(f"t{i}", claim([f"t{i}.example.com"], 1, backend_tls="mutual",
+                                             **{"business-line": "retail"})) for i in range(4)]
+    plain = claim_configmap("lineless", claim(["lineless.example.com"], 1, backend_tls="mutual"))
+    claims = write_claims(tmp_path / "claims.yaml", [*retail, plain])
+    gw = GatewayRun(tmp_path, 1, source="local-ca", claims_file=claims, injector_config_file=str(path),
+                    debounce_seconds="0.05", gateway_shards="2").start()
+    try:
+        for name in ("t0", "t1", "t2", "t3", "lineless"):
+            gw.wait_served(f"{name}.example.com")
+        assert clusters() == {"gateway-backends-mtls:dev/retail", "gateway-backends-mtls:dev"}
+        path.write_text(yaml.safe_dump(config(False)))
+        harness.wait_for(lambda: clusters() == {"gateway-backends-mtls:dev"}, 15, 0.1,
+                         what="every shard's chains on dev's cluster")
+    finally:
+        gw.stop()
+
+
 def test_a_revoked_hostname_grant_stops_being_served_without_a_claim_change(tmp_path):
     """The operator withdraws b's domain from the namespace policy: b's hostname is no longer
     served (the claim itself unchanged), a is untouched, Envoy is the same process."""
