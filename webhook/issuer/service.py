@@ -84,12 +84,13 @@ class Issuer:
         labels = self.cluster.namespace_labels(caller.namespace)
         return caller, grant(caller, pod, services, labels, cfg, self.max_dns_names)
 
-    def _authorize(self, token: str, name: str, kind: str, csr_pem: str | None = None):
+    def _authorize(self, token: str, name: str, kind: str, csr_pem: str | None = None,
+                   cfg: InjectorConfig | None = None):
         """(grant, the signing CA, the trust bundle, the CSR's key, the bundle's CAs this issuer
-        signs with) — or a Refused, audited. The configuration and the CAs are read once: one
-        request, one view of the policy."""
+        signs with) — or a Refused, audited. The configuration (`cfg`, the request's, when the
+        caller needs it too) and the CAs are read once: one request, one view of the policy."""
         caller = None
-        cfg = self.config()
+        cfg = cfg or self.config()
         try:
             caller, g = self._grant(token, cfg)
             if kind == "certificate" and (wait := self.pod_limits.take(caller.pod_uid)):
@@ -226,15 +227,16 @@ class Issuer:
         return api.CertificateResponse(certificate_chain=chain, serial=serial, not_after=not_after.isoformat())
 
     def trust_bundle(self, token: str, req: api.TrustBundleRequest) -> api.TrustBundleResponse:
-        g, _, bundle, _, own = self._authorize(token, req.name, "trust bundle")
+        cfg = self.config()
+        g, _, bundle, _, own = self._authorize(token, req.name, "trust bundle", cfg=cfg)
         # With crl on, a CRL per CA of the bundle whose key the issuer holds (signing now, and a
         # next one); none in vault mode (Vault's CRLs are Vault's).
         crls = b"".join(crl_pem(c, self.cluster.revocations) for c in own) if self.crl else b""
-        peers = self._gateway_peers(g, req.port) if req.port else []
+        peers = self._gateway_peers(g, req.port, cfg) if req.port else []
         return api.TrustBundleResponse(trust_bundle=bundle.decode(), env=g.env, crl=crls.decode(),
                                        gateway_peers=",".join(peers))
 
-    def _gateway_peers(self, g: Grant, port: str) -> list[str]:
+    def _gateway_peers(self, g: Grant, port: str, cfg: InjectorConfig) -> list[str]:
         """The gateways' SPIFFE IDs, when an accepted claim of the pod's namespace asks for
         mTLS to a Service that selects this pod and sends the claim's port to `port`: derived
         from the claim, so a tenant never lists the gateway by hand, and only on that port."""
@@ -244,7 +246,6 @@ class Issuer:
         if pod is None:
             return []
         services = set(self.cluster.services_selecting(pod))
-        cfg = self.config()
         wanted = int(port)
         for t in self.cluster.gateway_tenants(cfg).tenants:
             if (t.namespace == g.namespace and t.backend_tls == "mutual" and t.service in services
@@ -256,8 +257,7 @@ class Issuer:
         """The gateway's own workload certificate for reaching tenants' pods of one environment
         (and business line): its service account's SPIFFE ID and nothing else, signed by the CA
         those pods trust; with the trust bundle to verify them."""
-        caller, ca, bundle, key = self._authorize_gateway_identity(token, req.env, req.business_line, req.csr)
-        spiffe = names.spiffe_id(self.config().agent.trust_domain, caller.namespace, caller.service_account)
+        caller, spiffe, ca, bundle, key = self._authorize_gateway_identity(token, req.env, req.business_line, req.csr)
         cert, chain = self._issue(ca, key, req.csr, "", [], [spiffe], [],
                                   serials.Identity(caller.namespace, caller.service_account, caller.pod_uid),
                                   name=f"gateway-identity:{req.env}")
@@ -272,11 +272,12 @@ class Issuer:
                                        trust_bundle=bundle.decode())
 
     def gateway_trust_bundle(self, token: str, req: api.GatewayTrustRequest) -> api.TrustBundleResponse:
-        _, _, bundle, _ = self._authorize_gateway_identity(token, req.env, req.business_line, None)
+        _, _, _, bundle, _ = self._authorize_gateway_identity(token, req.env, req.business_line, None)
         return api.TrustBundleResponse(trust_bundle=bundle.decode(), env=req.env)
 
     def _authorize_gateway_identity(self, token: str, env: str, business_line: str, csr_pem: str | None):
-        """(the gateway caller, the CA of `env`'s pods, their trust bundle, the CSR's key)."""
+        """(the gateway caller, its SPIFFE ID, the CA of `env`'s pods, their trust bundle, the CSR's
+        key), all from one view of the configuration."""
         caller = None
         try:
             caller = self._gateway(token)
@@ -291,6 +292,7 @@ class Issuer:
             ca = self._ca(authority, signing)
             bundle = self._bundle(authority, signing)
             key = public_key_of(csr_pem) if csr_pem is not None else None
+            spiffe = names.spiffe_id(cfg.agent.trust_domain, caller.namespace, caller.service_account)
         except Refused as e:
             self._refused(e, caller, name=f"gateway-identity:{env}")
-        return caller, ca, bundle, key
+        return caller, spiffe, ca, bundle, key
