@@ -201,13 +201,13 @@ class AwsSource(Source):
                 if e.reason != "pending" or time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        chain = (got["Certificate"].strip() + "\n" + (got.get("CertificateChain") or "").strip() + "\n").encode()
+        chain = _with_chain(got)
         return _validated(name, arn, lambda: material.tls_certificate(chain, private_pem(key)))
 
     def _pca_trust(self, name: str) -> material.SecretMaterial:
         arn = self._pca_arn()
         got = self.call(name, "acm-pca", "get_certificate_authority_certificate", CertificateAuthorityArn=arn)
-        pem = (got["Certificate"].strip() + "\n" + (got.get("CertificateChain") or "").strip() + "\n").encode()
+        pem = _with_chain(got)
         return _validated(name, arn, lambda: material.validation_context(pem))
 
     # -- changes ----------------------------------------------------------------------------
@@ -234,6 +234,11 @@ class AwsSource(Source):
             if CURRENT in stages:
                 return str(version)
         return ""
+
+
+def _with_chain(got: dict) -> bytes:
+    """Private CA's answer (a certificate and its chain) as one PEM."""
+    return (got["Certificate"].strip() + "\n" + (got.get("CertificateChain") or "").strip() + "\n").encode()
 
 
 def _validated(name: str, where: str, build: Callable[[], material.SecretMaterial]) -> material.SecretMaterial:
